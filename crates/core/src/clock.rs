@@ -1,0 +1,78 @@
+//! Time, behind a trait so that budget months, outcome windows and cooldowns can be
+//! tested with a [`FakeClock`] instead of sleeping.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A source of wall-clock time, in nanoseconds since the Unix epoch (UTC).
+///
+/// Implementations must be cheap: stages may read the clock on every decision.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// Nanoseconds since 1970-01-01T00:00:00Z.
+    fn now_nanos(&self) -> u64;
+
+    /// Seconds since the Unix epoch.
+    fn now_secs(&self) -> u64 {
+        self.now_nanos() / 1_000_000_000
+    }
+}
+
+/// The real clock: [`SystemTime::now`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_nanos(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    }
+}
+
+/// A clock that stands still until told to move; for tests.
+///
+/// ```
+/// use nexus_core::{Clock, FakeClock};
+/// use std::time::Duration;
+///
+/// let clock = FakeClock::at_secs(1_700_000_000);
+/// clock.advance(Duration::from_secs(90));
+/// assert_eq!(clock.now_secs(), 1_700_000_090);
+/// ```
+#[derive(Debug, Default)]
+pub struct FakeClock {
+    nanos: AtomicU64,
+}
+
+impl FakeClock {
+    /// A clock showing `secs` seconds after the Unix epoch.
+    pub fn at_secs(secs: u64) -> Self {
+        Self {
+            nanos: AtomicU64::new(secs.saturating_mul(1_000_000_000)),
+        }
+    }
+
+    /// Moves the clock forward by `by`.
+    pub fn advance(&self, by: Duration) {
+        let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        self.nanos.fetch_add(by, Ordering::SeqCst);
+    }
+
+    /// Sets the clock to `secs` seconds after the Unix epoch.
+    pub fn set_secs(&self, secs: u64) {
+        self.nanos
+            .store(secs.saturating_mul(1_000_000_000), Ordering::SeqCst);
+    }
+}
+
+impl Clock for FakeClock {
+    fn now_nanos(&self) -> u64 {
+        self.nanos.load(Ordering::SeqCst)
+    }
+}
+
+impl<C: Clock + ?Sized> Clock for std::sync::Arc<C> {
+    fn now_nanos(&self) -> u64 {
+        (**self).now_nanos()
+    }
+}

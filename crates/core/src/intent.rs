@@ -1,0 +1,371 @@
+//! [`RoutingIntent`]: the shared state a decision's stages narrow, one model at a time.
+//!
+//! The intent borrows its buffers (candidate bitset, weights, scores, recorded
+//! exclusions) from a [`Scratch`] that the pipeline reuses across decisions, so that
+//! running the stages does not touch the heap once the buffers have grown to the size
+//! of the fleet.
+
+use std::fmt;
+
+use crate::{
+    BackendId, BackendSet, Constraints, CostEstimate, Exclusion, Fleet, ModelEntry, ModelId,
+    Offering, PolicySet, Reason, RequestRequirements, Warning,
+};
+
+/// Month-to-date spend relative to the budget.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum BudgetStatus {
+    /// Below the soft limit (or no budget configured).
+    #[default]
+    Normal,
+    /// At or above the soft limit: local backends are preferred.
+    SoftLimit,
+    /// At or above the limit: the hard-limit action applies.
+    HardLimit,
+}
+
+impl BudgetStatus {
+    /// The status as written in JSON output.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            BudgetStatus::Normal => "normal",
+            BudgetStatus::SoftLimit => "soft_limit",
+            BudgetStatus::HardLimit => "hard_limit",
+        }
+    }
+}
+
+impl fmt::Display for BudgetStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a decision is to wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum QueueCause {
+    /// The best backend is loading the model.
+    Loading,
+    /// Every candidate is at its `max_concurrency`.
+    Saturated,
+}
+
+/// What the selecting stage (the scheduler) decided for the current model.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum Selection {
+    /// Nothing selected yet.
+    #[default]
+    None,
+    /// Route to `backend`, whose score was `score`.
+    Route {
+        /// The chosen backend.
+        backend: BackendId,
+        /// Its score.
+        score: f64,
+    },
+    /// Wait for `backend`.
+    Queue {
+        /// The backend worth waiting for.
+        backend: BackendId,
+        /// Why waiting.
+        cause: QueueCause,
+        /// Estimated wait in milliseconds.
+        estimated_wait_ms: u64,
+        /// A ready backend to use instead of waiting.
+        fallback_backend: Option<BackendId>,
+    },
+}
+
+/// Reusable per-decision buffers. One lives per thread in the pipeline's pool; a
+/// finished decision gives it back.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    pub(crate) candidates: BackendSet,
+    pub(crate) weights: Vec<f64>,
+    pub(crate) scores: Vec<f64>,
+    pub(crate) exclusions: Vec<Exclusion>,
+    pub(crate) warnings: Vec<Warning>,
+    pub(crate) errors: Vec<(u16, crate::ReconcileError)>,
+}
+
+impl Scratch {
+    /// Grows the buffers to `backends` (allocates only when the fleet grew) and clears
+    /// what the previous decision recorded.
+    pub(crate) fn prepare(&mut self, backends: usize) {
+        if self.weights.len() < backends {
+            self.weights.resize(backends, 1.0);
+            self.scores.resize(backends, f64::NAN);
+            self.candidates = BackendSet::with_capacity(backends);
+        }
+        let want = backends.max(16);
+        if self.exclusions.capacity() < want {
+            self.exclusions.reserve(want - self.exclusions.len());
+        }
+        if self.warnings.capacity() < 8 {
+            self.warnings.reserve(8);
+        }
+        self.exclusions.clear();
+        self.warnings.clear();
+        self.errors.clear();
+    }
+}
+
+/// The state of one decision for one model, shared by the stages in order.
+///
+/// Stages read the request, the fleet and the constraints, and narrow the candidates:
+/// [`exclude`](Self::exclude) removes a candidate with a reason,
+/// [`scale_weight`](Self::scale_weight) biases its score. There is no way to add a
+/// candidate back.
+pub struct RoutingIntent<'a> {
+    pub(crate) fleet: &'a Fleet,
+    pub(crate) policies: &'a PolicySet,
+    pub(crate) requested: &'a str,
+    pub(crate) model: ModelId,
+    pub(crate) attempt: usize,
+    pub(crate) requirements: RequestRequirements,
+    pub(crate) constraints: Constraints,
+    pub(crate) stage: u16,
+    pub(crate) budget_status: BudgetStatus,
+    pub(crate) selection: Selection,
+    pub(crate) selected_by: Option<u16>,
+    pub(crate) scratch: &'a mut Scratch,
+}
+
+impl fmt::Debug for RoutingIntent<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RoutingIntent")
+            .field("requested", &self.requested)
+            .field("model", &self.fleet.model(self.model).name())
+            .field("attempt", &self.attempt)
+            .field("candidates", &self.scratch.candidates)
+            .field("constraints", &self.constraints)
+            .field("budget_status", &self.budget_status)
+            .field("selection", &self.selection)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> RoutingIntent<'a> {
+    /// A standalone intent over the servers of `model`, for testing a stage in
+    /// isolation (the pipeline builds its own).
+    pub fn new(
+        fleet: &'a Fleet,
+        policies: &'a PolicySet,
+        scratch: &'a mut Scratch,
+        model: ModelId,
+        requirements: RequestRequirements,
+        constraints: Constraints,
+    ) -> Self {
+        scratch.prepare(fleet.len());
+        let mut intent = Self {
+            fleet,
+            policies,
+            requested: fleet.model(model).name(),
+            model,
+            attempt: 0,
+            requirements,
+            constraints,
+            stage: 0,
+            budget_status: BudgetStatus::Normal,
+            selection: Selection::None,
+            selected_by: None,
+            scratch,
+        };
+        intent.reset_for(model, constraints, 0);
+        intent
+    }
+
+    /// Starts over for another model (a fallback): its servers become the candidates.
+    pub(crate) fn reset_for(&mut self, model: ModelId, constraints: Constraints, attempt: usize) {
+        let entry = self.fleet.model(model);
+        self.model = model;
+        self.constraints = constraints;
+        self.attempt = attempt;
+        self.selection = Selection::None;
+        self.selected_by = None;
+        self.scratch.candidates.copy_from(entry.servers());
+        for &(b, _) in entry.offers() {
+            self.scratch.weights[b.index()] = 1.0;
+            self.scratch.scores[b.index()] = f64::NAN;
+        }
+    }
+
+    /// The fleet.
+    #[inline]
+    pub fn fleet(&self) -> &'a Fleet {
+        self.fleet
+    }
+
+    /// The traffic policies.
+    #[inline]
+    pub fn policies(&self) -> &'a PolicySet {
+        self.policies
+    }
+
+    /// The name the client asked for.
+    #[inline]
+    pub fn requested_model(&self) -> &'a str {
+        self.requested
+    }
+
+    /// The model being decided for.
+    #[inline]
+    pub fn model(&self) -> ModelId {
+        self.model
+    }
+
+    /// The model's entry in the fleet.
+    #[inline]
+    pub fn model_entry(&self) -> &'a ModelEntry {
+        self.fleet.model(self.model)
+    }
+
+    /// What `backend` offers for the current model.
+    #[inline]
+    pub fn offer(&self, backend: BackendId) -> Option<&'a Offering> {
+        self.fleet.model(self.model).offer(backend)
+    }
+
+    /// Whether the current model is a fallback (0 is the resolved model).
+    #[inline]
+    pub fn is_fallback(&self) -> bool {
+        self.attempt > 0
+    }
+
+    /// What the request needs.
+    #[inline]
+    pub fn requirements(&self) -> &RequestRequirements {
+        &self.requirements
+    }
+
+    /// The constraints of every policy matched on the way to the current model.
+    #[inline]
+    pub fn constraints(&self) -> &Constraints {
+        &self.constraints
+    }
+
+    /// The backends still in the running.
+    #[inline]
+    pub fn candidates(&self) -> &BackendSet {
+        &self.scratch.candidates
+    }
+
+    /// Whether `backend` is still in the running.
+    #[inline]
+    pub fn is_candidate(&self, backend: BackendId) -> bool {
+        self.scratch.candidates.contains(backend)
+    }
+
+    /// Removes `backend` from the candidates and records why. Excluding a backend that
+    /// is not a candidate does nothing.
+    #[inline]
+    pub fn exclude(&mut self, backend: BackendId, reason: Reason) {
+        if self.scratch.candidates.remove(backend) {
+            self.scratch.exclusions.push(Exclusion {
+                backend,
+                model: self.model,
+                stage: self.stage,
+                reason,
+            });
+        }
+    }
+
+    /// Multiplies `backend`'s score weight by `factor`. A factor that is not a finite,
+    /// positive number is ignored: to rule a backend out, exclude it with a reason.
+    #[inline]
+    pub fn scale_weight(&mut self, backend: BackendId, factor: f64) {
+        if factor.is_finite() && factor > 0.0 && self.is_candidate(backend) {
+            self.scratch.weights[backend.index()] *= factor;
+        }
+    }
+
+    /// The product of every factor stages applied to `backend` (1.0 when none).
+    #[inline]
+    pub fn weight(&self, backend: BackendId) -> f64 {
+        self.scratch.weights[backend.index()]
+    }
+
+    /// Records the score the selecting stage computed for `backend`, for explanations.
+    #[inline]
+    pub fn record_score(&mut self, backend: BackendId, score: f64) {
+        self.scratch.scores[backend.index()] = score;
+    }
+
+    /// The score recorded for `backend` by [`record_score`](Self::record_score) for the
+    /// current model, if any.
+    #[inline]
+    pub fn score(&self, backend: BackendId) -> Option<f64> {
+        let score = self.scratch.scores[backend.index()];
+        (!score.is_nan()).then_some(score)
+    }
+
+    /// Adds a warning to the decision, rendered by the current stage.
+    pub fn warn(&mut self, backend: Option<BackendId>, reason: Reason) {
+        self.scratch.warnings.push(Warning {
+            stage: self.stage,
+            model: self.model,
+            backend,
+            reason,
+        });
+    }
+
+    /// The budget status stages have reported so far.
+    #[inline]
+    pub fn budget_status(&self) -> BudgetStatus {
+        self.budget_status
+    }
+
+    /// Reports a budget status; the decision keeps the most severe one reported.
+    pub fn raise_budget_status(&mut self, status: BudgetStatus) {
+        self.budget_status = self.budget_status.max(status);
+    }
+
+    /// The estimated cost of this request on `backend` for the current model.
+    pub fn cost_estimate(&self, backend: BackendId) -> CostEstimate {
+        cost_estimate(&self.requirements, self.offer(backend))
+    }
+
+    /// Routes to `backend` (the selecting stage calls this).
+    pub fn select(&mut self, backend: BackendId, score: f64) {
+        self.selection = Selection::Route { backend, score };
+        self.selected_by = Some(self.stage);
+    }
+
+    /// Decides to wait (the selecting stage calls this).
+    pub fn queue(
+        &mut self,
+        backend: BackendId,
+        cause: QueueCause,
+        estimated_wait_ms: u64,
+        fallback_backend: Option<BackendId>,
+    ) {
+        self.selection = Selection::Queue {
+            backend,
+            cause,
+            estimated_wait_ms,
+            fallback_backend,
+        };
+        self.selected_by = Some(self.stage);
+    }
+
+    /// What has been selected so far.
+    pub fn selection(&self) -> Selection {
+        self.selection
+    }
+}
+
+pub(crate) fn cost_estimate(
+    requirements: &RequestRequirements,
+    offer: Option<&Offering>,
+) -> CostEstimate {
+    CostEstimate {
+        input_tokens: requirements.input_tokens,
+        estimated_output_tokens: requirements.estimated_output_tokens,
+        cost_usd: offer.map_or(0.0, |o| {
+            o.cost_usd(
+                requirements.input_tokens,
+                requirements.estimated_output_tokens,
+            )
+        }),
+    }
+}

@@ -1,0 +1,76 @@
+//! # nexus-core
+//!
+//! The small, stable heart of the Nexus LLM routing control plane: the [`Reconciler`]
+//! trait that every policy stage implements, the [`RoutingIntent`] stages narrow, the
+//! [`RoutingDecision`] they arrive at, the [`Fleet`] of backends with their live state,
+//! traffic [`PolicySet`]s, request analysis ([`ModelRoutes`]) and the [`Pipeline`] that
+//! runs it all. Policy crates (`nexus-privacy`, `nexus-budget`, ...) depend on this
+//! crate only; the `nexus-router` facade builds pipelines from TOML.
+//!
+//! ## Hot-path rules
+//! Everything is parsed, compiled and indexed when the pipeline is built. A decision
+//! does one hash lookup for the requested name, copies a precomputed bitset of the
+//! model's servers, and lets each stage clear bits and scale weights in buffers reused
+//! from a per-thread pool: a Route decision does not touch the heap. Live backend state
+//! is atomics. Rejections are recorded as compact [`Reason`] codes and rendered into
+//! words only for a Reject or when asked.
+//!
+//! ## Example
+//! ```
+//! use std::sync::Arc;
+//! use nexus_core::*;
+//!
+//! let fleet = Arc::new(Fleet::new(vec![
+//!     BackendSpec::new("gpu-box", "http://127.0.0.1:11434")
+//!         .with_zone(Zone::Local)
+//!         .with_model(ModelSpec::new("llama3:70b")),
+//! ])?);
+//! let pipeline = Pipeline::builder(fleet)
+//!     .alias("gpt-4", "llama3:70b")
+//!     .stage(RequestAnalyzer)
+//!     .build()?;
+//! let mut decision = pipeline.decide(&Request::new("gpt-4").input_tokens(1000));
+//! assert_eq!(decision.model(), Some("llama3:70b"));
+//! let guard = decision.take_guard().expect("a route");
+//! guard.finish(Outcome::success(std::time::Duration::from_millis(420)));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod analyzer;
+mod clock;
+mod fleet;
+mod id;
+mod intent;
+mod pipeline;
+mod policy;
+mod reason;
+mod reconciler;
+mod registry;
+mod request;
+mod set;
+
+pub use analyzer::{
+    closest, Attempt, ModelRoutes, RequestAnalyzer, RoutePlan, RoutesError, MAX_ALIAS_NAMES,
+    UNHEALTHY,
+};
+pub use clock::{Clock, FakeClock, SystemClock};
+pub use fleet::{
+    Backend, BackendSpec, BackendStatus, Fleet, FleetError, LiveState, ModelEntry, ModelSpec,
+    Offering, Zone,
+};
+pub use id::{BackendId, ModelId};
+pub use intent::{BudgetStatus, QueueCause, RoutingIntent, Scratch, Selection};
+pub use pipeline::{
+    Decision, Fix, Pipeline, PipelineBuilder, PipelineError, QueueReason, RouteGuard, RouteReason,
+    RoutingDecision, Significant, Stage, StageTiming,
+};
+pub use policy::{Constraints, PolicyError, PolicySet, Privacy, Shadowed, TrafficPolicy};
+pub use reason::{Exclusion, ExplainContext, Explanation, Reason, Rejection, Warning};
+pub use reconciler::{
+    ErrorKind, ErrorPolicy, Outcome, ReconcileError, Reconciler, RouteTicket, Settlement,
+};
+pub use registry::{BuildContext, BuildError, DuplicateKind, ReconcilerFactory, Registry};
+pub use request::{CostEstimate, Features, Request, RequestRequirements, TierMode};
+pub use set::{BackendSet, Iter as BackendSetIter};

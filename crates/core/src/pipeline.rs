@@ -1,0 +1,1027 @@
+//! The [`Pipeline`]: ordered stages, run for each model a request may be served by.
+//!
+//! A decision looks up the request's precomputed [`RoutePlan`], then for the resolved
+//! model and, if it ends with no viable backend, for each fallback in turn: starts from
+//! the model's servers, runs every stage in order, and takes what the selecting stage
+//! (the scheduler) chose. A chosen backend is committed by asking every stage's
+//! [`Reconciler::on_route`]; a veto excludes it and the selecting stage picks again.
+//!
+//! Buffers come from a per-thread pool and go back when the [`Decision`] is dropped, so
+//! a Route decision does not allocate once warmed up. Rejection texts are rendered only
+//! for a Reject or when [`Decision::rejections`] is called.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::analyzer::{closest, ModelRoutes, RoutePlan, RoutesError};
+use crate::intent::{cost_estimate, Scratch};
+use crate::{
+    Backend, BackendId, BudgetStatus, Constraints, CostEstimate, ErrorPolicy, ExplainContext,
+    Explanation, Fleet, ModelId, Outcome, PolicySet, QueueCause, Reason, Reconciler, Rejection,
+    Request, RequestRequirements, RouteTicket, RoutingIntent, Selection, Settlement,
+};
+
+thread_local! {
+    static SCRATCH_POOL: Cell<Option<Box<Scratch>>> = const { Cell::new(None) };
+}
+
+fn take_scratch() -> Box<Scratch> {
+    SCRATCH_POOL
+        .try_with(Cell::take)
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+fn return_scratch(scratch: Box<Scratch>) {
+    let _ = SCRATCH_POOL.try_with(|pool| pool.set(Some(scratch)));
+}
+
+/// One stage of a pipeline: a reconciler and what to do when it fails.
+#[derive(Debug)]
+pub struct Stage {
+    reconciler: Box<dyn Reconciler>,
+    on_error: ErrorPolicy,
+    nanos: AtomicU64,
+    calls: AtomicU64,
+}
+
+impl Stage {
+    /// The reconciler.
+    pub fn reconciler(&self) -> &dyn Reconciler {
+        &*self.reconciler
+    }
+
+    /// Its error policy.
+    pub fn error_policy(&self) -> ErrorPolicy {
+        self.on_error
+    }
+}
+
+/// Time spent in one stage while timing was on; see [`Pipeline::set_timing`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StageTiming {
+    /// The stage's kind.
+    pub name: &'static str,
+    /// Times the stage ran.
+    pub calls: u64,
+    /// Total nanoseconds spent in it.
+    pub nanos: u64,
+}
+
+/// A problem building a pipeline.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PipelineError {
+    /// Aliases or fallbacks are invalid.
+    #[error(transparent)]
+    Routes(#[from] RoutesError),
+    /// More stages than a decision can index.
+    #[error("a pipeline holds at most {max} stages")]
+    TooManyStages {
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// Builds a [`Pipeline`]; see [`Pipeline::builder`].
+#[derive(Debug)]
+pub struct PipelineBuilder {
+    fleet: Arc<Fleet>,
+    policies: Arc<PolicySet>,
+    aliases: BTreeMap<String, String>,
+    fallbacks: BTreeMap<String, Vec<String>>,
+    stages: Vec<(Box<dyn Reconciler>, Option<ErrorPolicy>)>,
+}
+
+impl PipelineBuilder {
+    /// Sets the traffic policies.
+    pub fn policies(mut self, policies: Arc<PolicySet>) -> Self {
+        self.policies = policies;
+        self
+    }
+
+    /// Adds an alias: requests for `alias` go to `target` (a model or another alias).
+    pub fn alias(mut self, alias: impl Into<String>, target: impl Into<String>) -> Self {
+        self.aliases.insert(alias.into(), target.into());
+        self
+    }
+
+    /// Sets every alias at once.
+    pub fn aliases(mut self, aliases: BTreeMap<String, String>) -> Self {
+        self.aliases = aliases;
+        self
+    }
+
+    /// Sets the fallbacks of `model`, tried in order when it has no viable backend.
+    pub fn fallback<I, S>(mut self, model: impl Into<String>, fallbacks: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.fallbacks.insert(
+            model.into(),
+            fallbacks.into_iter().map(Into::into).collect(),
+        );
+        self
+    }
+
+    /// Sets every fallback list at once.
+    pub fn fallbacks(mut self, fallbacks: BTreeMap<String, Vec<String>>) -> Self {
+        self.fallbacks = fallbacks;
+        self
+    }
+
+    /// Appends a stage with its default error policy.
+    pub fn stage(mut self, reconciler: impl Reconciler + 'static) -> Self {
+        self.stages.push((Box::new(reconciler), None));
+        self
+    }
+
+    /// Appends a boxed stage with an explicit error policy (`None`: its default).
+    pub fn boxed_stage(
+        mut self,
+        reconciler: Box<dyn Reconciler>,
+        on_error: Option<ErrorPolicy>,
+    ) -> Self {
+        self.stages.push((reconciler, on_error));
+        self
+    }
+
+    /// Resolves aliases and fallbacks and builds the pipeline.
+    pub fn build(self) -> Result<Pipeline, PipelineError> {
+        if self.stages.len() >= usize::from(u16::MAX) {
+            return Err(PipelineError::TooManyStages {
+                max: usize::from(u16::MAX) - 1,
+            });
+        }
+        let routes = ModelRoutes::new(&self.fleet, &self.policies, &self.aliases, &self.fallbacks)?;
+        let stages = self
+            .stages
+            .into_iter()
+            .map(|(reconciler, on_error)| Stage {
+                on_error: on_error.unwrap_or_else(|| reconciler.default_error_policy()),
+                reconciler,
+                nanos: AtomicU64::new(0),
+                calls: AtomicU64::new(0),
+            })
+            .collect();
+        Ok(Pipeline {
+            fleet: self.fleet,
+            policies: self.policies,
+            routes,
+            stages,
+            timing: AtomicBool::new(false),
+        })
+    }
+}
+
+/// Ordered stages over a fleet: the routing engine.
+///
+/// ```
+/// use std::sync::Arc;
+/// use nexus_core::{BackendSpec, Fleet, ModelSpec, Pipeline, Request, RequestAnalyzer};
+///
+/// let fleet = Arc::new(Fleet::new(vec![
+///     BackendSpec::new("gpu-box", "http://127.0.0.1:11434")
+///         .with_model(ModelSpec::new("llama3:70b")),
+/// ])?);
+/// let pipeline = Pipeline::builder(fleet).stage(RequestAnalyzer).build()?;
+/// let decision = pipeline.decide(&Request::new("llama3:70b"));
+/// // Without a scheduler stage the first remaining candidate is chosen.
+/// assert_eq!(decision.backend().map(|b| b.name()), Some("gpu-box"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Pipeline {
+    fleet: Arc<Fleet>,
+    policies: Arc<PolicySet>,
+    routes: ModelRoutes,
+    stages: Box<[Stage]>,
+    timing: AtomicBool,
+}
+
+impl Pipeline {
+    /// Starts a pipeline over `fleet`, with no policies, aliases or stages.
+    pub fn builder(fleet: Arc<Fleet>) -> PipelineBuilder {
+        PipelineBuilder {
+            fleet,
+            policies: Arc::new(PolicySet::default()),
+            aliases: BTreeMap::new(),
+            fallbacks: BTreeMap::new(),
+            stages: Vec::new(),
+        }
+    }
+
+    /// The fleet.
+    pub fn fleet(&self) -> &Arc<Fleet> {
+        &self.fleet
+    }
+
+    /// The traffic policies.
+    pub fn policies(&self) -> &Arc<PolicySet> {
+        &self.policies
+    }
+
+    /// The resolved names.
+    pub fn routes(&self) -> &ModelRoutes {
+        &self.routes
+    }
+
+    /// The stages, in order.
+    pub fn stages(&self) -> &[Stage] {
+        &self.stages
+    }
+
+    /// Turns per-stage timing on or off. Off (the default), a decision pays one relaxed
+    /// load for it.
+    pub fn set_timing(&self, on: bool) {
+        self.timing.store(on, Ordering::Relaxed);
+    }
+
+    /// Time spent in each stage while timing was on.
+    pub fn stage_timings(&self) -> Vec<StageTiming> {
+        self.stages
+            .iter()
+            .map(|s| StageTiming {
+                name: s.reconciler.name(),
+                calls: s.calls.load(Ordering::Relaxed),
+                nanos: s.nanos.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    /// Decides where `request` goes.
+    pub fn decide<'p>(&'p self, request: &Request<'_>) -> Decision<'p> {
+        let requirements = request.requirements();
+        let mut scratch = take_scratch();
+        scratch.prepare(self.fleet.len());
+        let Some(plan) = self.routes.plan(request.model) else {
+            return self.reject_unknown(request.model, requirements, scratch);
+        };
+        let timing = self.timing.load(Ordering::Relaxed);
+        let first = plan.attempts()[0];
+        let mut intent = RoutingIntent {
+            fleet: &self.fleet,
+            policies: &self.policies,
+            requested: request.model,
+            model: first.model,
+            attempt: 0,
+            requirements,
+            constraints: first.constraints,
+            stage: 0,
+            budget_status: BudgetStatus::Normal,
+            selection: Selection::None,
+            selected_by: None,
+            scratch: &mut scratch,
+        };
+        let mut found = None;
+        for (attempt, plan_attempt) in plan.attempts().iter().enumerate() {
+            intent.reset_for(plan_attempt.model, plan_attempt.constraints, attempt);
+            for index in 0..self.stages.len() {
+                self.run_stage(index, &mut intent, timing);
+            }
+            if let Some(outcome) = self.settle_selection(&mut intent, timing) {
+                found = Some(outcome);
+                break;
+            }
+        }
+        let budget_status = intent.budget_status;
+        let model = intent.model;
+        let fallback_used = intent.attempt > 0;
+        let candidates = intent.scratch.candidates.len() as u32;
+
+        let mut decision = Decision {
+            pipeline: self,
+            plan: Some(plan),
+            requirements,
+            kind: RoutingDecision::Reject {
+                reason: String::new(),
+                rejections: Vec::new(),
+                fix: None,
+            },
+            model: Some(model),
+            fallback_used,
+            budget_status,
+            guard: None,
+            scratch: Some(scratch),
+        };
+        match found {
+            Some(Committed::Route { ticket, score }) => {
+                decision.kind = RoutingDecision::Route {
+                    backend: ticket.backend,
+                    model: ticket.model,
+                    reason: RouteReason { score, candidates },
+                    cost_estimate: ticket.cost_estimate,
+                };
+                decision.guard = Some(RouteGuard {
+                    pipeline: self,
+                    ticket,
+                    settled: false,
+                });
+            }
+            Some(Committed::Queue {
+                backend,
+                cause,
+                estimated_wait_ms,
+                fallback_backend,
+            }) => {
+                decision.kind = RoutingDecision::Queue {
+                    backend,
+                    model,
+                    reason: QueueReason { cause, candidates },
+                    estimated_wait_ms,
+                    fallback_backend,
+                };
+            }
+            None => {
+                decision.model = None;
+                decision.kind = self.reject(plan, &requirements, decision.scratch());
+            }
+        }
+        decision
+    }
+
+    fn run_stage(&self, index: usize, intent: &mut RoutingIntent<'_>, timing: bool) {
+        let stage = &self.stages[index];
+        intent.stage = index as u16;
+        let result = if timing {
+            let start = Instant::now();
+            let result = stage.reconciler.reconcile(intent);
+            let nanos = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            stage.nanos.fetch_add(nanos, Ordering::Relaxed);
+            stage.calls.fetch_add(1, Ordering::Relaxed);
+            result
+        } else {
+            stage.reconciler.reconcile(intent)
+        };
+        if let Err(error) = result {
+            tracing::warn!(stage = stage.reconciler.name(), %error, policy = stage.on_error.as_str(), "routing stage failed");
+            let error_index = intent.scratch.errors.len() as f64;
+            intent.scratch.errors.push((index as u16, error));
+            let reason = Reason::with(Reason::STAGE_FAILED, [error_index, 0.0, 0.0]);
+            match stage.on_error {
+                ErrorPolicy::FailOpen => intent.warn(None, reason),
+                ErrorPolicy::FailClosed => {
+                    let fleet = intent.fleet;
+                    for &(backend, _) in fleet.model(intent.model).offers() {
+                        intent.exclude(backend, reason);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Turns the selection of the current model into a committed route or queue, picking
+    /// again while the selected backend is no longer a candidate or is vetoed.
+    fn settle_selection(&self, intent: &mut RoutingIntent<'_>, timing: bool) -> Option<Committed> {
+        // Each pass either commits or removes one candidate, so this ends.
+        loop {
+            if intent.scratch.candidates.is_empty() {
+                return None;
+            }
+            match intent.selection {
+                Selection::None => {
+                    // No selecting stage: take the heaviest remaining candidate.
+                    let best = intent.scratch.candidates.iter().fold(
+                        None::<(BackendId, f64)>,
+                        |best, b| {
+                            let w = intent.weight(b);
+                            match best {
+                                Some((_, bw)) if bw >= w => best,
+                                _ => Some((b, w)),
+                            }
+                        },
+                    );
+                    let (backend, weight) = best?;
+                    intent.selection = Selection::Route {
+                        backend,
+                        score: weight,
+                    };
+                }
+                Selection::Route { backend, score } => {
+                    if !intent.is_candidate(backend) {
+                        self.select_again(intent, timing);
+                        continue;
+                    }
+                    match self.commit(intent, backend) {
+                        Ok(ticket) => return Some(Committed::Route { ticket, score }),
+                        Err((stage, reason)) => {
+                            intent.stage = stage;
+                            intent.exclude(backend, reason);
+                            self.select_again(intent, timing);
+                        }
+                    }
+                }
+                Selection::Queue {
+                    backend,
+                    cause,
+                    estimated_wait_ms,
+                    fallback_backend,
+                } => {
+                    if !intent.is_candidate(backend) {
+                        self.select_again(intent, timing);
+                        continue;
+                    }
+                    let fallback_backend = fallback_backend.filter(|b| intent.is_candidate(*b));
+                    return Some(Committed::Queue {
+                        backend,
+                        cause,
+                        estimated_wait_ms,
+                        fallback_backend,
+                    });
+                }
+            }
+        }
+    }
+
+    fn select_again(&self, intent: &mut RoutingIntent<'_>, timing: bool) {
+        let selected_by = intent.selected_by;
+        intent.selection = Selection::None;
+        intent.selected_by = None;
+        if let Some(stage) = selected_by {
+            self.run_stage(usize::from(stage), intent, timing);
+        }
+    }
+
+    /// Asks every stage to accept the route; on a veto, releases what earlier stages
+    /// reserved and reports the vetoing stage and its reason.
+    fn commit(
+        &self,
+        intent: &RoutingIntent<'_>,
+        backend: BackendId,
+    ) -> Result<RouteTicket, (u16, Reason)> {
+        let ticket = RouteTicket {
+            backend,
+            model: intent.model,
+            cost_estimate: intent.cost_estimate(backend),
+            fallback_used: intent.attempt > 0,
+        };
+        for (index, stage) in self.stages.iter().enumerate() {
+            if let Err(reason) = stage.reconciler.on_route(&ticket) {
+                for earlier in &self.stages[..index] {
+                    earlier.reconciler.on_settle(&ticket, Settlement::Cancelled);
+                }
+                return Err((index as u16, reason));
+            }
+        }
+        self.fleet.backend(backend).live().begin_request();
+        Ok(ticket)
+    }
+
+    fn reject_unknown(
+        &self,
+        requested: &str,
+        requirements: RequestRequirements,
+        scratch: Box<Scratch>,
+    ) -> Decision<'_> {
+        let hint = match closest(requested, self.routes.names()) {
+            Some(name) => format!("did you mean '{name}'? "),
+            None => String::new(),
+        };
+        Decision {
+            pipeline: self,
+            plan: None,
+            requirements,
+            kind: RoutingDecision::Reject {
+                reason: format!("no backend serves model '{requested}' and no alias names it"),
+                rejections: Vec::new(),
+                fix: Some(Fix {
+                    reconciler: "analyzer",
+                    suggested_action: format!(
+                        "{hint}add a backend that serves '{requested}', or an alias in [routing.aliases]"
+                    ),
+                    admits: Vec::new(),
+                }),
+            },
+            model: None,
+            fallback_used: false,
+            budget_status: BudgetStatus::Normal,
+            guard: None,
+            scratch: Some(scratch),
+        }
+    }
+
+    fn reject(
+        &self,
+        plan: &RoutePlan,
+        requirements: &RequestRequirements,
+        scratch: &Scratch,
+    ) -> RoutingDecision {
+        let rejections = self.render_exclusions(plan, requirements, scratch);
+        let primary = plan.attempts()[0].model;
+        let servers = self.fleet.model(primary).servers().len();
+        let name = self.fleet.model(primary).name();
+        let mut reason = format!(
+            "all {servers} backend{} serving '{name}' were excluded",
+            if servers == 1 { "" } else { "s" }
+        );
+        if plan.attempts().len() > 1 {
+            reason.push_str(&format!(
+                ", and so were those of its {} fallback{}",
+                plan.attempts().len() - 1,
+                if plan.attempts().len() == 2 { "" } else { "s" }
+            ));
+        }
+        let fix = self.best_fix(plan, requirements);
+        RoutingDecision::Reject {
+            reason,
+            rejections,
+            fix,
+        }
+    }
+
+    /// Finds the stage whose fix would admit the most backends of the resolved model: a
+    /// backend that only one stage would exclude is admitted by fixing that stage. Each
+    /// stage is run alone over every server of the model to learn who excludes whom.
+    fn best_fix(&self, plan: &RoutePlan, requirements: &RequestRequirements) -> Option<Fix> {
+        let attempt = plan.attempts()[0];
+        let servers = self.fleet.model(attempt.model).servers().clone();
+        let mut excluded_by: BTreeMap<BackendId, Vec<(u16, Reason)>> = BTreeMap::new();
+        for (index, stage) in self.stages.iter().enumerate() {
+            let mut scratch = Scratch::default();
+            let mut intent = RoutingIntent::new(
+                &self.fleet,
+                &self.policies,
+                &mut scratch,
+                attempt.model,
+                *requirements,
+                attempt.constraints,
+            );
+            intent.stage = index as u16;
+            if stage.reconciler.reconcile(&mut intent).is_err()
+                && stage.on_error == ErrorPolicy::FailClosed
+            {
+                for b in servers.iter() {
+                    excluded_by
+                        .entry(b)
+                        .or_default()
+                        .push((index as u16, Reason::new(Reason::STAGE_FAILED)));
+                }
+                continue;
+            }
+            for e in &scratch.exclusions {
+                excluded_by
+                    .entry(e.backend)
+                    .or_default()
+                    .push((e.stage, e.reason));
+            }
+        }
+        let mut by_stage: BTreeMap<u16, Vec<(BackendId, Reason)>> = BTreeMap::new();
+        for (backend, stages) in &excluded_by {
+            if let [(stage, reason)] = stages.as_slice() {
+                by_stage
+                    .entry(*stage)
+                    .or_default()
+                    .push((*backend, *reason));
+            }
+        }
+        let (stage, admitted) = by_stage
+            .into_iter()
+            .max_by(|a, b| a.1.len().cmp(&b.1.len()).then(b.0.cmp(&a.0)))?;
+        let (first_backend, first_reason) = admitted[0];
+        let explanation = self.explain(
+            stage,
+            &first_reason,
+            attempt.model,
+            Some(first_backend),
+            requirements,
+            &attempt.constraints,
+            &[],
+        );
+        Some(Fix {
+            reconciler: self.stages[usize::from(stage)].reconciler.name(),
+            suggested_action: explanation.suggested_action.into_owned(),
+            admits: admitted
+                .iter()
+                .map(|(b, _)| self.fleet.backend(*b).name().to_owned())
+                .collect(),
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn explain(
+        &self,
+        stage: u16,
+        reason: &Reason,
+        model: ModelId,
+        backend: Option<BackendId>,
+        requirements: &RequestRequirements,
+        constraints: &Constraints,
+        errors: &[(u16, crate::ReconcileError)],
+    ) -> Explanation {
+        let name = self
+            .stages
+            .get(usize::from(stage))
+            .map_or("pipeline", |s| s.reconciler.name());
+        if reason.code == Reason::STAGE_FAILED {
+            let message = errors.get(reason.values[0] as usize).map_or_else(
+                || "it returned an error".to_owned(),
+                |(_, e)| e.message.to_string(),
+            );
+            return Explanation::new(
+                format!("stage '{name}' failed: {message}"),
+                format!("fix what the error names, or set [routing.on_error] {name} = \"fail_open\" to skip the stage when it fails"),
+            );
+        }
+        let ctx = ExplainContext {
+            fleet: &self.fleet,
+            policies: &self.policies,
+            requirements,
+            constraints,
+            model,
+            backend,
+        };
+        match self.stages.get(usize::from(stage)) {
+            Some(stage) => stage.reconciler.explain(reason, &ctx),
+            None => Explanation::new("excluded by the pipeline", "see the stage's documentation"),
+        }
+    }
+
+    fn render_exclusions(
+        &self,
+        plan: &RoutePlan,
+        requirements: &RequestRequirements,
+        scratch: &Scratch,
+    ) -> Vec<Rejection> {
+        scratch
+            .exclusions
+            .iter()
+            .map(|e| {
+                let constraints = plan
+                    .attempts()
+                    .iter()
+                    .find(|a| a.model == e.model)
+                    .map_or(Constraints::NONE, |a| a.constraints);
+                let explanation = self.explain(
+                    e.stage,
+                    &e.reason,
+                    e.model,
+                    Some(e.backend),
+                    requirements,
+                    &constraints,
+                    &scratch.errors,
+                );
+                Rejection {
+                    backend: self.fleet.backend(e.backend).name().to_owned(),
+                    model: self.fleet.model(e.model).name().to_owned(),
+                    reconciler: self
+                        .stages
+                        .get(usize::from(e.stage))
+                        .map_or("pipeline", |s| s.reconciler.name()),
+                    reason: explanation.reason.into_owned(),
+                    suggested_action: explanation.suggested_action.into_owned(),
+                }
+            })
+            .collect()
+    }
+}
+
+enum Committed {
+    Route {
+        ticket: RouteTicket,
+        score: f64,
+    },
+    Queue {
+        backend: BackendId,
+        cause: QueueCause,
+        estimated_wait_ms: u64,
+        fallback_backend: Option<BackendId>,
+    },
+}
+
+/// Why a backend was chosen: its score and how many candidates competed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RouteReason {
+    /// The winner's score.
+    pub score: f64,
+    /// Candidates left when the scheduler picked.
+    pub candidates: u32,
+}
+
+impl fmt::Display for RouteReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "highest score {} of {} candidate{}",
+            Significant(self.score),
+            self.candidates,
+            if self.candidates == 1 { "" } else { "s" }
+        )
+    }
+}
+
+/// Why a request is to wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueReason {
+    /// Loading or saturated.
+    pub cause: QueueCause,
+    /// Candidates left.
+    pub candidates: u32,
+}
+
+impl fmt::Display for QueueReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.cause {
+            QueueCause::Loading => f.write_str("the best backend is loading the model"),
+            QueueCause::Saturated => write!(
+                f,
+                "all {} candidate{} at max_concurrency",
+                self.candidates,
+                if self.candidates == 1 { " is" } else { "s are" }
+            ),
+        }
+    }
+}
+
+/// A number shown with three significant digits.
+#[derive(Clone, Copy, Debug)]
+pub struct Significant(pub f64);
+
+impl fmt::Display for Significant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v = self.0;
+        if v == 0.0 || !v.is_finite() {
+            return write!(f, "{v}");
+        }
+        let digits = (2 - v.abs().log10().floor() as i32).clamp(0, 12) as usize;
+        write!(f, "{v:.digits$}")
+    }
+}
+
+/// The change that would admit the most backends of a rejected request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fix {
+    /// The stage to satisfy.
+    pub reconciler: &'static str,
+    /// What to do.
+    pub suggested_action: String,
+    /// The backends it would admit.
+    pub admits: Vec<String>,
+}
+
+/// What the pipeline decided.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RoutingDecision {
+    /// Send the request to `backend`.
+    Route {
+        /// The chosen backend.
+        backend: BackendId,
+        /// The model it serves the request with.
+        model: ModelId,
+        /// Why it won.
+        reason: RouteReason,
+        /// The estimated cost there.
+        cost_estimate: CostEstimate,
+    },
+    /// Wait: the best backend is loading, or every candidate is saturated.
+    Queue {
+        /// The backend worth waiting for.
+        backend: BackendId,
+        /// The model.
+        model: ModelId,
+        /// Why.
+        reason: QueueReason,
+        /// Estimated wait.
+        estimated_wait_ms: u64,
+        /// A ready backend to use instead of waiting, if any.
+        fallback_backend: Option<BackendId>,
+    },
+    /// No backend may serve the request.
+    Reject {
+        /// A one-line summary.
+        reason: String,
+        /// Every excluded backend, for every model tried.
+        rejections: Vec<Rejection>,
+        /// The single most useful change, if one can be found.
+        fix: Option<Fix>,
+    },
+}
+
+impl RoutingDecision {
+    /// `"route"`, `"queue"` or `"reject"`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RoutingDecision::Route { .. } => "route",
+            RoutingDecision::Queue { .. } => "queue",
+            RoutingDecision::Reject { .. } => "reject",
+        }
+    }
+}
+
+/// A decision, with what is needed to explain it and, for a Route, the [`RouteGuard`].
+///
+/// Dropping the decision gives its buffers back to the pipeline's pool. Dropping it
+/// while it still holds the guard counts the route as failed; take the guard with
+/// [`take_guard`](Self::take_guard) to keep the route.
+#[derive(Debug)]
+pub struct Decision<'p> {
+    pipeline: &'p Pipeline,
+    plan: Option<&'p RoutePlan>,
+    requirements: RequestRequirements,
+    kind: RoutingDecision,
+    model: Option<ModelId>,
+    fallback_used: bool,
+    budget_status: BudgetStatus,
+    guard: Option<RouteGuard<'p>>,
+    scratch: Option<Box<Scratch>>,
+}
+
+impl<'p> Decision<'p> {
+    fn scratch(&self) -> &Scratch {
+        self.scratch.as_deref().expect("scratch is held until drop")
+    }
+
+    /// What was decided.
+    pub fn kind(&self) -> &RoutingDecision {
+        &self.kind
+    }
+
+    /// The backend chosen (Route) or waited for (Queue).
+    pub fn backend(&self) -> Option<&'p Backend> {
+        match self.kind {
+            RoutingDecision::Route { backend, .. } | RoutingDecision::Queue { backend, .. } => {
+                Some(self.pipeline.fleet.backend(backend))
+            }
+            RoutingDecision::Reject { .. } => None,
+        }
+    }
+
+    /// The model that will serve, after aliases and fallbacks (None for a Reject).
+    pub fn model(&self) -> Option<&'p str> {
+        let fleet: &'p Fleet = &self.pipeline.fleet;
+        self.model.map(|m| fleet.model(m).name())
+    }
+
+    /// The requested name's alias chain, when it was known.
+    pub fn alias_chain(&self) -> Vec<&'p str> {
+        self.plan
+            .map_or_else(Vec::new, |p| p.alias_chain().collect())
+    }
+
+    /// Whether a fallback model serves the request.
+    pub fn fallback_used(&self) -> bool {
+        self.fallback_used
+    }
+
+    /// The most severe budget status a stage reported.
+    pub fn budget_status(&self) -> BudgetStatus {
+        self.budget_status
+    }
+
+    /// The request's derived requirements.
+    pub fn requirements(&self) -> &RequestRequirements {
+        &self.requirements
+    }
+
+    /// The cost estimate on the chosen (or awaited) backend; for a Reject, the tokens
+    /// with no cost.
+    pub fn cost_estimate(&self) -> Option<CostEstimate> {
+        match &self.kind {
+            RoutingDecision::Route { cost_estimate, .. } => Some(*cost_estimate),
+            RoutingDecision::Queue { backend, model, .. } => Some(cost_estimate(
+                &self.requirements,
+                self.pipeline.fleet.model(*model).offer(*backend),
+            )),
+            RoutingDecision::Reject { .. } => None,
+        }
+    }
+
+    /// Every excluded backend with its reason, rendered now.
+    pub fn rejections(&self) -> Vec<Rejection> {
+        match (&self.kind, self.plan) {
+            (RoutingDecision::Reject { rejections, .. }, _) => rejections.clone(),
+            (_, Some(plan)) => {
+                self.pipeline
+                    .render_exclusions(plan, &self.requirements, self.scratch())
+            }
+            (_, None) => Vec::new(),
+        }
+    }
+
+    /// The decision's warnings, rendered now.
+    pub fn warnings(&self) -> Vec<String> {
+        let scratch = self.scratch();
+        scratch
+            .warnings
+            .iter()
+            .map(|w| {
+                let constraints = self
+                    .plan
+                    .and_then(|p| p.attempts().iter().find(|a| a.model == w.model))
+                    .map_or(Constraints::NONE, |a| a.constraints);
+                self.pipeline
+                    .explain(
+                        w.stage,
+                        &w.reason,
+                        w.model,
+                        w.backend,
+                        &self.requirements,
+                        &constraints,
+                        &scratch.errors,
+                    )
+                    .reason
+                    .into_owned()
+            })
+            .collect()
+    }
+
+    /// The candidates left for the final model, with their scores where the scheduler
+    /// computed one, best first.
+    pub fn scored_candidates(&self) -> Vec<(&'p Backend, Option<f64>)> {
+        if matches!(self.kind, RoutingDecision::Reject { .. }) {
+            return Vec::new();
+        }
+        let scratch = self.scratch();
+        let fleet: &'p Fleet = &self.pipeline.fleet;
+        let mut list: Vec<_> = scratch
+            .candidates
+            .iter()
+            .map(|b| {
+                let score = scratch.scores[b.index()];
+                (fleet.backend(b), (!score.is_nan()).then_some(score))
+            })
+            .collect();
+        list.sort_by(|a, b| {
+            b.1.unwrap_or(f64::NEG_INFINITY)
+                .total_cmp(&a.1.unwrap_or(f64::NEG_INFINITY))
+        });
+        list
+    }
+
+    /// Takes the guard of a Route, to finish it with the request's outcome.
+    pub fn take_guard(&mut self) -> Option<RouteGuard<'p>> {
+        self.guard.take()
+    }
+
+    /// The pipeline that decided.
+    pub fn pipeline(&self) -> &'p Pipeline {
+        self.pipeline
+    }
+}
+
+impl Drop for Decision<'_> {
+    fn drop(&mut self) {
+        if let Some(scratch) = self.scratch.take() {
+            return_scratch(scratch);
+        }
+    }
+}
+
+/// A routed request in flight. Finish it with the outcome; dropping it unfinished counts
+/// as a failure and releases what stages reserved.
+#[derive(Debug)]
+#[must_use = "finish the guard with the request's outcome; dropping it counts as a failure"]
+pub struct RouteGuard<'p> {
+    pipeline: &'p Pipeline,
+    ticket: RouteTicket,
+    settled: bool,
+}
+
+impl<'p> RouteGuard<'p> {
+    /// The route.
+    pub fn ticket(&self) -> &RouteTicket {
+        &self.ticket
+    }
+
+    /// The backend to send the request to.
+    pub fn backend(&self) -> &'p Backend {
+        self.pipeline.fleet.backend(self.ticket.backend)
+    }
+
+    /// Reports how the request went: updates the backend's in-flight count and latency
+    /// average, and lets stages settle (the budget with the actual cost, quality with
+    /// the outcome).
+    pub fn finish(mut self, outcome: Outcome) {
+        if outcome.success {
+            self.backend().live().record_latency(outcome.latency);
+        }
+        self.settle(Settlement::Finished(&outcome));
+    }
+
+    /// Withdraws the route before any request was sent (a dry run): releases what was
+    /// reserved and records no outcome.
+    pub fn cancel(mut self) {
+        self.settle(Settlement::Cancelled);
+    }
+
+    fn settle(&mut self, settlement: Settlement<'_>) {
+        if std::mem::replace(&mut self.settled, true) {
+            return;
+        }
+        self.backend().live().end_request();
+        for stage in self.pipeline.stages.iter() {
+            stage.reconciler.on_settle(&self.ticket, settlement);
+        }
+    }
+}
+
+impl Drop for RouteGuard<'_> {
+    fn drop(&mut self) {
+        self.settle(Settlement::Abandoned);
+    }
+}

@@ -1,0 +1,136 @@
+//! Why a backend was excluded, recorded compactly and rendered on demand.
+//!
+//! During a decision a stage records a [`Reason`]: a numeric code and up to three
+//! numbers, `Copy` and heap-free. Only when someone asks (a Reject, or an explanation)
+//! does the stage that recorded it turn it into words through
+//! [`Reconciler::explain`](crate::Reconciler::explain), with an [`ExplainContext`] that
+//! gives it the fleet, the policies and the request to name things by.
+
+use std::borrow::Cow;
+
+use crate::{BackendId, Constraints, Fleet, ModelId, PolicySet, RequestRequirements};
+
+/// A compact, stage-defined reason code with up to three numeric arguments.
+///
+/// Each stage defines its own codes (constants in its crate) and is the only one that
+/// renders them. Codes from `0xFF00` up belong to the pipeline itself.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Reason {
+    /// The stage-defined code.
+    pub code: u16,
+    /// Arguments: tiers, policy indexes, amounts; whatever the code needs.
+    pub values: [f64; 3],
+}
+
+impl Reason {
+    /// A reason with no arguments.
+    pub const fn new(code: u16) -> Self {
+        Self {
+            code,
+            values: [0.0; 3],
+        }
+    }
+
+    /// A reason with arguments.
+    pub const fn with(code: u16, values: [f64; 3]) -> Self {
+        Self { code, values }
+    }
+
+    /// The pipeline's code for "this stage failed and its error policy is fail-closed".
+    /// `values[0]` is the index of the stage error in the decision.
+    pub const STAGE_FAILED: u16 = 0xFF00;
+    /// The first code reserved for the pipeline; stages use codes below it.
+    pub const FIRST_PIPELINE_CODE: u16 = 0xFF00;
+}
+
+/// One backend excluded by one stage while deciding for one model.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Exclusion {
+    /// The excluded backend.
+    pub backend: BackendId,
+    /// The model being decided for (differs from the primary when a fallback was tried).
+    pub model: ModelId,
+    /// Index of the stage in the pipeline.
+    pub stage: u16,
+    /// Why.
+    pub reason: Reason,
+}
+
+/// A note attached to a decision that does not exclude anything, e.g. a flexible tier
+/// downgrade or a stage that failed open.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Warning {
+    /// Index of the stage in the pipeline.
+    pub stage: u16,
+    /// The model being decided for.
+    pub model: ModelId,
+    /// The backend it is about, if any.
+    pub backend: Option<BackendId>,
+    /// What happened.
+    pub reason: Reason,
+}
+
+/// A rendered reason: what happened and what would fix it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Explanation {
+    /// What was measured or required, e.g. "zone cloud, policy 'gpt-4-*' requires restricted".
+    pub reason: Cow<'static, str>,
+    /// What the operator can do, e.g. "add a local backend for this model or relax the policy".
+    pub suggested_action: Cow<'static, str>,
+}
+
+impl Explanation {
+    /// An explanation from two texts.
+    pub fn new(
+        reason: impl Into<Cow<'static, str>>,
+        suggested_action: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        Self {
+            reason: reason.into(),
+            suggested_action: suggested_action.into(),
+        }
+    }
+}
+
+/// What a stage may consult when it renders one of its [`Reason`]s.
+#[derive(Clone, Copy, Debug)]
+pub struct ExplainContext<'a> {
+    /// The fleet.
+    pub fleet: &'a Fleet,
+    /// The traffic policies.
+    pub policies: &'a PolicySet,
+    /// The request's requirements.
+    pub requirements: &'a RequestRequirements,
+    /// The combined constraints in force for `model`.
+    pub constraints: &'a Constraints,
+    /// The model being decided for.
+    pub model: ModelId,
+    /// The backend the reason is about, if any.
+    pub backend: Option<BackendId>,
+}
+
+impl ExplainContext<'_> {
+    /// `"policy 'pattern' (#index)"`, for naming the policy that demanded something.
+    pub fn policy_label(&self, index: Option<usize>) -> String {
+        match index.filter(|&i| i < self.policies.len()) {
+            Some(i) => format!("policy '{}' (#{i})", self.policies.policy(i).model_pattern),
+            None => "the request".to_owned(),
+        }
+    }
+}
+
+/// An excluded backend with its reason in words: one entry of a decision's
+/// `rejections`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    /// The backend's configured id.
+    pub backend: String,
+    /// The model it was excluded for.
+    pub model: String,
+    /// The kind of the stage that excluded it, e.g. `"privacy"`.
+    pub reconciler: &'static str,
+    /// What was wrong.
+    pub reason: String,
+    /// What would fix it.
+    pub suggested_action: String,
+}

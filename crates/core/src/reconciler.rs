@@ -1,0 +1,247 @@
+//! The [`Reconciler`] trait: one policy stage of the pipeline.
+//!
+//! A stage looks at the [`RoutingIntent`] and only ever narrows it: it excludes
+//! candidates (with a [`Reason`]) or multiplies their score weight. Because no stage can
+//! re-admit a backend, stages compose in any order. Decisions are synchronous and
+//! allocation-free; anything that does I/O happens outside them, in background tasks or
+//! in [`Reconciler::on_settle`] after the response.
+//!
+//! Besides `reconcile`, a stage can take part in the two later moments of a request, as
+//! the Kubernetes scheduler framework's Reserve and Unreserve points do:
+//! [`Reconciler::on_route`] when a backend has been picked (the budget reserves spend
+//! there, and may veto), and [`Reconciler::on_settle`] when the request ends.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::{BackendId, CostEstimate, ExplainContext, Explanation, ModelId, Reason, RoutingIntent};
+
+/// Whether retrying the same decision later could succeed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// A passing condition (a snapshot not loaded yet, a store briefly unavailable).
+    Retryable,
+    /// Retrying will not help until something is changed.
+    Unresolvable,
+}
+
+/// A stage could not do its work. What happens next is the stage's [`ErrorPolicy`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ReconcileError {
+    /// Retryable or not.
+    pub kind: ErrorKind,
+    /// What went wrong and what to do about it.
+    pub message: Cow<'static, str>,
+}
+
+impl ReconcileError {
+    /// A retryable error.
+    pub fn retryable(message: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            kind: ErrorKind::Retryable,
+            message: message.into(),
+        }
+    }
+
+    /// An unresolvable error.
+    pub fn unresolvable(message: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            kind: ErrorKind::Unresolvable,
+            message: message.into(),
+        }
+    }
+}
+
+/// What the pipeline does when a stage returns an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorPolicy {
+    /// Skip the stage: keep its candidates, add a warning to the decision.
+    FailOpen,
+    /// Exclude every remaining candidate, naming the stage's error.
+    FailClosed,
+}
+
+impl ErrorPolicy {
+    /// The policy as written in config.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorPolicy::FailOpen => "fail_open",
+            ErrorPolicy::FailClosed => "fail_closed",
+        }
+    }
+}
+
+/// A route that was chosen: what stages see in [`Reconciler::on_route`] and
+/// [`Reconciler::on_settle`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RouteTicket {
+    /// The chosen backend.
+    pub backend: BackendId,
+    /// The model it will serve.
+    pub model: ModelId,
+    /// The estimated cost on that backend.
+    pub cost_estimate: CostEstimate,
+    /// Whether the model is a fallback of the requested one.
+    pub fallback_used: bool,
+}
+
+/// How a request ended, as reported by the caller.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Outcome {
+    /// Whether the backend answered successfully.
+    pub success: bool,
+    /// Time from sending to the last byte.
+    pub latency: Duration,
+    /// Time to the first token, for streaming responses.
+    pub time_to_first_token: Option<Duration>,
+    /// Actual input tokens, when the backend reported them.
+    pub input_tokens: Option<u32>,
+    /// Actual output tokens, when the backend reported them.
+    pub output_tokens: Option<u32>,
+}
+
+impl Outcome {
+    /// A success after `latency`.
+    pub const fn success(latency: Duration) -> Self {
+        Self {
+            success: true,
+            latency,
+            time_to_first_token: None,
+            input_tokens: None,
+            output_tokens: None,
+        }
+    }
+
+    /// A failure after `latency`.
+    pub const fn failure(latency: Duration) -> Self {
+        Self {
+            success: false,
+            latency,
+            time_to_first_token: None,
+            input_tokens: None,
+            output_tokens: None,
+        }
+    }
+
+    /// Sets the time to first token.
+    pub const fn time_to_first_token(mut self, ttft: Duration) -> Self {
+        self.time_to_first_token = Some(ttft);
+        self
+    }
+
+    /// Sets the actual token usage.
+    pub const fn usage(mut self, input_tokens: u32, output_tokens: u32) -> Self {
+        self.input_tokens = Some(input_tokens);
+        self.output_tokens = Some(output_tokens);
+        self
+    }
+}
+
+/// How a routed request ended, for [`Reconciler::on_settle`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Settlement<'a> {
+    /// The caller finished the guard with this outcome.
+    Finished(&'a Outcome),
+    /// The guard was dropped unfinished: count it as a failure, release what was reserved.
+    Abandoned,
+    /// The route was withdrawn before any request was sent (a later stage vetoed it, or
+    /// the caller cancelled a dry run): release what was reserved, record nothing.
+    Cancelled,
+}
+
+/// One policy stage of the routing pipeline.
+///
+/// Implementations must be cheap and must not allocate in `reconcile` on the path to a
+/// Route decision; see the crate docs for the hot-path rules.
+///
+/// ```
+/// use nexus_core::{Reason, ReconcileError, Reconciler, RoutingIntent};
+///
+/// /// Excludes backends whose id starts with "test-".
+/// #[derive(Debug)]
+/// struct NoTestBackends;
+///
+/// impl Reconciler for NoTestBackends {
+///     fn name(&self) -> &'static str {
+///         "no-test"
+///     }
+///     fn reconcile(&self, intent: &mut RoutingIntent<'_>) -> Result<(), ReconcileError> {
+///         let fleet = intent.fleet();
+///         for backend in intent.candidates().clone().iter() {
+///             if fleet.backend(backend).name().starts_with("test-") {
+///                 intent.exclude(backend, Reason::new(1));
+///             }
+///         }
+///         Ok(())
+///     }
+/// }
+/// ```
+pub trait Reconciler: Send + Sync + std::fmt::Debug {
+    /// The stage's kind as written in config, e.g. `"privacy"`.
+    fn name(&self) -> &'static str;
+
+    /// Narrows the intent: exclude candidates or scale their weights.
+    fn reconcile(&self, intent: &mut RoutingIntent<'_>) -> Result<(), ReconcileError>;
+
+    /// Renders one of this stage's reasons. The default names the code; stages should
+    /// say what was measured and how to fix it.
+    fn explain(&self, reason: &Reason, _ctx: &ExplainContext<'_>) -> Explanation {
+        Explanation::new(
+            format!("excluded by {} (code {})", self.name(), reason.code),
+            "see the documentation of this reconciler",
+        )
+    }
+
+    /// What the pipeline does when `reconcile` fails, unless config overrides it.
+    fn default_error_policy(&self) -> ErrorPolicy {
+        ErrorPolicy::FailClosed
+    }
+
+    /// A backend was picked. Return `Err` to veto it (it is then excluded with that
+    /// reason and the pick is made again); a stage that reserves something here must
+    /// release it in [`on_settle`](Self::on_settle).
+    fn on_route(&self, _ticket: &RouteTicket) -> Result<(), Reason> {
+        Ok(())
+    }
+
+    /// A route this stage accepted in `on_route` has ended.
+    fn on_settle(&self, _ticket: &RouteTicket, _settlement: Settlement<'_>) {}
+}
+
+macro_rules! forward_reconciler {
+    () => {
+        fn name(&self) -> &'static str {
+            (**self).name()
+        }
+        fn reconcile(&self, intent: &mut RoutingIntent<'_>) -> Result<(), ReconcileError> {
+            (**self).reconcile(intent)
+        }
+        fn explain(&self, reason: &Reason, ctx: &ExplainContext<'_>) -> Explanation {
+            (**self).explain(reason, ctx)
+        }
+        fn default_error_policy(&self) -> ErrorPolicy {
+            (**self).default_error_policy()
+        }
+        fn on_route(&self, ticket: &RouteTicket) -> Result<(), Reason> {
+            (**self).on_route(ticket)
+        }
+        fn on_settle(&self, ticket: &RouteTicket, settlement: Settlement<'_>) {
+            (**self).on_settle(ticket, settlement)
+        }
+    };
+}
+
+impl<R: Reconciler + ?Sized> Reconciler for &R {
+    forward_reconciler!();
+}
+
+impl<R: Reconciler + ?Sized> Reconciler for Box<R> {
+    forward_reconciler!();
+}
+
+impl<R: Reconciler + ?Sized> Reconciler for Arc<R> {
+    forward_reconciler!();
+}

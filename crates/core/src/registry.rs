@@ -1,0 +1,199 @@
+//! The [`Registry`] of named reconciler factories that configuration draws from.
+//!
+//! Built-in stages and third-party ones register the same way: under a kind name
+//! (`"privacy"`, `"my-geo-fence"`) with a [`ReconcilerFactory`] that builds the stage
+//! from a [`BuildContext`]. The registry refuses a second factory for a kind, so a
+//! plugin cannot silently replace a built-in.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+
+use crate::{Clock, Fleet, PolicySet, Reconciler, RequestAnalyzer};
+
+/// What a factory gets to build its stage from.
+#[derive(Clone, Copy)]
+pub struct BuildContext<'a> {
+    /// The kind being built.
+    pub kind: &'a str,
+    /// The fleet the pipeline routes over.
+    pub fleet: &'a Arc<Fleet>,
+    /// The traffic policies.
+    pub policies: &'a Arc<PolicySet>,
+    /// The stage's settings: the `[routing.<kind>]` table of the config, if present.
+    pub settings: Option<&'a toml::Value>,
+    /// The clock stages must use for time.
+    pub clock: &'a Arc<dyn Clock>,
+}
+
+impl fmt::Debug for BuildContext<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BuildContext")
+            .field("kind", &self.kind)
+            .field("backends", &self.fleet.len())
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BuildContext<'_> {
+    /// The settings deserialized into `T`, or `T::default()` when the section is absent.
+    pub fn settings<T: DeserializeOwned + Default>(&self) -> Result<T, BuildError> {
+        match self.settings {
+            None => Ok(T::default()),
+            Some(value) => {
+                value
+                    .clone()
+                    .try_into()
+                    .map_err(|e: toml::de::Error| BuildError::InvalidSettings {
+                        kind: self.kind.to_owned(),
+                        message: e.message().to_owned(),
+                    })
+            }
+        }
+    }
+}
+
+/// A factory could not build its stage.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The `[routing.<kind>]` table is invalid.
+    #[error("[routing.{kind}]: {message}")]
+    InvalidSettings {
+        /// The stage kind.
+        kind: String,
+        /// What is wrong, and how to fix it.
+        message: String,
+    },
+    /// No factory is registered under the name.
+    #[error("unknown reconciler '{kind}'{}; known: {}", .suggestion.as_ref().map(|s| format!(" (did you mean '{s}'?)")).unwrap_or_default(), .known.join(", "))]
+    UnknownKind {
+        /// The name asked for.
+        kind: String,
+        /// The closest registered name.
+        suggestion: Option<String>,
+        /// Every registered name.
+        known: Vec<String>,
+    },
+    /// Anything else.
+    #[error("reconciler '{kind}': {message}")]
+    Other {
+        /// The stage kind.
+        kind: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Builds one kind of stage.
+///
+/// Any `Fn(&BuildContext) -> Result<Box<dyn Reconciler>, BuildError>` is a factory.
+pub trait ReconcilerFactory: Send + Sync {
+    /// Builds the stage.
+    fn build(&self, ctx: &BuildContext<'_>) -> Result<Box<dyn Reconciler>, BuildError>;
+}
+
+impl<F> ReconcilerFactory for F
+where
+    F: Fn(&BuildContext<'_>) -> Result<Box<dyn Reconciler>, BuildError> + Send + Sync,
+{
+    fn build(&self, ctx: &BuildContext<'_>) -> Result<Box<dyn Reconciler>, BuildError> {
+        self(ctx)
+    }
+}
+
+/// A second factory was registered for a kind.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a reconciler named '{kind}' is already registered; choose another name for yours")]
+pub struct DuplicateKind {
+    /// The kind.
+    pub kind: String,
+}
+
+/// Named reconciler factories.
+///
+/// ```
+/// use nexus_core::{BuildContext, BuildError, Reconciler, Registry, RequestAnalyzer};
+///
+/// let mut registry = Registry::new();
+/// assert!(registry.contains("analyzer"));
+/// let duplicate = registry.register("analyzer", |_: &BuildContext<'_>| {
+///     Ok(Box::new(RequestAnalyzer) as Box<dyn Reconciler>)
+/// });
+/// assert!(duplicate.is_err());
+/// ```
+#[derive(Clone)]
+pub struct Registry {
+    factories: BTreeMap<String, Arc<dyn ReconcilerFactory>>,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.factories.keys()).finish()
+    }
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Registry {
+    /// A registry holding core's own stage, `analyzer`.
+    pub fn new() -> Self {
+        let mut registry = Self::empty();
+        registry
+            .register("analyzer", |_: &BuildContext<'_>| {
+                Ok(Box::new(RequestAnalyzer) as Box<dyn Reconciler>)
+            })
+            .expect("an empty registry has no duplicates");
+        registry
+    }
+
+    /// A registry with nothing in it.
+    pub fn empty() -> Self {
+        Self {
+            factories: BTreeMap::new(),
+        }
+    }
+
+    /// Registers `factory` under `kind`; refuses a kind that is already taken.
+    pub fn register(
+        &mut self,
+        kind: impl Into<String>,
+        factory: impl ReconcilerFactory + 'static,
+    ) -> Result<(), DuplicateKind> {
+        let kind = kind.into();
+        if self.factories.contains_key(&kind) {
+            return Err(DuplicateKind { kind });
+        }
+        self.factories.insert(kind, Arc::new(factory));
+        Ok(())
+    }
+
+    /// Whether `kind` is registered.
+    pub fn contains(&self, kind: &str) -> bool {
+        self.factories.contains_key(kind)
+    }
+
+    /// Every registered kind, sorted.
+    pub fn kinds(&self) -> impl Iterator<Item = &str> {
+        self.factories.keys().map(String::as_str)
+    }
+
+    /// Builds a stage of kind `ctx.kind`.
+    pub fn build(&self, ctx: &BuildContext<'_>) -> Result<Box<dyn Reconciler>, BuildError> {
+        match self.factories.get(ctx.kind) {
+            Some(factory) => factory.build(ctx),
+            None => Err(BuildError::UnknownKind {
+                kind: ctx.kind.to_owned(),
+                suggestion: crate::closest(ctx.kind, self.kinds()).map(str::to_owned),
+                known: self.kinds().map(str::to_owned).collect(),
+            }),
+        }
+    }
+}

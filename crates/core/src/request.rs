@@ -1,0 +1,244 @@
+//! What a request asks for: [`Request`] as the caller states it, and the derived
+//! [`RequestRequirements`] that stages check backends against.
+
+use std::fmt;
+use std::ops::BitOr;
+
+/// Optional model features a request may need, as a small bit set.
+///
+/// ```
+/// use nexus_core::Features;
+/// let needs = Features::VISION | Features::TOOLS;
+/// assert!(needs.contains(Features::TOOLS));
+/// assert_eq!(needs.missing_from(Features::TOOLS), Features::VISION);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Features(u8);
+
+impl Features {
+    /// No features.
+    pub const NONE: Features = Features(0);
+    /// Image input.
+    pub const VISION: Features = Features(1);
+    /// Tool (function) calls.
+    pub const TOOLS: Features = Features(2);
+    /// A JSON response mode.
+    pub const JSON_MODE: Features = Features(4);
+
+    /// Builds the set from three flags.
+    pub const fn from_flags(vision: bool, tools: bool, json_mode: bool) -> Self {
+        Features((vision as u8) | ((tools as u8) << 1) | ((json_mode as u8) << 2))
+    }
+
+    /// Whether every feature of `other` is in `self`.
+    #[inline]
+    pub const fn contains(self, other: Features) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// The features of `self` that `offered` lacks.
+    #[inline]
+    pub const fn missing_from(self, offered: Features) -> Features {
+        Features(self.0 & !offered.0)
+    }
+
+    /// Whether the set is empty.
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The raw bits, for compact storage.
+    pub const fn bits(self) -> u8 {
+        self.0
+    }
+
+    /// The set from raw bits; unknown bits are dropped.
+    pub const fn from_bits(bits: u8) -> Self {
+        Features(bits & 7)
+    }
+
+    /// The names of the features in the set, as written in config.
+    pub fn names(self) -> impl Iterator<Item = &'static str> {
+        [
+            (Features::VISION, "vision"),
+            (Features::TOOLS, "tools"),
+            (Features::JSON_MODE, "json_mode"),
+        ]
+        .into_iter()
+        .filter(move |(f, _)| self.contains(*f))
+        .map(|(_, name)| name)
+    }
+}
+
+impl BitOr for Features {
+    type Output = Features;
+    fn bitor(self, rhs: Features) -> Features {
+        Features(self.0 | rhs.0)
+    }
+}
+
+impl fmt::Display for Features {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        for name in self.names() {
+            if !first {
+                f.write_str(", ")?;
+            }
+            f.write_str(name)?;
+            first = false;
+        }
+        if first {
+            f.write_str("none")?;
+        }
+        Ok(())
+    }
+}
+
+/// How strictly a policy's `min_tier` applies to this request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum TierMode {
+    /// Never serve below the required tier (the default).
+    #[default]
+    Strict,
+    /// When no backend meets the tier, serve the best tier below it, with a warning.
+    Flexible,
+}
+
+/// One inference request, as far as routing needs to know it.
+///
+/// The model name is borrowed so that a gateway can route straight from the parsed
+/// request body without copying.
+///
+/// ```
+/// use nexus_core::{Features, Request};
+/// let request = Request::new("gpt-4").input_tokens(1000).needs(Features::TOOLS);
+/// let needs = request.requirements();
+/// assert_eq!(needs.estimated_output_tokens, 500);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Request<'a> {
+    /// The model the client asked for (possibly an alias).
+    pub model: &'a str,
+    /// Input tokens, when known; counts as 0 otherwise.
+    pub input_tokens: Option<u32>,
+    /// The client's cap on output tokens.
+    pub max_output_tokens: Option<u32>,
+    /// Features the request needs.
+    pub features: Features,
+    /// Strict or flexible tier enforcement.
+    pub tier_mode: TierMode,
+}
+
+impl<'a> Request<'a> {
+    /// A request for `model` with no other requirements.
+    pub const fn new(model: &'a str) -> Self {
+        Self {
+            model,
+            input_tokens: None,
+            max_output_tokens: None,
+            features: Features::NONE,
+            tier_mode: TierMode::Strict,
+        }
+    }
+
+    /// Sets the input token count.
+    pub const fn input_tokens(mut self, tokens: u32) -> Self {
+        self.input_tokens = Some(tokens);
+        self
+    }
+
+    /// Sets the output token cap.
+    pub const fn max_output_tokens(mut self, tokens: u32) -> Self {
+        self.max_output_tokens = Some(tokens);
+        self
+    }
+
+    /// Adds needed features.
+    pub const fn needs(mut self, features: Features) -> Self {
+        self.features = Features(self.features.0 | features.0);
+        self
+    }
+
+    /// Sets the tier mode.
+    pub const fn tier_mode(mut self, mode: TierMode) -> Self {
+        self.tier_mode = mode;
+        self
+    }
+
+    /// The derived requirements: input counts as 0 when unknown; the estimated output is
+    /// the output cap when given, otherwise half the input.
+    pub const fn requirements(&self) -> RequestRequirements {
+        let input = match self.input_tokens {
+            Some(n) => n,
+            None => 0,
+        };
+        let output = match self.max_output_tokens {
+            Some(n) => n,
+            None => input / 2,
+        };
+        RequestRequirements {
+            input_tokens: input,
+            estimated_output_tokens: output,
+            features: self.features,
+            tier_mode: self.tier_mode,
+        }
+    }
+}
+
+/// What a backend must satisfy to serve a request, derived once per decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RequestRequirements {
+    /// Input tokens (0 when unknown).
+    pub input_tokens: u32,
+    /// Output tokens the request is expected to produce.
+    pub estimated_output_tokens: u32,
+    /// Needed features.
+    pub features: Features,
+    /// Tier enforcement mode.
+    pub tier_mode: TierMode,
+}
+
+impl RequestRequirements {
+    /// Input plus estimated output tokens, for context-window checks.
+    pub const fn total_tokens(&self) -> u64 {
+        self.input_tokens as u64 + self.estimated_output_tokens as u64
+    }
+}
+
+/// The estimated cost of serving a request on one backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CostEstimate {
+    /// Input tokens counted.
+    pub input_tokens: u32,
+    /// Output tokens expected.
+    pub estimated_output_tokens: u32,
+    /// Cost in USD at the backend's prices.
+    pub cost_usd: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_defaults_to_half_the_input() {
+        let r = Request::new("m").input_tokens(1001).requirements();
+        assert_eq!(r.estimated_output_tokens, 500);
+        let r = Request::new("m").requirements();
+        assert_eq!((r.input_tokens, r.estimated_output_tokens), (0, 0));
+        let r = Request::new("m")
+            .input_tokens(10)
+            .max_output_tokens(99)
+            .requirements();
+        assert_eq!(r.estimated_output_tokens, 99);
+    }
+
+    #[test]
+    fn features_display_their_config_names() {
+        assert_eq!(
+            (Features::VISION | Features::JSON_MODE).to_string(),
+            "vision, json_mode"
+        );
+        assert_eq!(Features::NONE.to_string(), "none");
+    }
+}

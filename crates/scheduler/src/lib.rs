@@ -1,0 +1,295 @@
+//! # nexus-scheduler
+//!
+//! The `scheduler` stage: the last stage of a pipeline, which scores every remaining
+//! candidate and either routes to the best, queues, or (when nothing is left) lets the
+//! pipeline reject.
+//!
+//! ## Score
+//! `priority × (1 − load_factor) × (1 / latency_ewma_ms) × weight`, where
+//! `load_factor = in_flight / max_concurrency` (capped at 1), the latency EWMA falls back
+//! to [`SchedulerSettings::default_latency_ms`] until the backend has answered, and
+//! `weight` is the product of the factors earlier stages set (quality, budget
+//! preference).
+//!
+//! ## Queue
+//! When the best candidate is `loading`, or every candidate is at `max_concurrency`, the
+//! decision is Queue with an estimated wait and the best ready backend (if any) as an
+//! alternative to waiting.
+//!
+//! ## Ties
+//! Equal scores are broken at random, so that requests deciding at the same moment
+//! spread over equal backends instead of herding onto the first. The random source is
+//! per thread (no shared cache line is written per decision); tests fix it with
+//! [`SchedulerReconciler::with_seed`].
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::cell::Cell;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nexus_core::{
+    BackendId, BackendStatus, BuildContext, BuildError, QueueCause, ReconcileError, Reconciler,
+    RoutingIntent,
+};
+use serde::Deserialize;
+
+/// The `[routing.scheduler]` settings.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerSettings {
+    /// Latency assumed for a backend that has not answered yet, in milliseconds.
+    /// Default 100.
+    pub default_latency_ms: f64,
+    /// Estimated wait for a backend that is loading its model, in milliseconds.
+    /// Default 10 000.
+    pub load_wait_ms: u64,
+    /// Fixes the tie-breaking random sequence, for reproducible runs.
+    pub seed: Option<u64>,
+}
+
+impl Default for SchedulerSettings {
+    fn default() -> Self {
+        Self {
+            default_latency_ms: 100.0,
+            load_wait_ms: 10_000,
+            seed: None,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum TieBreak {
+    PerThread,
+    Seeded(AtomicU64),
+}
+
+/// The `scheduler` stage. See the crate docs for the score and the queue rules.
+///
+/// ```
+/// use std::sync::Arc;
+/// use nexus_core::{BackendSpec, Fleet, ModelSpec, Pipeline, Request, RoutingDecision};
+/// use nexus_scheduler::SchedulerReconciler;
+///
+/// let fleet = Arc::new(Fleet::new(vec![
+///     BackendSpec::new("small", "http://127.0.0.1:1").with_model(ModelSpec::new("m")),
+///     BackendSpec::new("big", "http://127.0.0.1:2").with_priority(3).with_model(ModelSpec::new("m")),
+/// ])?);
+/// let pipeline = Pipeline::builder(fleet).stage(SchedulerReconciler::new()).build()?;
+/// let decision = pipeline.decide(&Request::new("m"));
+/// assert_eq!(decision.backend().unwrap().name(), "big");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct SchedulerReconciler {
+    settings: SchedulerSettings,
+    ties: TieBreak,
+}
+
+impl Default for SchedulerReconciler {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+thread_local! {
+    static THREAD_RNG: Cell<u64> = const { Cell::new(0) };
+}
+
+/// SplitMix64's output function: a good 64-bit mix of a counter.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+const GOLDEN_GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+
+impl SchedulerReconciler {
+    /// A scheduler with default settings and per-thread random tie-breaking.
+    pub fn new() -> Self {
+        Self::with_settings(SchedulerSettings::default())
+    }
+
+    /// A scheduler with `settings`.
+    pub fn with_settings(settings: SchedulerSettings) -> Self {
+        let ties = match settings.seed {
+            Some(seed) => TieBreak::Seeded(AtomicU64::new(seed)),
+            None => TieBreak::PerThread,
+        };
+        Self { settings, ties }
+    }
+
+    /// A scheduler whose ties are broken by a sequence fixed by `seed`.
+    pub fn with_seed(seed: u64) -> Self {
+        Self::with_settings(SchedulerSettings {
+            seed: Some(seed),
+            ..SchedulerSettings::default()
+        })
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &SchedulerSettings {
+        &self.settings
+    }
+
+    /// Builds the stage from `[routing.scheduler]`; the factory registered as
+    /// `"scheduler"`.
+    pub fn from_context(ctx: &BuildContext<'_>) -> Result<Box<dyn Reconciler>, BuildError> {
+        let settings: SchedulerSettings = ctx.settings()?;
+        if !(settings.default_latency_ms.is_finite() && settings.default_latency_ms > 0.0) {
+            return Err(BuildError::InvalidSettings {
+                kind: ctx.kind.to_owned(),
+                message: format!(
+                    "default_latency_ms must be a positive number of milliseconds, got {}",
+                    settings.default_latency_ms
+                ),
+            });
+        }
+        Ok(Box::new(Self::with_settings(settings)))
+    }
+
+    fn random(&self) -> u64 {
+        match &self.ties {
+            TieBreak::Seeded(state) => mix(state.fetch_add(GOLDEN_GAMMA, Ordering::Relaxed)),
+            TieBreak::PerThread => THREAD_RNG
+                .try_with(|cell| {
+                    let mut state = cell.get();
+                    if state == 0 {
+                        let mut hasher =
+                            std::collections::hash_map::RandomState::new().build_hasher();
+                        hasher.write_u64(std::ptr::from_ref(cell) as usize as u64);
+                        state = hasher.finish() | 1;
+                    }
+                    state = state.wrapping_add(GOLDEN_GAMMA);
+                    cell.set(state);
+                    mix(state)
+                })
+                .unwrap_or(0),
+        }
+    }
+
+    /// The score of `backend` given its weight; see the crate docs.
+    pub fn score(&self, intent: &RoutingIntent<'_>, backend: BackendId) -> f64 {
+        let b = intent.fleet().backend(backend);
+        let live = b.live();
+        let load = (f64::from(live.in_flight()) / f64::from(b.max_concurrency())).min(1.0);
+        let latency = live
+            .latency_ewma_ms()
+            .unwrap_or(self.settings.default_latency_ms);
+        f64::from(b.priority()) * (1.0 - load) / latency * intent.weight(backend)
+    }
+}
+
+/// Candidates are compared by score, then by readiness, so that among equal scores a
+/// ready backend beats a loading one.
+#[derive(Clone, Copy, PartialEq, PartialOrd)]
+struct Rank {
+    score: f64,
+    ready: bool,
+}
+
+impl Reconciler for SchedulerReconciler {
+    fn name(&self) -> &'static str {
+        "scheduler"
+    }
+
+    fn reconcile(&self, intent: &mut RoutingIntent<'_>) -> Result<(), ReconcileError> {
+        let fleet = intent.fleet();
+        let offers = intent.model_entry().offers();
+        let mut best: Option<Rank> = None;
+        let mut ties = 0u64;
+        let mut best_ready: Option<(BackendId, f64)> = None;
+        // When every candidate is saturated: the one expected to free a slot first.
+        let mut soonest_free: Option<(BackendId, f64)> = None;
+        let mut any_unsaturated = false;
+
+        for &(backend, _) in offers {
+            if !intent.is_candidate(backend) {
+                continue;
+            }
+            let b = fleet.backend(backend);
+            let live = b.live();
+            let in_flight = live.in_flight();
+            let saturated = in_flight >= b.max_concurrency();
+            let ready = !saturated && live.status() == BackendStatus::Healthy;
+            let score = self.score(intent, backend);
+            intent.record_score(backend, score);
+            any_unsaturated |= !saturated;
+            if saturated {
+                let latency = live
+                    .latency_ewma_ms()
+                    .unwrap_or(self.settings.default_latency_ms);
+                let excess = f64::from(in_flight - b.max_concurrency() + 1);
+                let wait = latency * excess / f64::from(b.max_concurrency());
+                if soonest_free.is_none_or(|(_, w)| wait < w) {
+                    soonest_free = Some((backend, wait));
+                }
+            }
+            if ready && best_ready.is_none_or(|(_, s)| score > s) {
+                best_ready = Some((backend, score));
+            }
+            let rank = Rank { score, ready };
+            match best.partial_cmp(&Some(rank)) {
+                Some(std::cmp::Ordering::Less) => {
+                    best = Some(rank);
+                    ties = 1;
+                }
+                Some(std::cmp::Ordering::Equal) => ties += 1,
+                _ => {}
+            }
+        }
+
+        let Some(best) = best else {
+            return Ok(());
+        };
+        if !any_unsaturated {
+            if let Some((backend, wait)) = soonest_free {
+                intent.queue(backend, QueueCause::Saturated, wait.ceil() as u64, None);
+            }
+            return Ok(());
+        }
+        // Pick the n-th of the equally ranked candidates.
+        let mut n = if ties > 1 { self.random() % ties } else { 0 };
+        for &(backend, _) in offers {
+            let Some(score) = intent
+                .score(backend)
+                .filter(|_| intent.is_candidate(backend))
+            else {
+                continue;
+            };
+            let live = fleet.backend(backend).live();
+            let ready = live.in_flight() < fleet.backend(backend).max_concurrency()
+                && live.status() == BackendStatus::Healthy;
+            if (Rank { score, ready }) != best {
+                continue;
+            }
+            if n > 0 {
+                n -= 1;
+                continue;
+            }
+            if live.status() == BackendStatus::Loading {
+                let fallback = best_ready.map(|(b, _)| b);
+                intent.queue(
+                    backend,
+                    QueueCause::Loading,
+                    self.settings.load_wait_ms,
+                    fallback,
+                );
+            } else {
+                intent.select(backend, score);
+            }
+            return Ok(());
+        }
+        // Live state moved between the two passes (another thread finished a request):
+        // take the best ready backend seen in the first pass.
+        if let Some((backend, score)) = best_ready {
+            intent.select(backend, score);
+        }
+        Ok(())
+    }
+
+    fn default_error_policy(&self) -> nexus_core::ErrorPolicy {
+        nexus_core::ErrorPolicy::FailClosed
+    }
+}
