@@ -1,4 +1,5 @@
 //! The scheduler's choices: score order, weights, ties, queueing.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
 use std::sync::Arc;
