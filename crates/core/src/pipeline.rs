@@ -292,8 +292,35 @@ impl Pipeline {
         }
         let budget_status = intent.budget_status;
         let model = intent.model;
-        let fallback_used = intent.attempt > 0;
+        let attempt = intent.attempt;
+        let fallback_used = attempt > 0;
         let candidates = intent.scratch.candidates.len() as u32;
+
+        // A queue with no ready backend of its own model: offer a ready backend of a
+        // later fallback instead, found through the same stages (so it obeys the same
+        // constraints). The queued model's candidates are kept for the explanation.
+        let mut queue_candidates = None;
+        let mut fallback_model = None;
+        if let Some(Committed::Queue {
+            fallback_backend: fallback @ None,
+            ..
+        }) = &mut found
+        {
+            if attempt + 1 < plan.attempts().len() {
+                queue_candidates = Some(scored(&intent.scratch));
+                for (later, plan_attempt) in plan.attempts().iter().enumerate().skip(attempt + 1) {
+                    intent.reset_for(plan_attempt.model, plan_attempt.constraints, later);
+                    for index in 0..self.stages.len() {
+                        self.run_stage(index, &mut intent, timing);
+                    }
+                    if let Some(ready) = ready_choice(&intent) {
+                        *fallback = Some(ready);
+                        fallback_model = Some(plan_attempt.model);
+                        break;
+                    }
+                }
+            }
+        }
 
         let mut decision = Decision {
             pipeline: self,
@@ -309,6 +336,7 @@ impl Pipeline {
             budget_status,
             guard: None,
             scratch: Some(scratch),
+            queue_candidates,
         };
         match found {
             Some(Committed::Route { ticket, score }) => {
@@ -335,6 +363,7 @@ impl Pipeline {
                     model,
                     reason: QueueReason { cause, candidates },
                     estimated_wait_ms,
+                    fallback_model: fallback_backend.map(|_| fallback_model.unwrap_or(model)),
                     fallback_backend,
                 };
             }
@@ -503,6 +532,7 @@ impl Pipeline {
             budget_status: BudgetStatus::Normal,
             guard: None,
             scratch: Some(scratch),
+            queue_candidates: None,
         }
     }
 
@@ -681,6 +711,30 @@ impl Pipeline {
     }
 }
 
+/// The candidates left in `scratch` with their recorded scores.
+fn scored(scratch: &Scratch) -> Vec<(BackendId, Option<f64>)> {
+    scratch
+        .candidates
+        .iter()
+        .map(|b| {
+            let score = scratch.scores[b.index()];
+            (b, (!score.is_nan()).then_some(score))
+        })
+        .collect()
+}
+
+/// A backend the stages would route to right now, without committing to it.
+fn ready_choice(intent: &RoutingIntent<'_>) -> Option<BackendId> {
+    match intent.selection {
+        Selection::Route { backend, .. } => Some(backend),
+        Selection::Queue {
+            fallback_backend, ..
+        } => fallback_backend,
+        Selection::None => intent.scratch.candidates.iter().next(),
+    }
+    .filter(|b| intent.is_candidate(*b))
+}
+
 enum Committed {
     Route {
         ticket: RouteTicket,
@@ -788,8 +842,11 @@ pub enum RoutingDecision {
         reason: QueueReason,
         /// Estimated wait.
         estimated_wait_ms: u64,
-        /// A ready backend to use instead of waiting, if any.
+        /// A ready backend to use instead of waiting, if any: of the same model, else of
+        /// a fallback model.
         fallback_backend: Option<BackendId>,
+        /// The model `fallback_backend` would serve.
+        fallback_model: Option<ModelId>,
     },
     /// No backend may serve the request.
     Reject {
@@ -829,6 +886,8 @@ pub struct Decision<'p> {
     budget_status: BudgetStatus,
     guard: Option<RouteGuard<'p>>,
     scratch: Option<Box<Scratch>>,
+    /// For a Queue that probed fallbacks: the queued model's candidates and scores.
+    queue_candidates: Option<Vec<(BackendId, Option<f64>)>>,
 }
 
 impl<'p> Decision<'p> {
@@ -936,16 +995,14 @@ impl<'p> Decision<'p> {
         if matches!(self.kind, RoutingDecision::Reject { .. }) {
             return Vec::new();
         }
-        let scratch = self.scratch();
         let fleet: &'p Fleet = &self.pipeline.fleet;
-        let mut list: Vec<_> = scratch
-            .candidates
-            .iter()
-            .map(|b| {
-                let score = scratch.scores[b.index()];
-                (fleet.backend(b), (!score.is_nan()).then_some(score))
-            })
-            .collect();
+        let mut list: Vec<_> = match &self.queue_candidates {
+            Some(list) => list.clone(),
+            None => scored(self.scratch()),
+        }
+        .into_iter()
+        .map(|(b, score)| (fleet.backend(b), score))
+        .collect();
         list.sort_by(|a, b| {
             b.1.unwrap_or(f64::NEG_INFINITY)
                 .total_cmp(&a.1.unwrap_or(f64::NEG_INFINITY))

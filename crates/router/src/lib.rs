@@ -1,1 +1,35 @@
+//! # nexus-router
+//!
+//! The facade of the Nexus control plane. It turns a TOML configuration into a
+//! [`Fleet`](nexus_core::Fleet) and a [`Pipeline`](nexus_core::Pipeline) of stages drawn
+//! from a [`Registry`](nexus_core::Registry) (built-ins plus whatever you register),
+//! renders decisions for people and machines ([`DecisionReport`]), and ships the `nexus`
+//! command-line tool. Each policy crate is re-exported behind a feature of its name.
+//!
+//! ```
+//! use nexus_core::{Request, RoutingDecision};
+//! use nexus_router::{DecisionReport, Router};
+//!
+//! let router = Router::example()?;
+//! let decision = router.route(&Request::new("gpt-4").input_tokens(1000));
+//! assert!(matches!(decision.kind(), RoutingDecision::Route { .. }));
+//! let report = DecisionReport::new("gpt-4", &decision);
+//! assert_eq!(report.model.as_deref(), Some("llama3:70b"));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
+mod config;
+mod report;
+mod router;
+
+pub use config::{
+    Config, ConfigError, ConfigWarning, RoutingConfig, EXAMPLE_CONFIG, EXAMPLE_CONFIG_NAME,
+};
+pub use report::{CandidateReport, CostReport, DecisionReport, FixReport, RejectionReport};
+pub use router::{Router, RouterBuilder, WithBuiltins, DEFAULT_PIPELINE};
+
+pub use nexus_core as core;
+#[cfg(feature = "scheduler")]
+pub use nexus_scheduler as scheduler;

@@ -1,0 +1,236 @@
+//! `nexus`: check a routing config, or ask where a request would go and why.
+//!
+//! Without `--config` it uses the built-in example config, so that it does something
+//! useful on a fresh checkout. Exit codes: 0 for a valid config or any decision, 2 for
+//! a bad config or bad arguments.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use nexus_core::{Features, Request, TierMode};
+use nexus_router::{ConfigError, DecisionReport, Router, EXAMPLE_CONFIG_NAME};
+
+/// Nexus: decide where each LLM request goes, and say why.
+#[derive(Debug, Parser)]
+#[command(name = "nexus", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate a config and show what it builds.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Decide where a request would go and explain the decision.
+    Route(RouteArgs),
+}
+
+#[derive(Debug, Args)]
+struct ConfigArg {
+    /// The TOML config; the built-in example when omitted.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("tier_mode").args(["strict", "flexible"])))]
+struct RouteArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The model the client asks for (a model name or an alias).
+    #[arg(long, value_name = "NAME")]
+    model: String,
+    /// Input tokens of the request (0 when omitted).
+    #[arg(long, value_name = "N")]
+    input_tokens: Option<u32>,
+    /// The request's cap on output tokens (half the input when omitted).
+    #[arg(long, value_name = "N")]
+    max_output_tokens: Option<u32>,
+    /// The request carries images.
+    #[arg(long)]
+    vision: bool,
+    /// The request uses tool calls.
+    #[arg(long)]
+    tools: bool,
+    /// The request asks for JSON output.
+    #[arg(long)]
+    json_mode: bool,
+    /// Never serve below a policy's min_tier (the default).
+    #[arg(long)]
+    strict: bool,
+    /// Serve the best tier below min_tier when none meets it, with a warning.
+    #[arg(long)]
+    flexible: bool,
+    /// Month-to-date spend in USD to decide with.
+    #[arg(long, value_name = "USD", value_parser = parse_usd)]
+    spent: Option<f64>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+}
+
+fn parse_usd(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!(
+            "'{text}' is not an amount of USD (a number of 0 or more)"
+        )),
+    }
+}
+
+fn load(config: &ConfigArg) -> Result<Router, ConfigError> {
+    match &config.config {
+        Some(path) => Router::from_file(path),
+        None => Router::example(),
+    }
+}
+
+fn config_name(config: &ConfigArg) -> String {
+    config.config.as_ref().map_or_else(
+        || EXAMPLE_CONFIG_NAME.to_owned(),
+        |p| p.display().to_string(),
+    )
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Route(args) => route(&args),
+    }
+}
+
+fn check(config: &ConfigArg) -> ExitCode {
+    let router = match load(config) {
+        Ok(router) => router,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::from(2);
+        }
+    };
+    for warning in router.warnings() {
+        eprintln!("{warning}");
+    }
+    let pipeline = router.pipeline();
+    let fleet = pipeline.fleet();
+    println!("{}: ok", config_name(config));
+    println!("  backends: {}", fleet.len());
+    for backend in fleet.backends() {
+        let zone = match backend.configured_zone() {
+            Some(zone) => zone.to_string(),
+            None => "cloud (no zone set)".to_owned(),
+        };
+        let models: Vec<&str> = backend
+            .models()
+            .iter()
+            .map(|m| fleet.model(*m).name())
+            .collect();
+        println!(
+            "    {:<16} {:<20} priority {}, max {} at once, {}; serves {}",
+            backend.name(),
+            zone,
+            backend.priority(),
+            backend.max_concurrency(),
+            backend.live().status(),
+            models.join(", "),
+        );
+    }
+    println!("  models: {}", fleet.models().len());
+    let mut names: Vec<&str> = pipeline.routes().names().collect();
+    names.sort_unstable();
+    for name in names {
+        let Some(plan) = pipeline.routes().plan(name) else {
+            continue;
+        };
+        let chain: Vec<&str> = plan.alias_chain().collect();
+        let attempts: Vec<&str> = plan
+            .attempts()
+            .iter()
+            .map(|a| fleet.model(a.model).name())
+            .collect();
+        if chain.len() > 1 || attempts.len() > 1 {
+            let fallbacks = match attempts.get(1..) {
+                Some(rest) if !rest.is_empty() => format!(" (fallbacks: {})", rest.join(", ")),
+                _ => String::new(),
+            };
+            println!("    {}{fallbacks}", chain.join(" -> "));
+        }
+    }
+    println!("  policies: {}", pipeline.policies().len());
+    for (i, policy) in pipeline.policies().policies().iter().enumerate() {
+        let mut parts = vec![policy.privacy.as_str().to_owned()];
+        if let Some(tier) = policy.min_tier {
+            parts.push(format!("min_tier {tier}"));
+        }
+        if let Some(cost) = policy.max_cost_per_request {
+            parts.push(format!("max ${cost} per request"));
+        }
+        if !policy.fallback_allowed {
+            parts.push("no fallbacks".to_owned());
+        }
+        println!("    #{i} {:<16} {}", policy.model_pattern, parts.join(", "));
+    }
+    let stages: Vec<String> = pipeline
+        .stages()
+        .iter()
+        .map(|s| format!("{} ({})", s.reconciler().name(), s.error_policy().as_str()))
+        .collect();
+    println!("  pipeline: {}", stages.join(" -> "));
+    ExitCode::SUCCESS
+}
+
+fn route(args: &RouteArgs) -> ExitCode {
+    let router = match load(&args.config) {
+        Ok(router) => router,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.spent.is_some()
+        && !router
+            .pipeline()
+            .stages()
+            .iter()
+            .any(|s| s.reconciler().name() == "budget")
+    {
+        eprintln!("warning: --spent has no effect: the pipeline has no budget stage");
+    }
+    let mut request = Request::new(&args.model)
+        .needs(Features::from_flags(
+            args.vision,
+            args.tools,
+            args.json_mode,
+        ))
+        .tier_mode(if args.flexible {
+            TierMode::Flexible
+        } else {
+            TierMode::Strict
+        });
+    request.input_tokens = args.input_tokens;
+    request.max_output_tokens = args.max_output_tokens;
+
+    let mut decision = router.route(&request);
+    // A dry run: nothing is sent, so release the route without recording an outcome
+    // (before the report, so that its in-flight counts are not this dry run's).
+    if let Some(guard) = decision.take_guard() {
+        guard.cancel();
+    }
+    let report = DecisionReport::new(&args.model, &decision);
+    match args.format {
+        Format::Json => println!("{}", report.to_json()),
+        Format::Text => print!("{}", report.to_text()),
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,378 @@
+//! [`Router`]: a [`Pipeline`] built from configuration, and the [`RouterBuilder`] that
+//! registers third-party stages before loading it.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use nexus_core::{
+    BuildContext, Clock, Decision, DuplicateKind, Fleet, FleetError, Pipeline, PipelineError,
+    PolicyError, PolicySet, ReconcilerFactory, Registry, Request, SystemClock,
+};
+
+use crate::config::{
+    Config, ConfigError, ConfigWarning, Seg, Source, EXAMPLE_CONFIG, EXAMPLE_CONFIG_NAME,
+    ROUTING_KEYS,
+};
+
+/// The built-in stage kinds in their default order. The default pipeline is those of
+/// them compiled into this build.
+pub const DEFAULT_PIPELINE: [&str; 6] = [
+    "analyzer",
+    "privacy",
+    "budget",
+    "tier",
+    "quality",
+    "scheduler",
+];
+
+/// Adds [`with_builtins`](WithBuiltins::with_builtins) to [`Registry`].
+pub trait WithBuiltins {
+    /// A registry with every built-in stage compiled into this build.
+    fn with_builtins() -> Registry;
+}
+
+impl WithBuiltins for Registry {
+    fn with_builtins() -> Registry {
+        #[allow(unused_mut)]
+        let mut registry = Registry::new();
+        #[cfg(feature = "scheduler")]
+        registry
+            .register(
+                "scheduler",
+                nexus_scheduler::SchedulerReconciler::from_context,
+            )
+            .expect("built-in kinds are distinct");
+        registry
+    }
+}
+
+/// Builds a [`Router`]: registers extra stage kinds, sets the clock, loads config.
+///
+/// ```
+/// use nexus_core::{BuildContext, BuildError, Reconciler, RequestAnalyzer};
+/// use nexus_router::RouterBuilder;
+///
+/// let router = RouterBuilder::new()
+///     .with_reconciler("strict-health", |_: &BuildContext<'_>| {
+///         Ok(Box::new(RequestAnalyzer) as Box<dyn Reconciler>)
+///     })?
+///     .load_str("inline.toml", r#"
+///         [[backends]]
+///         id = "a"
+///         url = "http://127.0.0.1:1"
+///         models = [{ name = "m" }]
+///         [routing]
+///         pipeline = ["strict-health", "scheduler"]
+///     "#)?;
+/// assert_eq!(router.route(&nexus_core::Request::new("m")).backend().unwrap().name(), "a");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct RouterBuilder {
+    registry: Registry,
+    clock: Arc<dyn Clock>,
+}
+
+impl Default for RouterBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RouterBuilder {
+    /// A builder with every built-in stage and the system clock.
+    pub fn new() -> Self {
+        Self {
+            registry: Registry::with_builtins(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Registers a stage kind that config can then name in `[routing] pipeline`, with
+    /// its settings in `[routing.<kind>]`. Refuses a kind that exists.
+    pub fn with_reconciler(
+        mut self,
+        kind: impl Into<String>,
+        factory: impl ReconcilerFactory + 'static,
+    ) -> Result<Self, DuplicateKind> {
+        self.registry.register(kind, factory)?;
+        Ok(self)
+    }
+
+    /// Sets the clock stages use (a fake one in tests).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The registry, for listing kinds.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Loads the config file at `path`.
+    pub fn load_file(&self, path: impl AsRef<Path>) -> Result<Router, ConfigError> {
+        let path = path.as_ref();
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: name.clone(),
+            position: None,
+            message: format!("cannot read the config file: {e}"),
+            help: Some("check the path given to --config".to_owned()),
+        })?;
+        self.load_str(&name, &text)
+    }
+
+    /// Loads the built-in example config.
+    pub fn load_example(&self) -> Result<Router, ConfigError> {
+        self.load_str(EXAMPLE_CONFIG_NAME, EXAMPLE_CONFIG)
+    }
+
+    /// Loads config text; `name` is used in error messages.
+    pub fn load_str(&self, name: &str, text: &str) -> Result<Router, ConfigError> {
+        let source = Source::new(name, text);
+        let config = source.parse()?;
+        self.build(&source, config)
+    }
+
+    fn build(&self, source: &Source<'_>, config: Config) -> Result<Router, ConfigError> {
+        let mut warnings = Vec::new();
+        let routing = config.routing;
+
+        let fleet = Fleet::new(config.backends).map_err(|e| fleet_error(source, &e))?;
+        let fleet = Arc::new(fleet);
+
+        let policies = PolicySet::new(routing.policies).map_err(|e| {
+            let index = e.index();
+            let key = match e {
+                PolicyError::InvalidCost { .. } => "max_cost_per_request",
+                _ => "model_pattern",
+            };
+            source.error(
+                &[
+                    Seg::Key("routing"),
+                    Seg::Key("policies"),
+                    Seg::Index(index),
+                    Seg::Key(key),
+                ],
+                e.to_string(),
+                None,
+            )
+        })?;
+        for shadowed in policies.shadowed() {
+            warnings.push(source.warning(
+                &[
+                    Seg::Key("routing"),
+                    Seg::Key("policies"),
+                    Seg::Index(shadowed.policy),
+                    Seg::Key("model_pattern"),
+                ],
+                format!(
+                    "policy {} ('{}') never matches: policy {} ('{}') before it matches every name it does; move it up or remove it",
+                    shadowed.policy,
+                    policies.policy(shadowed.policy).model_pattern,
+                    shadowed.by,
+                    policies.policy(shadowed.by).model_pattern,
+                ),
+            ));
+        }
+        let policies = Arc::new(policies);
+
+        // Stage settings tables must name a known kind; anything else is a typo.
+        for key in routing.stages.keys() {
+            if !self.registry.contains(key) {
+                let known = ROUTING_KEYS.iter().copied().chain(self.registry.kinds());
+                let help = match nexus_core::closest(key, known) {
+                    Some(best) => format!("did you mean `{best}`?"),
+                    None => format!(
+                        "[routing] takes {} and the settings of a stage kind ({})",
+                        ROUTING_KEYS.join(", "),
+                        self.registry.kinds().collect::<Vec<_>>().join(", ")
+                    ),
+                };
+                return Err(source.error(
+                    &[Seg::Key("routing"), Seg::Key(key)],
+                    format!("unknown key `{key}` in [routing]"),
+                    Some(help),
+                ));
+            }
+        }
+
+        let kinds: Vec<String> = match &routing.pipeline {
+            Some(kinds) => kinds.clone(),
+            None => DEFAULT_PIPELINE
+                .iter()
+                .filter(|k| self.registry.contains(k))
+                .map(|k| (*k).to_owned())
+                .collect(),
+        };
+        let pipeline_path = |i: usize| [Seg::Key("routing"), Seg::Key("pipeline"), Seg::Index(i)];
+        for (i, kind) in kinds.iter().enumerate() {
+            if kinds[..i].contains(kind) {
+                return Err(source.error(
+                    &pipeline_path(i),
+                    format!("stage '{kind}' appears twice in the pipeline"),
+                    Some("list each stage once".to_owned()),
+                ));
+            }
+        }
+        for kind in routing.on_error.keys() {
+            if !kinds.contains(kind) {
+                return Err(source.error(
+                    &[Seg::Key("routing"), Seg::Key("on_error"), Seg::Key(kind)],
+                    format!("[routing.on_error] names '{kind}', which is not in the pipeline"),
+                    nexus_core::closest(kind, kinds.iter().map(String::as_str))
+                        .map(|k| format!("did you mean `{k}`?")),
+                ));
+            }
+        }
+        for kind in routing.stages.keys() {
+            if !kinds.contains(kind) {
+                warnings.push(source.warning(
+                    &[Seg::Key("routing"), Seg::Key(kind)],
+                    format!("[routing.{kind}] is ignored: '{kind}' is not in the pipeline; add it to [routing] pipeline"),
+                ));
+            }
+        }
+        if !kinds.iter().any(|k| k == "analyzer") {
+            warnings.push(source.warning(
+                &[Seg::Key("routing"), Seg::Key("pipeline")],
+                "the pipeline has no 'analyzer': unhealthy backends will be admitted; put \"analyzer\" first",
+            ));
+        }
+        match kinds.iter().position(|k| k == "scheduler") {
+            None => warnings.push(source.warning(
+                &[Seg::Key("routing"), Seg::Key("pipeline")],
+                "the pipeline has no 'scheduler': the first remaining candidate is chosen; end the pipeline with \"scheduler\"",
+            )),
+            Some(i) if i + 1 != kinds.len() => warnings.push(source.warning(
+                &pipeline_path(i),
+                "'scheduler' is not the last stage: stages after it can exclude its pick and make it choose again; move it last",
+            )),
+            Some(_) => {}
+        }
+
+        let mut builder = Pipeline::builder(Arc::clone(&fleet))
+            .policies(Arc::clone(&policies))
+            .aliases(routing.aliases)
+            .fallbacks(routing.fallbacks);
+        for (i, kind) in kinds.iter().enumerate() {
+            let ctx = BuildContext {
+                kind,
+                fleet: &fleet,
+                policies: &policies,
+                settings: routing.stages.get(kind),
+                clock: &self.clock,
+            };
+            let stage = self.registry.build(&ctx).map_err(|e| match &e {
+                nexus_core::BuildError::UnknownKind { suggestion, .. } => source.error(
+                    &pipeline_path(i),
+                    format!("unknown stage '{kind}' in the pipeline"),
+                    Some(match suggestion {
+                        Some(s) => format!("did you mean `{s}`?"),
+                        None => format!(
+                            "known stages: {}",
+                            self.registry.kinds().collect::<Vec<_>>().join(", ")
+                        ),
+                    }),
+                ),
+                nexus_core::BuildError::InvalidSettings { message, .. } => {
+                    let (message, help) = crate::config::with_suggestion(message);
+                    let field = message.split('`').nth(1).filter(|_| message.contains('`'));
+                    let mut path = vec![Seg::Key("routing"), Seg::Key(kind)];
+                    if let Some(field) = field {
+                        path.push(Seg::Key(field));
+                    }
+                    source.error(&path, format!("[routing.{kind}]: {message}"), help)
+                }
+                _ => source.error(&[Seg::Key("routing"), Seg::Key(kind)], e.to_string(), None),
+            })?;
+            builder = builder.boxed_stage(stage, routing.on_error.get(kind).copied());
+        }
+        let pipeline = builder.build().map_err(|e| match e {
+            PipelineError::Routes(e) => {
+                let table = if e.is_fallback() {
+                    "fallbacks"
+                } else {
+                    "aliases"
+                };
+                source.error(
+                    &[Seg::Key("routing"), Seg::Key(table), Seg::Key(e.key())],
+                    e.to_string(),
+                    None,
+                )
+            }
+            other => source.error(
+                &[Seg::Key("routing"), Seg::Key("pipeline")],
+                other.to_string(),
+                None,
+            ),
+        })?;
+        Ok(Router { pipeline, warnings })
+    }
+}
+
+fn fleet_error(source: &Source<'_>, e: &FleetError) -> ConfigError {
+    let index = e.backend_index().unwrap_or(0);
+    let mut path = vec![Seg::Key("backends"), Seg::Index(index)];
+    match e {
+        FleetError::DuplicateId { .. } | FleetError::EmptyId { .. } => path.push(Seg::Key("id")),
+        FleetError::ZeroPriority { .. } => path.push(Seg::Key("priority")),
+        FleetError::ZeroConcurrency { .. } => path.push(Seg::Key("max_concurrency")),
+        FleetError::InvalidModel { model_index, .. } => {
+            path.extend([Seg::Key("models"), Seg::Index(*model_index)]);
+        }
+        _ => {}
+    }
+    source.error(&path, e.to_string(), None)
+}
+
+/// A routing pipeline built from configuration.
+#[derive(Debug)]
+pub struct Router {
+    pipeline: Pipeline,
+    warnings: Vec<ConfigWarning>,
+}
+
+impl Router {
+    /// A builder, to register third-party stages or set the clock first.
+    pub fn builder() -> RouterBuilder {
+        RouterBuilder::new()
+    }
+
+    /// Loads the config file at `path` with the built-in stages.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Router, ConfigError> {
+        RouterBuilder::new().load_file(path)
+    }
+
+    /// Loads config text with the built-in stages.
+    pub fn from_toml(name: &str, text: &str) -> Result<Router, ConfigError> {
+        RouterBuilder::new().load_str(name, text)
+    }
+
+    /// The router of the built-in example config.
+    pub fn example() -> Result<Router, ConfigError> {
+        RouterBuilder::new().load_example()
+    }
+
+    /// Decides where `request` goes.
+    #[inline]
+    pub fn route<'r>(&'r self, request: &Request<'_>) -> Decision<'r> {
+        self.pipeline.decide(request)
+    }
+
+    /// The pipeline.
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+
+    /// The fleet.
+    pub fn fleet(&self) -> &Arc<Fleet> {
+        self.pipeline.fleet()
+    }
+
+    /// What looked wrong in the config but did not stop it loading.
+    pub fn warnings(&self) -> &[ConfigWarning] {
+        &self.warnings
+    }
+}

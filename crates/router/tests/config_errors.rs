@@ -1,0 +1,170 @@
+//! Invalid configs fail at load, naming FILE:LINE:COLUMN, what is wrong and the fix.
+#![allow(clippy::unwrap_used)]
+
+use nexus_router::{ConfigError, Router};
+
+const BACKENDS: &str = r#"[[backends]]
+id = "gpu"
+url = "http://127.0.0.1:11434"
+zone = "local"
+  [[backends.models]]
+  name = "llama3:70b"
+  [[backends.models]]
+  name = "mistral:7b"
+"#;
+
+fn load(extra: &str) -> Result<Router, ConfigError> {
+    Router::from_toml("nexus.toml", &format!("{BACKENDS}{extra}"))
+}
+
+/// The 1-based line of the first line of `extra` containing `needle`.
+fn line_of(extra: &str, needle: &str) -> usize {
+    let offset = BACKENDS.lines().count();
+    offset + 1 + extra.lines().position(|l| l.contains(needle)).unwrap()
+}
+
+#[test]
+fn an_alias_chain_of_three_names_resolves() {
+    let router =
+        load("[routing.aliases]\n\"gpt-4\" = \"big\"\n\"big\" = \"llama3:70b\"\n").unwrap();
+    let decision = router.route(&nexus_core::Request::new("gpt-4"));
+    assert_eq!(decision.model(), Some("llama3:70b"));
+    assert_eq!(decision.alias_chain(), ["gpt-4", "big", "llama3:70b"]);
+}
+
+#[test]
+fn an_alias_chain_of_four_names_fails_at_load() {
+    let extra = "[routing.aliases]\n\"a\" = \"b\"\n\"b\" = \"c\"\n\"c\" = \"llama3:70b\"\n";
+    let err = load(extra).unwrap_err();
+    assert_eq!(err.position, Some((line_of(extra, "\"a\""), 1)));
+    assert!(
+        err.message
+            .contains("a -> b -> c -> llama3:70b has 4 names"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_alias_cycle_fails_at_load() {
+    let extra = "[routing.aliases]\n\"x\" = \"y\"\n\"y\" = \"x\"\n";
+    let err = load(extra).unwrap_err();
+    assert!(err.message.contains("cycle: x -> y -> x"), "{err}");
+    assert_eq!(err.position.map(|p| p.0), Some(line_of(extra, "\"x\" =")));
+}
+
+#[test]
+fn unknown_keys_fail_with_their_line_and_a_suggestion() {
+    let extra = "[routing]\npipelin = [\"analyzer\"]\n";
+    let err = load(extra).unwrap_err();
+    assert_eq!(err.position, Some((line_of(extra, "pipelin"), 1)));
+    assert_eq!(err.help.as_deref(), Some("did you mean `pipeline`?"));
+    let rendered = err.to_string();
+    assert!(
+        rendered.starts_with(&format!(
+            "nexus.toml:{}:1: unknown key `pipelin`",
+            line_of(extra, "pipelin")
+        )),
+        "{rendered}"
+    );
+
+    let err = Router::from_toml(
+        "nexus.toml",
+        "[[backends]]\nid = \"a\"\nurl = \"u\"\npriorty = 2\n",
+    )
+    .unwrap_err();
+    assert_eq!(err.position, Some((4, 1)));
+    assert_eq!(err.help.as_deref(), Some("did you mean `priority`?"));
+}
+
+#[test]
+fn an_invalid_glob_names_the_policy_index() {
+    let extra = "[[routing.policies]]\nmodel_pattern = \"llama*\"\n\n[[routing.policies]]\nmodel_pattern = \"gpt-[4\"\n";
+    let err = load(extra).unwrap_err();
+    assert!(
+        err.message
+            .starts_with("policy 1: model_pattern 'gpt-[4' is not a valid glob"),
+        "{err}"
+    );
+    assert_eq!(err.position.map(|p| p.0), Some(line_of(extra, "gpt-[4")));
+}
+
+#[test]
+fn unknown_stages_suggest_the_closest_kind() {
+    let extra = "[routing]\npipeline = [\"analyzer\", \"shceduler\"]\n";
+    let err = load(extra).unwrap_err();
+    assert_eq!(err.message, "unknown stage 'shceduler' in the pipeline");
+    assert_eq!(err.help.as_deref(), Some("did you mean `scheduler`?"));
+    assert_eq!(err.position, Some((line_of(extra, "shceduler"), 25)));
+}
+
+#[test]
+fn typos_in_zones_and_fallbacks_are_errors_not_silent_changes() {
+    let err = Router::from_toml(
+        "z.toml",
+        "[[backends]]\nid = \"a\"\nurl = \"u\"\nzone = \"loacl\"\n",
+    )
+    .unwrap_err();
+    assert_eq!(err.help.as_deref(), Some("did you mean `local`?"));
+
+    let extra = "[routing.fallbacks]\n\"llama3:70b\" = [\"mistral:7\"]\n";
+    let err = load(extra).unwrap_err();
+    assert!(err.message.contains("fallback 'mistral:7' of 'llama3:70b' is not served by any backend (did you mean 'mistral:7b'?)"), "{err}");
+}
+
+#[test]
+fn bad_backend_values_name_the_backend_and_key() {
+    let text =
+        format!("{BACKENDS}\n[[backends]]\nid = \"second\"\nurl = \"u\"\nmax_concurrency = 0\n");
+    let err = Router::from_toml("b.toml", &text).unwrap_err();
+    assert!(
+        err.message
+            .contains("backend 'second': max_concurrency must be greater than 0"),
+        "{err}"
+    );
+    assert_eq!(
+        err.position.map(|p| p.0),
+        Some(
+            text.lines()
+                .position(|l| l.starts_with("max_concurrency"))
+                .unwrap()
+                + 1
+        )
+    );
+}
+
+#[test]
+fn shadowed_policies_and_odd_pipelines_are_warnings() {
+    let extra = "[routing]\npipeline = [\"scheduler\", \"analyzer\"]\n\n[[routing.policies]]\nmodel_pattern = \"*\"\n\n[[routing.policies]]\nmodel_pattern = \"gpt-4\"\n";
+    let router = load(extra).unwrap();
+    let warnings: Vec<String> = router.warnings().iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 2, "{warnings:#?}");
+    assert!(
+        warnings[0].contains("policy 1 ('gpt-4') never matches: policy 0 ('*')"),
+        "{warnings:#?}"
+    );
+    assert!(
+        warnings[0].starts_with(&format!("nexus.toml:{}:", line_of(extra, "\"gpt-4\""))),
+        "{warnings:#?}"
+    );
+    assert!(
+        warnings[1].contains("'scheduler' is not the last stage"),
+        "{warnings:#?}"
+    );
+}
+
+#[test]
+fn the_same_stage_twice_and_unknown_error_policies_fail() {
+    let err = load("[routing]\npipeline = [\"analyzer\", \"analyzer\"]\n").unwrap_err();
+    assert!(err.message.contains("appears twice"), "{err}");
+    let err = load("[routing]\npipeline = [\"analyzer\", \"scheduler\"]\n[routing.on_error]\nschedulr = \"fail_open\"\n").unwrap_err();
+    assert_eq!(err.help.as_deref(), Some("did you mean `scheduler`?"));
+}
+
+#[test]
+fn stage_settings_are_validated_by_the_stage() {
+    let extra = "[routing.scheduler]\ndefault_latency_ms = 50.0\nload_wait = 100\n";
+    let err = load(extra).unwrap_err();
+    assert!(err.message.contains("unknown field `load_wait`"), "{err}");
+    assert_eq!(err.help.as_deref(), Some("did you mean `load_wait_ms`?"));
+    assert_eq!(err.position, Some((line_of(extra, "load_wait ="), 1)));
+}
