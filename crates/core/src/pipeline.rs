@@ -307,7 +307,7 @@ impl Pipeline {
         }) = &mut found
         {
             if attempt + 1 < plan.attempts().len() {
-                queue_candidates = Some(scored(&intent.scratch));
+                queue_candidates = Some(scored(intent.scratch));
                 for (later, plan_attempt) in plan.attempts().iter().enumerate().skip(attempt + 1) {
                     intent.reset_for(plan_attempt.model, plan_attempt.constraints, later);
                     for index in 0..self.stages.len() {
