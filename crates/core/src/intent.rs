@@ -128,6 +128,7 @@ pub struct RoutingIntent<'a> {
     pub(crate) budget_status: BudgetStatus,
     pub(crate) selection: Selection,
     pub(crate) selected_by: Option<u16>,
+    pub(crate) explaining: bool,
     pub(crate) scratch: &'a mut Scratch,
 }
 
@@ -169,6 +170,7 @@ impl<'a> RoutingIntent<'a> {
             budget_status: BudgetStatus::Normal,
             selection: Selection::None,
             selected_by: None,
+            explaining: false,
             scratch,
         };
         intent.reset_for(model, constraints, 0);
@@ -230,6 +232,15 @@ impl<'a> RoutingIntent<'a> {
     #[inline]
     pub fn is_fallback(&self) -> bool {
         self.attempt > 0
+    }
+
+    /// Whether this run only explains a Reject: to find which fix would admit the most
+    /// backends, the pipeline runs each stage alone over every server of the model.
+    /// Such a run decides nothing; a stage with side effects in `reconcile` (counters,
+    /// probes) should skip them.
+    #[inline]
+    pub fn is_explaining(&self) -> bool {
+        self.explaining
     }
 
     /// What the request needs.

@@ -277,6 +277,7 @@ impl Pipeline {
             budget_status: BudgetStatus::Normal,
             selection: Selection::None,
             selected_by: None,
+            explaining: false,
             scratch: &mut scratch,
         };
         let mut found = None;
@@ -583,6 +584,7 @@ impl Pipeline {
                 attempt.constraints,
             );
             intent.stage = index as u16;
+            intent.explaining = true;
             if stage.reconciler.reconcile(&mut intent).is_err()
                 && stage.on_error == ErrorPolicy::FailClosed
             {

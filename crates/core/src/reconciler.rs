@@ -184,6 +184,10 @@ pub trait Reconciler: Send + Sync + std::fmt::Debug {
     fn name(&self) -> &'static str;
 
     /// Narrows the intent: exclude candidates or scale their weights.
+    ///
+    /// It may run more than once for one request: for each fallback model, again after
+    /// a veto in [`on_route`](Self::on_route) (the selecting stage), and alone when a
+    /// Reject is explained ([`RoutingIntent::is_explaining`]).
     fn reconcile(&self, intent: &mut RoutingIntent<'_>) -> Result<(), ReconcileError>;
 
     /// Renders one of this stage's reasons. The default names the code; stages should

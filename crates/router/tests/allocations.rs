@@ -1,0 +1,119 @@
+//! A Route decision through the default pipeline does not touch the heap once warm.
+//!
+//! A counting global allocator counts allocations made by this thread while a flag is
+//! set; the decisions, guard finishes and the drop of the decision run inside it.
+#![allow(clippy::unwrap_used)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use nexus_core::{Outcome, Request, RoutingDecision};
+use nexus_router::Router;
+
+struct Counting;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+}
+
+// SAFETY: forwards every call to the system allocator unchanged; it only counts.
+#[allow(unsafe_code)]
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.with(Cell::get) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: the caller upholds `alloc`'s contract, which we pass on.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.with(Cell::get) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: as above.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// A fleet of `n` backends that all serve `llama3:70b`, half of them in the cloud,
+/// with a policy and aliases, through the default pipeline.
+fn config(n: usize) -> String {
+    let mut text = String::new();
+    for i in 0..n {
+        let zone = if i % 2 == 0 { "local" } else { "cloud" };
+        let price = if i % 2 == 0 { 0.0 } else { 0.9 };
+        text.push_str(&format!(
+            "[[backends]]\nid = \"b{i}\"\nurl = \"http://127.0.0.1:{}\"\nzone = \"{zone}\"\npriority = {}\ntier = 3\n\
+             [[backends.models]]\nname = \"llama3:70b\"\ncontext_window = 8192\ntools = true\n\
+             input_usd_per_mtok = {price}\noutput_usd_per_mtok = {price}\n\n",
+            10_000 + i,
+            1 + i % 3,
+        ));
+    }
+    text.push_str(
+        "[routing.aliases]\n\"gpt-4\" = \"llama3:70b\"\n\n[[routing.policies]]\nmodel_pattern = \"gpt-4*\"\nmin_tier = 2\n",
+    );
+    text
+}
+
+fn allocations_per_route(backends: usize) -> usize {
+    let router = Router::from_toml("alloc.toml", &config(backends)).unwrap();
+    let request = Request::new("gpt-4")
+        .input_tokens(1200)
+        .max_output_tokens(300);
+    let run = || {
+        let mut decision = router.route(&request);
+        assert!(matches!(decision.kind(), RoutingDecision::Route { .. }));
+        decision
+            .take_guard()
+            .unwrap()
+            .finish(Outcome::success(Duration::from_millis(120)).usage(1200, 250));
+    };
+    // Warm-up: the per-thread scratch buffers grow to the fleet's size.
+    for _ in 0..10 {
+        run();
+    }
+    ALLOCATIONS.store(0, Ordering::Relaxed);
+    COUNTING.with(|c| c.set(true));
+    for _ in 0..1000 {
+        run();
+    }
+    COUNTING.with(|c| c.set(false));
+    ALLOCATIONS.load(Ordering::Relaxed)
+}
+
+#[test]
+fn route_decision_allocates_nothing() {
+    assert_eq!(
+        allocations_per_route(100),
+        0,
+        "allocations in 1000 Route decisions at 100 backends"
+    );
+    assert_eq!(
+        allocations_per_route(1000),
+        0,
+        "allocations in 1000 Route decisions at 1000 backends"
+    );
+}
+
+#[test]
+fn the_counter_sees_allocations() {
+    // Guards the test above against a counter that never counts.
+    ALLOCATIONS.store(0, Ordering::Relaxed);
+    COUNTING.with(|c| c.set(true));
+    let v: Vec<u64> = std::hint::black_box(Vec::with_capacity(10));
+    COUNTING.with(|c| c.set(false));
+    drop(v);
+    assert!(ALLOCATIONS.load(Ordering::Relaxed) >= 1);
+}
