@@ -249,3 +249,32 @@ impl<R: Reconciler + ?Sized> Reconciler for Box<R> {
 impl<R: Reconciler + ?Sized> Reconciler for Arc<R> {
     forward_reconciler!();
 }
+
+/// An optional stage: `None` does nothing, so a deployment can switch a stage off
+/// without changing the pipeline's type.
+impl<R: Reconciler> Reconciler for Option<R> {
+    fn name(&self) -> &'static str {
+        self.as_ref().map_or("disabled", Reconciler::name)
+    }
+    fn reconcile(&self, intent: &mut RoutingIntent<'_>) -> Result<(), ReconcileError> {
+        self.as_ref().map_or(Ok(()), |r| r.reconcile(intent))
+    }
+    fn explain(&self, reason: &Reason, ctx: &ExplainContext<'_>) -> Explanation {
+        match self {
+            Some(r) => r.explain(reason, ctx),
+            None => Explanation::new("excluded by a disabled stage", "none needed"),
+        }
+    }
+    fn default_error_policy(&self) -> ErrorPolicy {
+        self.as_ref()
+            .map_or(ErrorPolicy::FailOpen, Reconciler::default_error_policy)
+    }
+    fn on_route(&self, ticket: &RouteTicket) -> Result<(), Reason> {
+        self.as_ref().map_or(Ok(()), |r| r.on_route(ticket))
+    }
+    fn on_settle(&self, ticket: &RouteTicket, settlement: Settlement<'_>) {
+        if let Some(r) = self {
+            r.on_settle(ticket, settlement);
+        }
+    }
+}

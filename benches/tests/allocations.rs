@@ -9,6 +9,7 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use nexus_benches::{fleet_config, REQUESTED};
 use nexus_core::{Outcome, Request, RoutingDecision};
 use nexus_router::Router;
 
@@ -46,30 +47,9 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-/// A fleet of `n` backends that all serve `llama3:70b`, half of them in the cloud,
-/// with a policy and aliases, through the default pipeline.
-fn config(n: usize) -> String {
-    let mut text = String::new();
-    for i in 0..n {
-        let zone = if i % 2 == 0 { "local" } else { "cloud" };
-        let price = if i % 2 == 0 { 0.0 } else { 0.9 };
-        text.push_str(&format!(
-            "[[backends]]\nid = \"b{i}\"\nurl = \"http://127.0.0.1:{}\"\nzone = \"{zone}\"\npriority = {}\ntier = 3\n\
-             [[backends.models]]\nname = \"llama3:70b\"\ncontext_window = 8192\ntools = true\n\
-             input_usd_per_mtok = {price}\noutput_usd_per_mtok = {price}\n\n",
-            10_000 + i,
-            1 + i % 3,
-        ));
-    }
-    text.push_str(
-        "[routing.aliases]\n\"gpt-4\" = \"llama3:70b\"\n\n[[routing.policies]]\nmodel_pattern = \"gpt-4*\"\nmin_tier = 2\n",
-    );
-    text
-}
-
 fn allocations_per_route(backends: usize) -> usize {
-    let router = Router::from_toml("alloc.toml", &config(backends)).unwrap();
-    let request = Request::new("gpt-4")
+    let router = Router::from_toml("alloc.toml", &fleet_config(backends)).unwrap();
+    let request = Request::new(REQUESTED)
         .input_tokens(1200)
         .max_output_tokens(300);
     let run = || {

@@ -1,0 +1,46 @@
+//! `stage/<kind>/{10,100,1000}`: one stage's `reconcile` over a fresh intent whose
+//! candidates are every server of the model (the intent's setup, a bitset copy, is
+//! part of the measurement and is the same for every stage).
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use nexus_benches::{fleet_config, MODEL, REQUESTED, SIZES};
+use nexus_core::{Constraints, PolicySet, Reconciler, Request, RequestAnalyzer, RoutingIntent, Scratch};
+use nexus_router::Router;
+use nexus_scheduler::SchedulerReconciler;
+
+fn bench_stage(c: &mut Criterion, kind: &str, stage: &dyn Reconciler) {
+    let mut group = c.benchmark_group(format!("stage/{kind}"));
+    for backends in SIZES {
+        let router = Router::from_toml("bench.toml", &fleet_config(backends)).expect("bench config loads");
+        let fleet = Arc::clone(router.fleet());
+        let policies: Arc<PolicySet> = Arc::clone(router.pipeline().policies());
+        let model = fleet.model_id(MODEL).expect("the bench model");
+        let requirements = Request::new(REQUESTED).input_tokens(1200).requirements();
+        let mut scratch = Scratch::default();
+        group.bench_function(BenchmarkId::from_parameter(backends), |b| {
+            b.iter(|| {
+                let mut intent = RoutingIntent::new(
+                    &fleet,
+                    &policies,
+                    &mut scratch,
+                    model,
+                    requirements,
+                    Constraints::NONE,
+                );
+                let _ = black_box(stage.reconcile(&mut intent));
+            });
+        });
+    }
+    group.finish();
+}
+
+fn stages(c: &mut Criterion) {
+    bench_stage(c, "analyzer", &RequestAnalyzer);
+    bench_stage(c, "scheduler", &SchedulerReconciler::new());
+}
+
+criterion_group!(benches, stages);
+criterion_main!(benches);

@@ -1,0 +1,139 @@
+//! A third-party stage for the examples: [`MaintenanceWindow`] keeps traffic off
+//! backends during their maintenance hours.
+//!
+//! It is written exactly as an out-of-tree crate would write one: it depends on
+//! `nexus-core` only, implements [`Reconciler`], renders its own reasons, reads time
+//! from the [`Clock`] it is given, and has a factory ([`MaintenanceWindow::factory`])
+//! that config can name once it is registered.
+//!
+//! Run the examples with `cargo run -p nexus-examples --example compose` (or `plugin`,
+//! `per_deployment`).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::sync::Arc;
+
+use nexus_core::{
+    BackendId, BackendSet, BuildContext, BuildError, Clock, ExplainContext, Explanation, Fleet,
+    Reason, ReconcileError, Reconciler, RoutingIntent,
+};
+use serde::Deserialize;
+
+/// Reason code: the backend is in its maintenance window; `values[0..2]` are the
+/// window's start and end hour (UTC).
+const IN_MAINTENANCE: u16 = 1;
+
+/// The `[routing.maintenance]` settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceSettings {
+    /// Ids of the backends that go down for maintenance.
+    pub backends: Vec<String>,
+    /// First hour (UTC, 0-23) of the window.
+    pub start_hour_utc: u8,
+    /// Hour (UTC, 0-24) the window ends; a window may wrap past midnight.
+    pub end_hour_utc: u8,
+}
+
+/// Excludes the configured backends while the UTC hour is inside the window.
+#[derive(Debug)]
+pub struct MaintenanceWindow {
+    backends: BackendSet,
+    start_hour: u8,
+    end_hour: u8,
+    clock: Arc<dyn Clock>,
+}
+
+impl MaintenanceWindow {
+    /// A window over `backends` (ids in `fleet`) from `start_hour` to `end_hour` UTC.
+    pub fn new(
+        fleet: &Fleet,
+        backends: &[String],
+        start_hour: u8,
+        end_hour: u8,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, String> {
+        if start_hour > 23 || end_hour > 24 {
+            return Err(format!(
+                "hours are 0 to 23 (start) and 0 to 24 (end), got {start_hour} to {end_hour}"
+            ));
+        }
+        let mut set = BackendSet::with_capacity(fleet.len());
+        for id in backends {
+            let backend = fleet.backend_by_name(id).ok_or_else(|| {
+                let hint = nexus_core::closest(id, fleet.backends().iter().map(|b| b.name()))
+                    .map(|b| format!(" (did you mean '{b}'?)"))
+                    .unwrap_or_default();
+                format!("backend '{id}' is not in the fleet{hint}")
+            })?;
+            set.insert(backend.id());
+        }
+        Ok(Self {
+            backends: set,
+            start_hour,
+            end_hour,
+            clock,
+        })
+    }
+
+    /// The factory to register under a kind name, e.g. `"maintenance"`.
+    pub fn factory(ctx: &BuildContext<'_>) -> Result<Box<dyn Reconciler>, BuildError> {
+        let settings: MaintenanceSettings = ctx.settings()?;
+        Self::new(
+            ctx.fleet,
+            &settings.backends,
+            settings.start_hour_utc,
+            settings.end_hour_utc,
+            Arc::clone(ctx.clock),
+        )
+        .map(|stage| Box::new(stage) as Box<dyn Reconciler>)
+        .map_err(|message| BuildError::InvalidSettings {
+            kind: ctx.kind.to_owned(),
+            message,
+        })
+    }
+
+    fn in_window(&self) -> bool {
+        let hour = ((self.clock.now_secs() / 3600) % 24) as u8;
+        if self.start_hour <= self.end_hour {
+            (self.start_hour..self.end_hour).contains(&hour)
+        } else {
+            hour >= self.start_hour || hour < self.end_hour
+        }
+    }
+}
+
+impl Reconciler for MaintenanceWindow {
+    fn name(&self) -> &'static str {
+        "maintenance"
+    }
+
+    fn reconcile(&self, intent: &mut RoutingIntent<'_>) -> Result<(), ReconcileError> {
+        if !self.in_window() {
+            return Ok(());
+        }
+        let reason = Reason::with(
+            IN_MAINTENANCE,
+            [f64::from(self.start_hour), f64::from(self.end_hour), 0.0],
+        );
+        for backend in self.backends.iter() {
+            intent.exclude(backend, reason);
+        }
+        Ok(())
+    }
+
+    fn explain(&self, reason: &Reason, _ctx: &ExplainContext<'_>) -> Explanation {
+        Explanation::new(
+            format!(
+                "in its maintenance window ({:02}:00-{:02}:00 UTC)",
+                reason.values[0], reason.values[1]
+            ),
+            "wait for the window to end, or remove the backend from [routing.maintenance] backends",
+        )
+    }
+}
+
+/// The ids of `set`, for printing.
+pub fn names(fleet: &Fleet, set: impl IntoIterator<Item = BackendId>) -> Vec<String> {
+    set.into_iter().map(|b| fleet.backend(b).name().to_owned()).collect()
+}
