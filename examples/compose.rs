@@ -45,7 +45,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             );
         }
         for rejection in decision.rejections() {
-            println!("  excluded {} by {}: {}", rejection.backend, rejection.reconciler, rejection.reason);
+            println!(
+                "  excluded {} by {}: {}",
+                rejection.backend, rejection.reconciler, rejection.reason
+            );
         }
         if let Some(guard) = decision.take_guard() {
             // ... send the request to guard.backend().url(), then:

@@ -41,7 +41,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .stage(maintenance)
         .stage(SchedulerReconciler::new())
         .build()?;
-    let stages: Vec<&str> = pipeline.stages().iter().map(|s| s.reconciler().name()).collect();
+    let stages: Vec<&str> = pipeline
+        .stages()
+        .iter()
+        .map(|s| s.reconciler().name())
+        .collect();
     let decision = pipeline.decide(&Request::new("qwen2:72b"));
     println!(
         "{deployment}: stages {} -> qwen2:72b on {}",

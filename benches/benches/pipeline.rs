@@ -12,8 +12,11 @@ use nexus_router::Router;
 fn route(c: &mut Criterion) {
     let mut group = c.benchmark_group("pipeline/route");
     for backends in SIZES {
-        let router = Router::from_toml("bench.toml", &fleet_config(backends)).expect("bench config loads");
-        let request = Request::new(REQUESTED).input_tokens(1200).max_output_tokens(300);
+        let router =
+            Router::from_toml("bench.toml", &fleet_config(backends)).expect("bench config loads");
+        let request = Request::new(REQUESTED)
+            .input_tokens(1200)
+            .max_output_tokens(300);
         let outcome = Outcome::success(Duration::from_millis(120)).usage(1200, 280);
         group.bench_function(BenchmarkId::from_parameter(backends), |b| {
             b.iter(|| {
@@ -30,9 +33,12 @@ fn route(c: &mut Criterion) {
 fn reject(c: &mut Criterion) {
     let mut group = c.benchmark_group("pipeline/reject");
     for backends in SIZES {
-        let router = Router::from_toml("bench.toml", &fleet_config(backends)).expect("bench config loads");
+        let router =
+            Router::from_toml("bench.toml", &fleet_config(backends)).expect("bench config loads");
         for backend in router.fleet().backends() {
-            backend.live().set_status(nexus_core::BackendStatus::Unhealthy);
+            backend
+                .live()
+                .set_status(nexus_core::BackendStatus::Unhealthy);
         }
         let request = Request::new(REQUESTED).input_tokens(1200);
         group.bench_function(BenchmarkId::from_parameter(backends), |b| {
@@ -42,5 +48,10 @@ fn reject(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, route, reject);
-criterion_main!(benches);
+// criterion_group! generates an undocumented public function.
+#[allow(missing_docs)]
+mod group {
+    use super::*;
+    criterion_group!(benches, route, reject);
+}
+criterion_main!(group::benches);

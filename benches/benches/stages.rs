@@ -7,14 +7,17 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use nexus_benches::{fleet_config, MODEL, REQUESTED, SIZES};
-use nexus_core::{Constraints, PolicySet, Reconciler, Request, RequestAnalyzer, RoutingIntent, Scratch};
+use nexus_core::{
+    Constraints, PolicySet, Reconciler, Request, RequestAnalyzer, RoutingIntent, Scratch,
+};
 use nexus_router::Router;
 use nexus_scheduler::SchedulerReconciler;
 
 fn bench_stage(c: &mut Criterion, kind: &str, stage: &dyn Reconciler) {
     let mut group = c.benchmark_group(format!("stage/{kind}"));
     for backends in SIZES {
-        let router = Router::from_toml("bench.toml", &fleet_config(backends)).expect("bench config loads");
+        let router =
+            Router::from_toml("bench.toml", &fleet_config(backends)).expect("bench config loads");
         let fleet = Arc::clone(router.fleet());
         let policies: Arc<PolicySet> = Arc::clone(router.pipeline().policies());
         let model = fleet.model_id(MODEL).expect("the bench model");
@@ -42,5 +45,10 @@ fn stages(c: &mut Criterion) {
     bench_stage(c, "scheduler", &SchedulerReconciler::new());
 }
 
-criterion_group!(benches, stages);
-criterion_main!(benches);
+// criterion_group! generates an undocumented public function.
+#[allow(missing_docs)]
+mod group {
+    use super::*;
+    criterion_group!(benches, stages);
+}
+criterion_main!(group::benches);

@@ -22,7 +22,11 @@ pub const MODEL: &str = "llama3:70b";
 pub fn fleet_config(backends: usize) -> String {
     let mut text = String::with_capacity(backends * 220);
     for i in 0..backends {
-        let (zone, price) = if i % 2 == 0 { ("local", 0.0) } else { ("cloud", 0.9) };
+        let (zone, price) = if i % 2 == 0 {
+            ("local", 0.0)
+        } else {
+            ("cloud", 0.9)
+        };
         let _ = write!(
             text,
             "[[backends]]\nid = \"b{i}\"\nurl = \"http://127.0.0.1:{port}\"\nzone = \"{zone}\"\n\

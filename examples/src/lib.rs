@@ -14,8 +14,8 @@
 use std::sync::Arc;
 
 use nexus_core::{
-    BackendId, BackendSet, BuildContext, BuildError, Clock, ExplainContext, Explanation, Fleet,
-    Reason, ReconcileError, Reconciler, RoutingIntent,
+    BackendSet, BuildContext, BuildError, Clock, ExplainContext, Explanation, Fleet, Reason,
+    ReconcileError, Reconciler, RoutingIntent,
 };
 use serde::Deserialize;
 
@@ -131,9 +131,4 @@ impl Reconciler for MaintenanceWindow {
             "wait for the window to end, or remove the backend from [routing.maintenance] backends",
         )
     }
-}
-
-/// The ids of `set`, for printing.
-pub fn names(fleet: &Fleet, set: impl IntoIterator<Item = BackendId>) -> Vec<String> {
-    set.into_iter().map(|b| fleet.backend(b).name().to_owned()).collect()
 }

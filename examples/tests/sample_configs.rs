@@ -19,9 +19,16 @@ fn every_sample_config_loads_without_warnings() {
     let mut seen = 0;
     for entry in std::fs::read_dir(env!("CARGO_MANIFEST_DIR")).unwrap() {
         let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "toml") && path.file_name() != Some("Cargo.toml".as_ref()) {
+        if path.extension().is_some_and(|e| e == "toml")
+            && path.file_name() != Some("Cargo.toml".as_ref())
+        {
             let router = builder.load_file(&path).unwrap_or_else(|e| panic!("{e}"));
-            assert!(router.warnings().is_empty(), "{}: {:?}", path.display(), router.warnings());
+            assert!(
+                router.warnings().is_empty(),
+                "{}: {:?}",
+                path.display(),
+                router.warnings()
+            );
             seen += 1;
         }
     }
@@ -31,7 +38,14 @@ fn every_sample_config_loads_without_warnings() {
 #[test]
 fn homelab_chat_falls_back_to_the_mini_pc_when_the_desktop_is_down() {
     let router = Router::from_file(sample("homelab.toml")).unwrap();
-    assert_eq!(router.route(&Request::new("chat")).backend().unwrap().name(), "desktop-gpu");
+    assert_eq!(
+        router
+            .route(&Request::new("chat"))
+            .backend()
+            .unwrap()
+            .name(),
+        "desktop-gpu"
+    );
     router
         .fleet()
         .backend_by_name("desktop-gpu")
@@ -55,16 +69,24 @@ fn the_plugin_config_keeps_traffic_off_the_backend_in_maintenance() {
     let rejections = decision.rejections();
     assert_eq!(rejections.len(), 1);
     assert_eq!(rejections[0].reconciler, "maintenance");
-    assert!(rejections[0].reason.starts_with("in its maintenance window (00:00-24:00 UTC)"));
+    assert!(rejections[0]
+        .reason
+        .starts_with("in its maintenance window (00:00-24:00 UTC)"));
 }
 
 #[test]
 fn a_typo_in_the_plugin_settings_names_the_backend() {
-    let text = std::fs::read_to_string(sample("plugin.toml")).unwrap().replace("backends = [\"gpu-box\"]", "backends = [\"gpu-bx\"]");
+    let text = std::fs::read_to_string(sample("plugin.toml"))
+        .unwrap()
+        .replace("backends = [\"gpu-box\"]", "backends = [\"gpu-bx\"]");
     let err = RouterBuilder::new()
         .with_reconciler("maintenance", MaintenanceWindow::factory)
         .unwrap()
         .load_str("plugin.toml", &text)
         .unwrap_err();
-    assert!(err.message.contains("backend 'gpu-bx' is not in the fleet (did you mean 'gpu-box'?)"), "{err}");
+    assert!(
+        err.message
+            .contains("backend 'gpu-bx' is not in the fleet (did you mean 'gpu-box'?)"),
+        "{err}"
+    );
 }
