@@ -76,6 +76,13 @@ pub enum Selection {
     },
 }
 
+/// Which of a stage's two passes is running; see [`Reconciler::refine`](crate::Reconciler::refine).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Reconcile,
+    Refine,
+}
+
 /// Reusable per-decision buffers. One lives per thread in the pipeline's pool; a
 /// finished decision gives it back.
 #[derive(Debug, Default)]
@@ -127,7 +134,8 @@ pub struct RoutingIntent<'a> {
     pub(crate) stage: u16,
     pub(crate) budget_status: BudgetStatus,
     pub(crate) selection: Selection,
-    pub(crate) selected_by: Option<u16>,
+    pub(crate) selected_by: Option<(u16, Phase)>,
+    pub(crate) phase: Phase,
     pub(crate) explaining: bool,
     pub(crate) scratch: &'a mut Scratch,
 }
@@ -170,6 +178,7 @@ impl<'a> RoutingIntent<'a> {
             budget_status: BudgetStatus::Normal,
             selection: Selection::None,
             selected_by: None,
+            phase: Phase::Reconcile,
             explaining: false,
             scratch,
         };
@@ -281,6 +290,22 @@ impl<'a> RoutingIntent<'a> {
         }
     }
 
+    /// Excludes every candidate that is in `set`, recording `reason` for each: a word
+    /// at a time, for stages that precompute which backends a rule rules out.
+    pub fn exclude_set(&mut self, set: &BackendSet, reason: Reason) {
+        let model = self.model;
+        let stage = self.stage;
+        let exclusions = &mut self.scratch.exclusions;
+        self.scratch.candidates.remove_all(set, |backend| {
+            exclusions.push(Exclusion {
+                backend,
+                model,
+                stage,
+                reason,
+            });
+        });
+    }
+
     /// Multiplies `backend`'s score weight by `factor`. A factor that is not a finite,
     /// positive number is ignored: to rule a backend out, exclude it with a reason.
     #[inline]
@@ -339,7 +364,7 @@ impl<'a> RoutingIntent<'a> {
     /// Routes to `backend` (the selecting stage calls this).
     pub fn select(&mut self, backend: BackendId, score: f64) {
         self.selection = Selection::Route { backend, score };
-        self.selected_by = Some(self.stage);
+        self.selected_by = Some((self.stage, self.phase));
     }
 
     /// Decides to wait (the selecting stage calls this).
@@ -356,7 +381,7 @@ impl<'a> RoutingIntent<'a> {
             estimated_wait_ms,
             fallback_backend,
         };
-        self.selected_by = Some(self.stage);
+        self.selected_by = Some((self.stage, self.phase));
     }
 
     /// What has been selected so far.

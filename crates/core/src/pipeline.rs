@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::analyzer::{closest, ModelRoutes, RoutePlan, RoutesError};
-use crate::intent::{cost_estimate, Scratch};
+use crate::intent::{cost_estimate, Phase, Scratch};
 use crate::{
     Backend, BackendId, BudgetStatus, Constraints, CostEstimate, ErrorPolicy, ExplainContext,
     Explanation, Fleet, ModelId, Outcome, PolicySet, QueueCause, Reason, Reconciler, Rejection,
@@ -277,15 +277,14 @@ impl Pipeline {
             budget_status: BudgetStatus::Normal,
             selection: Selection::None,
             selected_by: None,
+            phase: Phase::Reconcile,
             explaining: false,
             scratch: &mut scratch,
         };
         let mut found = None;
         for (attempt, plan_attempt) in plan.attempts().iter().enumerate() {
             intent.reset_for(plan_attempt.model, plan_attempt.constraints, attempt);
-            for index in 0..self.stages.len() {
-                self.run_stage(index, &mut intent, timing);
-            }
+            self.run_stages(&mut intent, timing);
             if let Some(outcome) = self.settle_selection(&mut intent, timing) {
                 found = Some(outcome);
                 break;
@@ -311,9 +310,7 @@ impl Pipeline {
                 queue_candidates = Some(scored(intent.scratch));
                 for (later, plan_attempt) in plan.attempts().iter().enumerate().skip(attempt + 1) {
                     intent.reset_for(plan_attempt.model, plan_attempt.constraints, later);
-                    for index in 0..self.stages.len() {
-                        self.run_stage(index, &mut intent, timing);
-                    }
+                    self.run_stages(&mut intent, timing);
                     if let Some(ready) = ready_choice(&intent) {
                         *fallback = Some(ready);
                         fallback_model = Some(plan_attempt.model);
@@ -376,18 +373,35 @@ impl Pipeline {
         decision
     }
 
-    fn run_stage(&self, index: usize, intent: &mut RoutingIntent<'_>, timing: bool) {
+    /// Every stage's `reconcile`, then every stage's `refine`, in pipeline order.
+    fn run_stages(&self, intent: &mut RoutingIntent<'_>, timing: bool) {
+        for index in 0..self.stages.len() {
+            self.run_stage(index, intent, timing, Phase::Reconcile);
+        }
+        for index in 0..self.stages.len() {
+            self.run_stage(index, intent, timing, Phase::Refine);
+        }
+    }
+
+    fn run_stage(&self, index: usize, intent: &mut RoutingIntent<'_>, timing: bool, phase: Phase) {
         let stage = &self.stages[index];
         intent.stage = index as u16;
+        intent.phase = phase;
+        let call = |intent: &mut RoutingIntent<'_>| match phase {
+            Phase::Reconcile => stage.reconciler.reconcile(intent),
+            Phase::Refine => stage.reconciler.refine(intent),
+        };
         let result = if timing {
             let start = Instant::now();
-            let result = stage.reconciler.reconcile(intent);
+            let result = call(intent);
             let nanos = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
             stage.nanos.fetch_add(nanos, Ordering::Relaxed);
-            stage.calls.fetch_add(1, Ordering::Relaxed);
+            if phase == Phase::Reconcile {
+                stage.calls.fetch_add(1, Ordering::Relaxed);
+            }
             result
         } else {
-            stage.reconciler.reconcile(intent)
+            call(intent)
         };
         if let Err(error) = result {
             tracing::warn!(stage = stage.reconciler.name(), %error, policy = stage.on_error.as_str(), "routing stage failed");
@@ -473,8 +487,8 @@ impl Pipeline {
         let selected_by = intent.selected_by;
         intent.selection = Selection::None;
         intent.selected_by = None;
-        if let Some(stage) = selected_by {
-            self.run_stage(usize::from(stage), intent, timing);
+        if let Some((stage, phase)) = selected_by {
+            self.run_stage(usize::from(stage), intent, timing, phase);
         }
     }
 
@@ -585,9 +599,11 @@ impl Pipeline {
             );
             intent.stage = index as u16;
             intent.explaining = true;
-            if stage.reconciler.reconcile(&mut intent).is_err()
-                && stage.on_error == ErrorPolicy::FailClosed
-            {
+            let result = stage.reconciler.reconcile(&mut intent).and_then(|()| {
+                intent.phase = Phase::Refine;
+                stage.reconciler.refine(&mut intent)
+            });
+            if result.is_err() && stage.on_error == ErrorPolicy::FailClosed {
                 for b in servers.iter() {
                     excluded_by
                         .entry(b)

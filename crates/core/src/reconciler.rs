@@ -190,6 +190,15 @@ pub trait Reconciler: Send + Sync + std::fmt::Debug {
     /// Reject is explained ([`RoutingIntent::is_explaining`]).
     fn reconcile(&self, intent: &mut RoutingIntent<'_>) -> Result<(), ReconcileError>;
 
+    /// A second pass, after every stage's `reconcile`, for rules that depend on what the
+    /// other stages left: the tier stage's flexible mode ("if no candidate meets the
+    /// tier, keep the best below it") lives here, so that the outcome does not depend
+    /// on where the stage sits in the pipeline. Stages run their `refine` in pipeline
+    /// order; the default does nothing.
+    fn refine(&self, _intent: &mut RoutingIntent<'_>) -> Result<(), ReconcileError> {
+        Ok(())
+    }
+
     /// Renders one of this stage's reasons. The default names the code; stages should
     /// say what was measured and how to fix it.
     fn explain(&self, reason: &Reason, _ctx: &ExplainContext<'_>) -> Explanation {
@@ -222,6 +231,9 @@ macro_rules! forward_reconciler {
         }
         fn reconcile(&self, intent: &mut RoutingIntent<'_>) -> Result<(), ReconcileError> {
             (**self).reconcile(intent)
+        }
+        fn refine(&self, intent: &mut RoutingIntent<'_>) -> Result<(), ReconcileError> {
+            (**self).refine(intent)
         }
         fn explain(&self, reason: &Reason, ctx: &ExplainContext<'_>) -> Explanation {
             (**self).explain(reason, ctx)
@@ -258,6 +270,9 @@ impl<R: Reconciler> Reconciler for Option<R> {
     }
     fn reconcile(&self, intent: &mut RoutingIntent<'_>) -> Result<(), ReconcileError> {
         self.as_ref().map_or(Ok(()), |r| r.reconcile(intent))
+    }
+    fn refine(&self, intent: &mut RoutingIntent<'_>) -> Result<(), ReconcileError> {
+        self.as_ref().map_or(Ok(()), |r| r.refine(intent))
     }
     fn explain(&self, reason: &Reason, ctx: &ExplainContext<'_>) -> Explanation {
         match self {

@@ -95,6 +95,19 @@ impl fmt::Display for Features {
 }
 
 /// How strictly a policy's `min_tier` applies to this request.
+///
+/// Gateways let clients choose with a request header: [`TierMode::from_headers`] maps
+/// `X-Nexus-Flexible` and `X-Nexus-Strict` to the mode.
+///
+/// ```
+/// use nexus_core::TierMode;
+/// let headers = [("content-type", "application/json"), ("x-nexus-flexible", "true")];
+/// assert_eq!(TierMode::from_headers(headers), Some(TierMode::Flexible));
+/// assert_eq!(TierMode::from_headers([("X-Nexus-Flexible", "0")]), None);
+/// // Asking for both is resolved to the safe side.
+/// let both = [("X-Nexus-Flexible", "1"), ("X-Nexus-Strict", "1")];
+/// assert_eq!(TierMode::from_headers(both), Some(TierMode::Strict));
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum TierMode {
     /// Never serve below the required tier (the default).
@@ -102,6 +115,41 @@ pub enum TierMode {
     Strict,
     /// When no backend meets the tier, serve the best tier below it, with a warning.
     Flexible,
+}
+
+impl TierMode {
+    /// The request header that asks for [`TierMode::Flexible`].
+    pub const FLEXIBLE_HEADER: &'static str = "X-Nexus-Flexible";
+    /// The request header that asks for [`TierMode::Strict`].
+    pub const STRICT_HEADER: &'static str = "X-Nexus-Strict";
+
+    /// The mode a request's headers ask for, or `None` when they ask for neither (the
+    /// caller then uses its default, normally [`TierMode::Strict`]).
+    ///
+    /// Header names match case-insensitively. A header counts when its value is empty,
+    /// `1`, `true`, `yes` or `on` (any case); `0`, `false`, `no` and `off` do not. When
+    /// both headers are set, strict wins: a client cannot loosen what it also tightened.
+    pub fn from_headers<'h>(headers: impl IntoIterator<Item = (&'h str, &'h str)>) -> Option<Self> {
+        let mut flexible = false;
+        let mut strict = false;
+        for (name, value) in headers {
+            let value = value.trim();
+            let on = value.is_empty()
+                || ["1", "true", "yes", "on"]
+                    .iter()
+                    .any(|v| value.eq_ignore_ascii_case(v));
+            if name.eq_ignore_ascii_case(Self::FLEXIBLE_HEADER) {
+                flexible |= on;
+            } else if name.eq_ignore_ascii_case(Self::STRICT_HEADER) {
+                strict |= on;
+            }
+        }
+        match (strict, flexible) {
+            (true, _) => Some(TierMode::Strict),
+            (false, true) => Some(TierMode::Flexible),
+            (false, false) => None,
+        }
+    }
 }
 
 /// One inference request, as far as routing needs to know it.

@@ -97,6 +97,20 @@ impl BackendSet {
         }
     }
 
+    /// Removes every backend of `other` from `self`, calling `removed` for each one that
+    /// was present, in ascending order.
+    pub fn remove_all(&mut self, other: &BackendSet, mut removed: impl FnMut(BackendId)) {
+        for (i, (word, mask)) in self.words.iter_mut().zip(&other.words).enumerate() {
+            let mut hit = *word & mask;
+            *word &= !mask;
+            while hit != 0 {
+                let bit = hit.trailing_zeros() as usize;
+                hit &= hit - 1;
+                removed(BackendId::new((i * 64 + bit) as u32));
+            }
+        }
+    }
+
     /// Whether every backend of `self` is also in `other`.
     pub fn is_subset(&self, other: &BackendSet) -> bool {
         self.words
@@ -184,6 +198,19 @@ mod tests {
         assert_eq!(set.len(), 0);
         assert_eq!(set.iter().count(), 0);
         assert!(!set.contains(BackendId::new(5)));
+    }
+
+    #[test]
+    fn remove_all_reports_what_it_removed() {
+        let mut set: BackendSet = [1, 64, 65, 200].map(BackendId::new).into_iter().collect();
+        let mask: BackendSet = [0, 64, 200, 300].map(BackendId::new).into_iter().collect();
+        let mut removed = Vec::new();
+        set.remove_all(&mask, |b| removed.push(b.index()));
+        assert_eq!(removed, [64, 200]);
+        assert_eq!(
+            set.iter().map(BackendId::index).collect::<Vec<_>>(),
+            [1, 65]
+        );
     }
 
     #[test]
