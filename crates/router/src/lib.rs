@@ -31,5 +31,9 @@ pub use report::{CandidateReport, CostReport, DecisionReport, FixReport, Rejecti
 pub use router::{Router, RouterBuilder, WithBuiltins, DEFAULT_PIPELINE};
 
 pub use nexus_core as core;
+#[cfg(feature = "privacy")]
+pub use nexus_privacy as privacy;
 #[cfg(feature = "scheduler")]
 pub use nexus_scheduler as scheduler;
+#[cfg(feature = "tier")]
+pub use nexus_tier as tier;

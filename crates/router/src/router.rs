@@ -35,6 +35,14 @@ impl WithBuiltins for Registry {
     fn with_builtins() -> Registry {
         #[allow(unused_mut)]
         let mut registry = Registry::new();
+        #[cfg(feature = "privacy")]
+        registry
+            .register("privacy", nexus_privacy::PrivacyReconciler::from_context)
+            .expect("built-in kinds are distinct");
+        #[cfg(feature = "tier")]
+        registry
+            .register("tier", nexus_tier::TierReconciler::from_context)
+            .expect("built-in kinds are distinct");
         #[cfg(feature = "scheduler")]
         registry
             .register(
