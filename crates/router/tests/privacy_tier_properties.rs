@@ -1,0 +1,284 @@
+//! Properties over random fleets (zones including missing ones), random policies,
+//! random alias and fallback graphs and random requests:
+//! - a restricted request never reaches a cloud or zone-less backend, as a route or as
+//!   a queue's fallback;
+//! - strict tiers never route below the combined `min_tier`;
+//! - the decision and the final candidates do not depend on the order of the privacy
+//!   and tier stages.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use nexus_core::{
+    BackendSpec, BackendStatus, Constraints, Features, Fleet, ModelSpec, Pipeline, PolicySet,
+    Privacy, Reconciler, Request, RequestAnalyzer, RoutingDecision, TierMode, TrafficPolicy, Zone,
+};
+use nexus_privacy::PrivacyReconciler;
+use nexus_scheduler::SchedulerReconciler;
+use nexus_tier::TierReconciler;
+use proptest::prelude::*;
+
+const MODELS: [&str; 4] = ["m0", "m1", "m2", "m3"];
+const PATTERNS: [&str; 8] = ["*", "m*", "m1", "a*", "a0", "*1", "?2", "[am]3"];
+
+#[derive(Debug, Clone)]
+struct Case {
+    backends: Vec<(Option<Zone>, u8, u8, bool, u8, u8)>,
+    policies: Vec<(usize, bool, u8, bool)>,
+    aliases: Vec<(usize, usize)>,
+    fallbacks: Vec<(usize, Vec<usize>)>,
+    requested: usize,
+    features: u8,
+    flexible: bool,
+    input: u32,
+    seed: u64,
+}
+
+fn zone() -> impl Strategy<Value = Option<Zone>> {
+    prop_oneof![
+        Just(None),
+        Just(Some(Zone::Local)),
+        Just(Some(Zone::Private)),
+        Just(Some(Zone::Cloud)),
+    ]
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (
+        // zone, models served (bits), tier, features (vision), status, load
+        prop::collection::vec(
+            (zone(), 1u8..16, 0u8..5, any::<bool>(), 0u8..4, 0u8..3),
+            1..12,
+        ),
+        prop::collection::vec(
+            (
+                0..PATTERNS.len(),
+                any::<bool>(),
+                0u8..5,
+                prop::bool::weighted(0.8),
+            ),
+            0..4,
+        ),
+        // alias i -> target t: targets 0..4 are models, 4.. are aliases a(t-4)
+        prop::collection::vec((0usize..3, 0usize..7), 0..3),
+        prop::collection::vec((0usize..4, prop::collection::vec(0usize..6, 0..3)), 0..3),
+        0usize..7,
+        0u8..8,
+        any::<bool>(),
+        0u32..12_000,
+        any::<u64>(),
+    )
+        .prop_map(
+            |(
+                backends,
+                policies,
+                aliases,
+                fallbacks,
+                requested,
+                features,
+                flexible,
+                input,
+                seed,
+            )| Case {
+                backends,
+                policies,
+                aliases,
+                fallbacks,
+                requested,
+                features,
+                flexible,
+                input,
+                seed,
+            },
+        )
+}
+
+/// The name of target `t`: a model for 0..4, alias `a{t-4}` above.
+fn name(t: usize) -> String {
+    if t < MODELS.len() {
+        MODELS[t].to_owned()
+    } else {
+        format!("a{}", t - MODELS.len())
+    }
+}
+
+struct Built {
+    fleet: Arc<Fleet>,
+    policies: Arc<PolicySet>,
+    aliases: BTreeMap<String, String>,
+    fallbacks: BTreeMap<String, Vec<String>>,
+}
+
+fn build(case: &Case) -> Option<Built> {
+    let specs: Vec<BackendSpec> = case
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(i, &(zone, models, tier, vision, status, _))| {
+            let mut spec = BackendSpec::new(format!("b{i}"), "http://127.0.0.1:1")
+                .with_tier(tier)
+                .with_max_concurrency(2)
+                .with_status(match status {
+                    0 => BackendStatus::Loading,
+                    1 => BackendStatus::Unhealthy,
+                    _ => BackendStatus::Healthy,
+                });
+            spec.zone = zone;
+            for (bit, model) in MODELS.iter().enumerate() {
+                if models & (1 << bit) != 0 {
+                    spec = spec.with_model(
+                        ModelSpec::new(*model)
+                            .with_context_window(8192)
+                            .with_features(Features::from_flags(vision, true, bit % 2 == 0)),
+                    );
+                }
+            }
+            spec
+        })
+        .collect();
+    let fleet = Arc::new(Fleet::new(specs).ok()?);
+    for (i, &(.., load)) in case.backends.iter().enumerate() {
+        for _ in 0..load {
+            fleet.backends()[i].live().begin_request();
+        }
+    }
+    let policies = PolicySet::new(
+        case.policies
+            .iter()
+            .map(|&(pattern, restricted, min_tier, fallback)| {
+                let mut p = TrafficPolicy::new(PATTERNS[pattern]).fallback_allowed(fallback);
+                if restricted {
+                    p = p.privacy(Privacy::Restricted);
+                }
+                if min_tier > 0 {
+                    p = p.min_tier(min_tier);
+                }
+                p
+            })
+            .collect(),
+    )
+    .ok()?;
+    let aliases = case
+        .aliases
+        .iter()
+        .map(|&(a, t)| (format!("a{a}"), name(t)))
+        .collect();
+    let fallbacks = case
+        .fallbacks
+        .iter()
+        .map(|(m, list)| {
+            (
+                MODELS[*m].to_owned(),
+                list.iter().map(|&t| name(t)).collect(),
+            )
+        })
+        .collect();
+    Some(Built {
+        fleet,
+        policies: Arc::new(policies),
+        aliases,
+        fallbacks,
+    })
+}
+
+fn pipeline(built: &Built, stages: Vec<Box<dyn Reconciler>>, seed: u64) -> Option<Pipeline> {
+    let mut builder = Pipeline::builder(Arc::clone(&built.fleet))
+        .policies(Arc::clone(&built.policies))
+        .aliases(built.aliases.clone())
+        .fallbacks(built.fallbacks.clone())
+        .stage(RequestAnalyzer);
+    for stage in stages {
+        builder = builder.boxed_stage(stage, None);
+    }
+    builder
+        .stage(SchedulerReconciler::with_seed(seed))
+        .build()
+        .ok()
+}
+
+/// The constraints of the requested name and its alias chain, computed here from the
+/// policies and the alias map, independently of the pipeline's route tables.
+fn requested_constraints(built: &Built, requested: &str) -> Constraints {
+    let mut constraints = Constraints::NONE;
+    let mut current = requested.to_owned();
+    for _ in 0..4 {
+        built.policies.tighten_for(&mut constraints, &current);
+        match built.aliases.get(&current) {
+            Some(next) => current = next.clone(),
+            None => break,
+        }
+    }
+    constraints
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn privacy_and_strict_tiers_hold_and_stage_order_does_not_matter(case in case()) {
+        let Some(built) = build(&case) else { return Ok(()) };
+        let stages = |privacy_first: bool| -> Vec<Box<dyn Reconciler>> {
+            let privacy: Box<dyn Reconciler> = Box::new(PrivacyReconciler::new(&built.fleet));
+            let tier: Box<dyn Reconciler> = Box::new(TierReconciler);
+            if privacy_first { vec![privacy, tier] } else { vec![tier, privacy] }
+        };
+        // Invalid alias graphs (too long, cycles) fail at build time; nothing to route.
+        let Some(forward) = pipeline(&built, stages(true), case.seed) else { return Ok(()) };
+        let backward = pipeline(&built, stages(false), case.seed).unwrap();
+
+        let requested = name(case.requested);
+        let mode = if case.flexible { TierMode::Flexible } else { TierMode::Strict };
+        let request = Request::new(&requested)
+            .input_tokens(case.input)
+            .needs(Features::from_bits(case.features))
+            .tier_mode(mode);
+        // Both pipelines share the fleet's live state: withdraw each route before the
+        // next decision so that both see the same load.
+        let mut a = forward.decide(&request);
+        if let Some(guard) = a.take_guard() {
+            guard.cancel();
+        }
+        let mut b = backward.decide(&request);
+        if let Some(guard) = b.take_guard() {
+            guard.cancel();
+        }
+
+        let summary = |d: &nexus_core::Decision<'_>| {
+            let mut candidates: Vec<String> =
+                d.scored_candidates().iter().map(|(b, _)| b.name().to_owned()).collect();
+            candidates.sort();
+            (d.kind().kind(), d.backend().map(|b| b.name().to_owned()), d.model().map(str::to_owned), candidates)
+        };
+        prop_assert_eq!(summary(&a), summary(&b));
+
+        let constraints = requested_constraints(&built, &requested);
+        let fleet = &built.fleet;
+        let strict = !case.flexible || !constraints.fallback_allowed;
+        match a.kind() {
+            RoutingDecision::Route { backend, model, .. } => {
+                let backend = fleet.backend(*backend);
+                if constraints.privacy == Privacy::Restricted {
+                    prop_assert_ne!(backend.zone(), Zone::Cloud, "{} served a restricted request", backend.name());
+                }
+                let tier = fleet.model(*model).offer(backend.id()).unwrap().tier;
+                if strict {
+                    prop_assert!(tier >= constraints.min_tier, "tier {} < {}", tier, constraints.min_tier);
+                }
+                prop_assert_ne!(backend.live().status(), BackendStatus::Unhealthy);
+            }
+            RoutingDecision::Queue { backend, fallback_backend, .. } => {
+                if constraints.privacy == Privacy::Restricted {
+                    prop_assert_ne!(fleet.backend(*backend).zone(), Zone::Cloud);
+                    if let Some(fallback) = fallback_backend {
+                        prop_assert_ne!(fleet.backend(*fallback).zone(), Zone::Cloud, "cloud fallback offered");
+                    }
+                }
+            }
+            RoutingDecision::Reject { .. } => {}
+        }
+    }
+}
