@@ -8,13 +8,16 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use nexus_benches::{fleet_config, MODEL, REQUESTED, SIZES};
-use nexus_core::{Fleet, Reconciler, Request, RequestAnalyzer, RoutingIntent, Scratch};
+use nexus_budget::{BudgetReconciler, BudgetSettings};
+use nexus_core::{
+    Fleet, Reconciler, Request, RequestAnalyzer, RoutingIntent, Scratch, SystemClock,
+};
 use nexus_privacy::PrivacyReconciler;
 use nexus_router::Router;
 use nexus_scheduler::SchedulerReconciler;
 use nexus_tier::TierReconciler;
 
-fn bench_stage(c: &mut Criterion, kind: &str, build: impl Fn(&Fleet) -> Box<dyn Reconciler>) {
+fn bench_stage(c: &mut Criterion, kind: &str, build: impl Fn(&Arc<Fleet>) -> Box<dyn Reconciler>) {
     let mut group = c.benchmark_group(format!("stage/{kind}"));
     for backends in SIZES {
         let router =
@@ -54,6 +57,13 @@ fn stages(c: &mut Criterion) {
     bench_stage(c, "analyzer", |_| Box::new(RequestAnalyzer));
     bench_stage(c, "privacy", |fleet| {
         Box::new(PrivacyReconciler::new(fleet))
+    });
+    bench_stage(c, "budget", |fleet| {
+        let settings = BudgetSettings::new(100_000.0);
+        Box::new(
+            BudgetReconciler::new(Arc::clone(fleet), settings, Arc::new(SystemClock))
+                .expect("valid settings"),
+        )
     });
     bench_stage(c, "tier", |_| Box::new(TierReconciler));
     bench_stage(c, "scheduler", |_| Box::new(SchedulerReconciler::new()));

@@ -1,8 +1,8 @@
 //! Fleets for benches and performance tests: generated configs of any size, shaped like
 //! the deployments Nexus is measured against (DESIGN.md, issue "A decision in a
 //! microsecond"): every backend serves the benched model, half of them are cloud APIs
-//! with prices, and a restricted policy with a tier floor applies to the alias (so the
-//! privacy stage excludes the cloud half on every decision).
+//! with prices, a restricted policy with a tier floor applies to the alias (so the
+//! privacy stage excludes the cloud half on every decision), and a budget is set.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -19,7 +19,8 @@ pub const MODEL: &str = "llama3:70b";
 
 /// A config of `backends` backends that all serve [`MODEL`]: even ones local and free,
 /// odd ones cloud and priced; priorities 1 to 3; an alias [`REQUESTED`] -> [`MODEL`]
-/// and a restricted policy with `min_tier = 2` on it. The pipeline is the default one.
+/// a restricted policy with `min_tier = 2` on it, and a $100 000 monthly budget. The
+/// pipeline is the default one.
 pub fn fleet_config(backends: usize) -> String {
     let mut text = String::with_capacity(backends * 220);
     for i in 0..backends {
@@ -41,7 +42,8 @@ pub fn fleet_config(backends: usize) -> String {
     let _ = write!(
         text,
         "[routing.aliases]\n\"{REQUESTED}\" = \"{MODEL}\"\n\n\
-         [[routing.policies]]\nmodel_pattern = \"gpt-4*\"\nprivacy = \"restricted\"\nmin_tier = 2\n"
+         [[routing.policies]]\nmodel_pattern = \"gpt-4*\"\nprivacy = \"restricted\"\nmin_tier = 2\n\n\
+         [routing.budget]\nmonthly_limit_usd = 100000.0\n"
     );
     text
 }

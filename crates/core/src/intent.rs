@@ -403,5 +403,6 @@ pub(crate) fn cost_estimate(
                 requirements.estimated_output_tokens,
             )
         }),
+        token_tier: crate::TokenTier::of(requirements.total_tokens()),
     }
 }

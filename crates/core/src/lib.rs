@@ -72,5 +72,7 @@ pub use reconciler::{
     ErrorKind, ErrorPolicy, Outcome, ReconcileError, Reconciler, RouteTicket, Settlement,
 };
 pub use registry::{BuildContext, BuildError, DuplicateKind, ReconcilerFactory, Registry};
-pub use request::{CostEstimate, Features, Request, RequestRequirements, TierMode};
+pub use request::{
+    estimate_tokens, CostEstimate, Features, Request, RequestRequirements, TierMode, TokenTier,
+};
 pub use set::{BackendSet, Iter as BackendSetIter};

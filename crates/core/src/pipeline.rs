@@ -237,6 +237,14 @@ impl Pipeline {
         &self.stages
     }
 
+    /// The first stage of concrete type `T`, for stages that expose themselves through
+    /// [`Reconciler::as_any`].
+    pub fn stage_of<T: 'static>(&self) -> Option<&T> {
+        self.stages
+            .iter()
+            .find_map(|s| s.reconciler.as_any().and_then(|a| a.downcast_ref::<T>()))
+    }
+
     /// Turns per-stage timing on or off. Off (the default), a decision pays one relaxed
     /// load for it.
     pub fn set_timing(&self, on: bool) {
@@ -561,10 +569,11 @@ impl Pipeline {
         let primary = plan.attempts()[0].model;
         let servers = self.fleet.model(primary).servers().len();
         let name = self.fleet.model(primary).name();
-        let mut reason = format!(
-            "all {servers} backend{} serving '{name}' were excluded",
-            if servers == 1 { "" } else { "s" }
-        );
+        let mut reason = if servers == 1 {
+            format!("the only backend serving '{name}' was excluded")
+        } else {
+            format!("all {servers} backends serving '{name}' were excluded")
+        };
         if plan.attempts().len() > 1 {
             reason.push_str(&format!(
                 ", and so were those of its {} fallback{}",

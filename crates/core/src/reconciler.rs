@@ -208,6 +208,13 @@ pub trait Reconciler: Send + Sync + std::fmt::Debug {
         )
     }
 
+    /// The stage as [`Any`](std::any::Any), so that code holding a pipeline can reach a
+    /// concrete stage ([`Pipeline::stage_of`](crate::Pipeline::stage_of)), e.g. the
+    /// budget's ledger. Stages that offer such access return `Some(self)`.
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
+
     /// What the pipeline does when `reconcile` fails, unless config overrides it.
     fn default_error_policy(&self) -> ErrorPolicy {
         ErrorPolicy::FailClosed
@@ -237,6 +244,9 @@ macro_rules! forward_reconciler {
         }
         fn explain(&self, reason: &Reason, ctx: &ExplainContext<'_>) -> Explanation {
             (**self).explain(reason, ctx)
+        }
+        fn as_any(&self) -> Option<&dyn std::any::Any> {
+            (**self).as_any()
         }
         fn default_error_policy(&self) -> ErrorPolicy {
             (**self).default_error_policy()
@@ -279,6 +289,9 @@ impl<R: Reconciler> Reconciler for Option<R> {
             Some(r) => r.explain(reason, ctx),
             None => Explanation::new("excluded by a disabled stage", "none needed"),
         }
+    }
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        self.as_ref().and_then(Reconciler::as_any)
     }
     fn default_error_policy(&self) -> ErrorPolicy {
         self.as_ref()

@@ -253,6 +253,42 @@ impl RequestRequirements {
     }
 }
 
+/// A request's size class by input plus estimated output tokens.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TokenTier {
+    /// Fewer than 1 000 tokens.
+    #[default]
+    Small,
+    /// 1 000 to 9 999 tokens.
+    Medium,
+    /// 10 000 to 99 999 tokens.
+    Large,
+    /// 100 000 tokens or more.
+    Huge,
+}
+
+impl TokenTier {
+    /// The class of `tokens` tokens.
+    pub const fn of(tokens: u64) -> Self {
+        match tokens {
+            0..=999 => TokenTier::Small,
+            1_000..=9_999 => TokenTier::Medium,
+            10_000..=99_999 => TokenTier::Large,
+            _ => TokenTier::Huge,
+        }
+    }
+
+    /// The class as written in JSON output.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            TokenTier::Small => "small",
+            TokenTier::Medium => "medium",
+            TokenTier::Large => "large",
+            TokenTier::Huge => "huge",
+        }
+    }
+}
+
 /// The estimated cost of serving a request on one backend.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct CostEstimate {
@@ -262,6 +298,20 @@ pub struct CostEstimate {
     pub estimated_output_tokens: u32,
     /// Cost in USD at the backend's prices.
     pub cost_usd: f64,
+    /// The request's size class.
+    pub token_tier: TokenTier,
+}
+
+/// Estimates the tokens of a prompt from its text, for callers that do not run a
+/// tokenizer: one token per four bytes of UTF-8, rounded up, the usual rule of thumb for
+/// English text with BPE tokenizers (it over-counts code and under-counts CJK text).
+///
+/// ```
+/// assert_eq!(nexus_core::estimate_tokens("Hello, world!"), 4);
+/// assert_eq!(nexus_core::estimate_tokens(""), 0);
+/// ```
+pub fn estimate_tokens(text: &str) -> u32 {
+    u32::try_from(text.len().div_ceil(4)).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]

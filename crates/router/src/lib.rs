@@ -30,6 +30,8 @@ pub use config::{
 pub use report::{CandidateReport, CostReport, DecisionReport, FixReport, RejectionReport};
 pub use router::{Router, RouterBuilder, WithBuiltins, DEFAULT_PIPELINE};
 
+#[cfg(feature = "budget")]
+pub use nexus_budget as budget;
 pub use nexus_core as core;
 #[cfg(feature = "privacy")]
 pub use nexus_privacy as privacy;

@@ -198,14 +198,10 @@ fn route(args: &RouteArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if args.spent.is_some()
-        && !router
-            .pipeline()
-            .stages()
-            .iter()
-            .any(|s| s.reconciler().name() == "budget")
-    {
-        eprintln!("warning: --spent has no effect: the pipeline has no budget stage");
+    if let Some(spent) = args.spent {
+        if !set_spent(&router, spent) {
+            eprintln!("warning: --spent has no effect: the pipeline has no budget stage; add [routing.budget]");
+        }
     }
     let mut request = Request::new(&args.model)
         .needs(Features::from_flags(
@@ -233,4 +229,25 @@ fn route(args: &RouteArgs) -> ExitCode {
         Format::Text => print!("{}", report.to_text()),
     }
     ExitCode::SUCCESS
+}
+
+/// Sets the month-to-date spend of the budget stage; false when there is none.
+#[cfg(feature = "budget")]
+fn set_spent(router: &Router, usd: f64) -> bool {
+    match router
+        .pipeline()
+        .stage_of::<nexus_router::budget::BudgetReconciler>()
+    {
+        Some(budget) => {
+            budget.ledger().set_month_to_date(usd);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Without the budget feature there is no budget stage to set.
+#[cfg(not(feature = "budget"))]
+fn set_spent(_router: &Router, _usd: f64) -> bool {
+    false
 }

@@ -20,6 +20,8 @@ pub struct CostReport {
     pub estimated_output_tokens: u32,
     /// USD on the chosen backend; `null` for a Reject.
     pub cost_usd: Option<f64>,
+    /// The request's size class: `small`, `medium`, `large` or `huge`.
+    pub token_tier: String,
 }
 
 /// One excluded backend.
@@ -127,6 +129,9 @@ impl DecisionReport {
                 input_tokens: requirements.input_tokens,
                 estimated_output_tokens: requirements.estimated_output_tokens,
                 cost_usd: cost.map(|c| c.cost_usd),
+                token_tier: nexus_core::TokenTier::of(requirements.total_tokens())
+                    .as_str()
+                    .to_owned(),
             },
             warnings: decision.warnings(),
             rejections: decision
@@ -282,11 +287,14 @@ impl DecisionReport {
             for r in &self.rejections {
                 by_stage.entry(r.reconciler.as_str()).or_default().push(r);
             }
+            let models: std::collections::BTreeSet<&str> =
+                self.rejections.iter().map(|r| r.model.as_str()).collect();
+            let single_model = models.len() == 1 && self.model.is_none();
             let _ = writeln!(out, "\nexcluded ({}):", self.rejections.len());
             for (stage, list) in by_stage {
                 let _ = writeln!(out, "  by {stage} ({}):", list.len());
                 for r in list {
-                    let model = if self.model.as_deref() == Some(r.model.as_str()) {
+                    let model = if single_model || self.model.as_deref() == Some(r.model.as_str()) {
                         String::new()
                     } else {
                         format!(" [{}]", r.model)

@@ -39,6 +39,10 @@ impl WithBuiltins for Registry {
         registry
             .register("privacy", nexus_privacy::PrivacyReconciler::from_context)
             .expect("built-in kinds are distinct");
+        #[cfg(feature = "budget")]
+        registry
+            .register("budget", nexus_budget::BudgetReconciler::from_context)
+            .expect("built-in kinds are distinct");
         #[cfg(feature = "tier")]
         registry
             .register("tier", nexus_tier::TierReconciler::from_context)
@@ -208,9 +212,12 @@ impl RouterBuilder {
 
         let kinds: Vec<String> = match &routing.pipeline {
             Some(kinds) => kinds.clone(),
+            // The budget stage needs its [routing.budget] table: without one, the default
+            // pipeline leaves it out instead of failing.
             None => DEFAULT_PIPELINE
                 .iter()
                 .filter(|k| self.registry.contains(k))
+                .filter(|k| **k != "budget" || routing.stages.contains_key("budget"))
                 .map(|k| (*k).to_owned())
                 .collect(),
         };

@@ -1,0 +1,419 @@
+//! [`BudgetReconciler`]: the `budget` stage.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nexus_core::{
+    BackendSet, BudgetStatus, BuildContext, BuildError, Clock, ExplainContext, Explanation, Fleet,
+    Reason, ReconcileError, Reconciler, RouteTicket, RoutingIntent, Settlement, Zone,
+};
+use serde::Deserialize;
+
+use crate::journal::Background;
+use crate::{
+    nanos_to_usd, usd_to_nanos, Journal, SpendLedger, SpendSource, SpendStore, StoreError,
+};
+
+/// Reason: the request's cost would take spend past the limit.
+/// `values = [month-to-date spend incl. reserved, limit, cost]` in USD.
+pub const OVER_LIMIT: u16 = 1;
+/// Reason: hard limit reached, `block_cloud`. `values = [spend, limit, 0]`.
+pub const HARD_LIMIT_CLOUD: u16 = 2;
+/// Reason: hard limit reached, `block_all`. `values = [spend, limit, 0]`.
+pub const HARD_LIMIT_ALL: u16 = 3;
+/// Reason: the estimate exceeds the policy's `max_cost_per_request`.
+/// `values = [cost, cap, policy or -1]`.
+pub const COST_CAP: u16 = 4;
+/// Warning: hard limit reached, `warn`. `values = [spend, limit, 0]`.
+pub const HARD_LIMIT_WARNING: u16 = 10;
+
+/// What happens at or above the monthly limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HardLimitAction {
+    /// Route as usual, with a warning in the decision.
+    Warn,
+    /// Exclude cloud backends (and zone-less ones, which count as cloud).
+    #[default]
+    BlockCloud,
+    /// Exclude every backend.
+    BlockAll,
+}
+
+impl HardLimitAction {
+    /// The action as written in config.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            HardLimitAction::Warn => "warn",
+            HardLimitAction::BlockCloud => "block_cloud",
+            HardLimitAction::BlockAll => "block_all",
+        }
+    }
+}
+
+const fn default_soft_limit() -> f64 {
+    0.75
+}
+
+const fn default_cloud_weight() -> f64 {
+    0.5
+}
+
+const fn default_interval() -> u64 {
+    60
+}
+
+/// The `[routing.budget]` settings.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetSettings {
+    /// The monthly limit in USD (> 0).
+    pub monthly_limit_usd: f64,
+    /// Fraction of the limit, in (0, 1], where SoftLimit starts. Default 0.75.
+    #[serde(default = "default_soft_limit")]
+    pub soft_limit_percent: f64,
+    /// What happens at the limit. Default `block_cloud`.
+    #[serde(default)]
+    pub hard_limit_action: HardLimitAction,
+    /// The factor cloud backends' scores are multiplied by at SoftLimit, in (0, 1].
+    /// Default 0.5: a cloud backend needs twice a local one's score to win.
+    #[serde(default = "default_cloud_weight")]
+    pub soft_limit_cloud_weight: f64,
+    /// The durable store's file; in memory when absent.
+    #[serde(default)]
+    pub store: Option<PathBuf>,
+    /// Seconds between reconciliation passes. Default 60.
+    #[serde(default = "default_interval")]
+    pub reconciliation_interval_secs: u64,
+}
+
+impl BudgetSettings {
+    /// Settings with a limit and every default.
+    pub fn new(monthly_limit_usd: f64) -> Self {
+        Self {
+            monthly_limit_usd,
+            soft_limit_percent: default_soft_limit(),
+            hard_limit_action: HardLimitAction::default(),
+            soft_limit_cloud_weight: default_cloud_weight(),
+            store: None,
+            reconciliation_interval_secs: default_interval(),
+        }
+    }
+
+    /// Checks the values; the error names the key and how to fix it.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.monthly_limit_usd.is_finite() && self.monthly_limit_usd > 0.0) {
+            return Err(format!(
+                "monthly_limit_usd must be a positive amount of USD, got {}",
+                self.monthly_limit_usd
+            ));
+        }
+        let soft = self.soft_limit_percent;
+        if !(soft > 0.0 && soft <= 1.0) {
+            let hint = if soft > 1.0 && soft <= 100.0 {
+                format!("; did you mean {}?", soft / 100.0)
+            } else {
+                String::new()
+            };
+            return Err(format!(
+                "soft_limit_percent is a fraction of the limit in (0, 1], got {soft}{hint}"
+            ));
+        }
+        let weight = self.soft_limit_cloud_weight;
+        if !(weight > 0.0 && weight <= 1.0) {
+            return Err(format!(
+                "soft_limit_cloud_weight is a factor in (0, 1], got {weight}"
+            ));
+        }
+        if self.reconciliation_interval_secs == 0 {
+            return Err("reconciliation_interval_secs must be at least 1".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// The `budget` stage.
+///
+/// - **Status.** Month-to-date spend, including the reserved cost of requests in flight,
+///   is Normal below `soft_limit_percent` of the limit, SoftLimit from there (cloud
+///   scores are multiplied by `soft_limit_cloud_weight`), HardLimit at the limit.
+/// - **Hard limit.** `warn` routes with a warning; `block_cloud` excludes cloud
+///   backends; `block_all` excludes every backend.
+/// - **Never overrun.** Under a block action, a backend whose estimated cost for this
+///   request would take spend past the limit is excluded before the limit is reached;
+///   and the chosen backend's cost is reserved in [`on_route`](Reconciler::on_route)
+///   with a compare-and-swap that fails if concurrent requests got there first, in
+///   which case the scheduler picks again.
+/// - **Cost cap.** A backend whose estimate exceeds the policy's `max_cost_per_request`
+///   is excluded.
+/// - **Settlement.** Finishing the route guard replaces the reservation with the cost of
+///   the actual token usage and records it in the store; dropping it releases it.
+#[derive(Debug)]
+pub struct BudgetReconciler {
+    settings: BudgetSettings,
+    limit: u64,
+    soft: u64,
+    fleet: Arc<Fleet>,
+    ledger: Arc<SpendLedger>,
+    cloud: BackendSet,
+    background: Option<Background>,
+}
+
+impl BudgetReconciler {
+    /// A budget over `fleet` with an in-memory ledger and no store.
+    pub fn new(
+        fleet: Arc<Fleet>,
+        settings: BudgetSettings,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, String> {
+        settings.validate()?;
+        let mut cloud = BackendSet::with_capacity(fleet.len());
+        for backend in fleet.backends() {
+            if backend.zone() == Zone::Cloud {
+                cloud.insert(backend.id());
+            }
+        }
+        Ok(Self {
+            limit: usd_to_nanos(settings.monthly_limit_usd),
+            soft: usd_to_nanos(settings.monthly_limit_usd * settings.soft_limit_percent),
+            settings,
+            fleet,
+            ledger: Arc::new(SpendLedger::new(clock)),
+            cloud,
+            background: None,
+        })
+    }
+
+    /// Persists settled spend in `store`, loading the current month from it first, and
+    /// runs the reconciliation loop over it and `sources` in the background.
+    pub fn with_store(
+        mut self,
+        store: Arc<dyn SpendStore>,
+        sources: Vec<Arc<dyn SpendSource>>,
+    ) -> Result<Self, StoreError> {
+        let interval = Duration::from_secs(self.settings.reconciliation_interval_secs);
+        self.background = Some(Background::start(
+            &self.ledger,
+            store,
+            sources,
+            Some(interval),
+        )?);
+        Ok(self)
+    }
+
+    /// Builds the stage from `[routing.budget]`; the factory registered as `"budget"`.
+    /// With `store = "path"`, spend is kept in a [`RedbStore`](crate::RedbStore) there.
+    pub fn from_context(ctx: &BuildContext<'_>) -> Result<Box<dyn Reconciler>, BuildError> {
+        let invalid = |message: String| BuildError::InvalidSettings {
+            kind: ctx.kind.to_owned(),
+            message,
+        };
+        let Some(settings) = ctx.settings else {
+            return Err(invalid(
+                "the budget stage needs a [routing.budget] table with monthly_limit_usd".to_owned(),
+            ));
+        };
+        let settings: BudgetSettings = settings
+            .clone()
+            .try_into()
+            .map_err(|e: toml::de::Error| invalid(e.message().to_owned()))?;
+        let store = settings.store.clone();
+        let stage =
+            Self::new(Arc::clone(ctx.fleet), settings, Arc::clone(ctx.clock)).map_err(invalid)?;
+        let stage = match store {
+            Some(path) => {
+                let store = crate::RedbStore::open(&path).map_err(|e| invalid(e.to_string()))?;
+                stage
+                    .with_store(Arc::new(store), Vec::new())
+                    .map_err(|e| invalid(e.to_string()))?
+            }
+            None => stage,
+        };
+        Ok(Box::new(stage))
+    }
+
+    /// The ledger decisions read.
+    pub fn ledger(&self) -> &Arc<SpendLedger> {
+        &self.ledger
+    }
+
+    /// The journal that persists settled spend, when a store is configured.
+    pub fn journal(&self) -> Option<&Journal> {
+        self.background.as_ref().map(|b| &b.journal)
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &BudgetSettings {
+        &self.settings
+    }
+
+    /// The status for a month-to-date total in nano-dollars.
+    pub fn status_of(&self, total: u64) -> BudgetStatus {
+        if total >= self.limit {
+            BudgetStatus::HardLimit
+        } else if total >= self.soft {
+            BudgetStatus::SoftLimit
+        } else {
+            BudgetStatus::Normal
+        }
+    }
+
+    fn blocks(&self) -> bool {
+        self.settings.hard_limit_action != HardLimitAction::Warn
+    }
+
+    /// The actual cost of a finished route: its token usage at the backend's prices,
+    /// with the estimate standing in for usage the backend did not report.
+    fn actual_cost(&self, ticket: &RouteTicket, input: Option<u32>, output: Option<u32>) -> u64 {
+        let estimate = ticket.cost_estimate;
+        let Some(offer) = self.fleet.model(ticket.model).offer(ticket.backend) else {
+            return usd_to_nanos(estimate.cost_usd);
+        };
+        usd_to_nanos(offer.cost_usd(
+            input.unwrap_or(estimate.input_tokens),
+            output.unwrap_or(estimate.estimated_output_tokens),
+        ))
+    }
+}
+
+impl Reconciler for BudgetReconciler {
+    fn name(&self) -> &'static str {
+        "budget"
+    }
+
+    fn reconcile(&self, intent: &mut RoutingIntent<'_>) -> Result<(), ReconcileError> {
+        let total = self.ledger.total_nanos();
+        let status = self.status_of(total);
+        intent.raise_budget_status(status);
+        let requirements = *intent.requirements();
+        let constraints = *intent.constraints();
+        let spend = nanos_to_usd(total);
+        let limit = self.settings.monthly_limit_usd;
+        let action = self.settings.hard_limit_action;
+        let hard = status == BudgetStatus::HardLimit;
+        for &(backend, offer) in intent.model_entry().offers() {
+            if !intent.is_candidate(backend) {
+                continue;
+            }
+            let cost_usd = offer.cost_usd(
+                requirements.input_tokens,
+                requirements.estimated_output_tokens,
+            );
+            let cost = usd_to_nanos(cost_usd);
+            let cloud = self.cloud.contains(backend);
+            let reason = if let Some(cap) = constraints
+                .max_cost_per_request
+                .filter(|cap| cost_usd > *cap)
+            {
+                let policy = constraints.max_cost_policy.map_or(-1.0, |i| i as f64);
+                Some(Reason::with(COST_CAP, [cost_usd, cap, policy]))
+            } else if hard && action == HardLimitAction::BlockAll {
+                Some(Reason::with(HARD_LIMIT_ALL, [spend, limit, 0.0]))
+            } else if hard && action == HardLimitAction::BlockCloud && cloud {
+                Some(Reason::with(HARD_LIMIT_CLOUD, [spend, limit, 0.0]))
+            } else if self.blocks() && cost > 0 && total.saturating_add(cost) > self.limit {
+                Some(Reason::with(OVER_LIMIT, [spend, limit, cost_usd]))
+            } else {
+                None
+            };
+            match reason {
+                Some(reason) => intent.exclude(backend, reason),
+                None if status == BudgetStatus::SoftLimit && cloud => {
+                    intent.scale_weight(backend, self.settings.soft_limit_cloud_weight);
+                }
+                None => {}
+            }
+        }
+        if hard && action == HardLimitAction::Warn && !intent.is_explaining() {
+            intent.warn(None, Reason::with(HARD_LIMIT_WARNING, [spend, limit, 0.0]));
+        }
+        Ok(())
+    }
+
+    fn on_route(&self, ticket: &RouteTicket) -> Result<(), Reason> {
+        let cost = usd_to_nanos(ticket.cost_estimate.cost_usd);
+        if cost == 0 {
+            return Ok(());
+        }
+        let limit = self.blocks().then_some(self.limit);
+        self.ledger.try_reserve(cost, limit).map_err(|total| {
+            Reason::with(
+                OVER_LIMIT,
+                [
+                    nanos_to_usd(total),
+                    self.settings.monthly_limit_usd,
+                    ticket.cost_estimate.cost_usd,
+                ],
+            )
+        })
+    }
+
+    fn on_settle(&self, ticket: &RouteTicket, settlement: Settlement<'_>) {
+        let reserved = usd_to_nanos(ticket.cost_estimate.cost_usd);
+        match settlement {
+            Settlement::Finished(outcome) => {
+                let actual = self.actual_cost(ticket, outcome.input_tokens, outcome.output_tokens);
+                if reserved == 0 && actual == 0 {
+                    return;
+                }
+                self.ledger.settle(reserved, actual);
+                if let (Some(journal), true) = (self.journal(), actual > 0) {
+                    journal.record(self.ledger.month(), actual);
+                }
+            }
+            Settlement::Abandoned | Settlement::Cancelled => {
+                if reserved > 0 {
+                    self.ledger.release(reserved);
+                }
+            }
+        }
+    }
+
+    fn explain(&self, reason: &Reason, ctx: &ExplainContext<'_>) -> Explanation {
+        let [a, b, c] = reason.values;
+        let model = ctx.fleet.model(ctx.model).name();
+        let local_exists = ctx
+            .fleet
+            .model(ctx.model)
+            .offers()
+            .iter()
+            .any(|(backend, offer)| !self.cloud.contains(*backend) && offer.is_free());
+        let local_hint = if local_exists {
+            format!("route '{model}' to one of its local backends")
+        } else {
+            format!("add a local backend for '{model}'")
+        };
+        match reason.code {
+            OVER_LIMIT => Explanation::new(
+                format!("spend ${a:.2} (with requests in flight) of the ${b:.2} monthly limit; this request would cost ${c:.4} and pass it"),
+                format!("raise monthly_limit_usd in [routing.budget], or {local_hint}"),
+            ),
+            HARD_LIMIT_CLOUD => Explanation::new(
+                format!("monthly budget reached: spend ${a:.2} of ${b:.2}; hard_limit_action block_cloud excludes cloud backends"),
+                format!("raise monthly_limit_usd in [routing.budget], or {local_hint}"),
+            ),
+            HARD_LIMIT_ALL => Explanation::new(
+                format!("monthly budget reached: spend ${a:.2} of ${b:.2}; hard_limit_action block_all excludes every backend"),
+                "raise monthly_limit_usd, or set hard_limit_action = \"block_cloud\" to keep local backends serving",
+            ),
+            COST_CAP => Explanation::new(
+                format!("estimated cost ${a:.4} exceeds the ${b:.4} per request of {}", ctx.policy_label((c >= 0.0).then_some(c as usize))),
+                "send fewer tokens or a lower max output, use a cheaper backend, or raise max_cost_per_request",
+            ),
+            HARD_LIMIT_WARNING => Explanation::new(
+                format!("monthly budget reached: spend ${a:.2} of ${b:.2}; routing anyway (hard_limit_action = \"warn\")"),
+                "raise monthly_limit_usd or switch hard_limit_action to block_cloud",
+            ),
+            code => Explanation::new(format!("excluded by budget (code {code})"), "see nexus-budget's documentation"),
+        }
+    }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
+    fn default_error_policy(&self) -> nexus_core::ErrorPolicy {
+        nexus_core::ErrorPolicy::FailClosed
+    }
+}
