@@ -11,6 +11,7 @@ const FLEET: &str = r#"
 id = "local"
 url = "http://127.0.0.1:11434"
 zone = "local"
+priority = 4
   [[backends.models]]
   name = "llama3:70b"
 
@@ -18,7 +19,7 @@ zone = "local"
 id = "cloud"
 url = "https://api.example.com"
 zone = "cloud"
-priority = 2
+priority = 5
   [[backends.models]]
   name = "llama3:70b"
   input_usd_per_mtok = 0.9
