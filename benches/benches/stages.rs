@@ -5,14 +5,16 @@
 
 use std::hint::black_box;
 use std::sync::Arc;
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use nexus_benches::{fleet_config, MODEL, REQUESTED, SIZES};
 use nexus_budget::{BudgetReconciler, BudgetSettings};
 use nexus_core::{
-    Fleet, Reconciler, Request, RequestAnalyzer, RoutingIntent, Scratch, SystemClock,
+    BackendId, Fleet, Reconciler, Request, RequestAnalyzer, RoutingIntent, Scratch, SystemClock,
 };
 use nexus_privacy::PrivacyReconciler;
+use nexus_quality::{QualityReconciler, QualitySettings, QualityTracker};
 use nexus_router::Router;
 use nexus_scheduler::SchedulerReconciler;
 use nexus_tier::TierReconciler;
@@ -53,6 +55,23 @@ fn bench_stage(c: &mut Criterion, kind: &str, build: impl Fn(&Arc<Fleet>) -> Box
     group.finish();
 }
 
+/// `quality/record`: recording one outcome (windows and circuit).
+fn record(c: &mut Criterion) {
+    let tracker = QualityTracker::new(100, QualitySettings::default(), Arc::new(SystemClock));
+    let mut i = 0u32;
+    c.bench_function("quality/record", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            tracker.record(
+                BackendId::new(i % 100),
+                !i.is_multiple_of(10),
+                black_box(Duration::from_millis(250)),
+                Some(Duration::from_millis(90)),
+            );
+        });
+    });
+}
+
 fn stages(c: &mut Criterion) {
     bench_stage(c, "analyzer", |_| Box::new(RequestAnalyzer));
     bench_stage(c, "privacy", |fleet| {
@@ -66,6 +85,23 @@ fn stages(c: &mut Criterion) {
         )
     });
     bench_stage(c, "tier", |_| Box::new(TierReconciler));
+    bench_stage(c, "quality", |fleet| {
+        let quality =
+            QualityReconciler::new(fleet, QualitySettings::default(), Arc::new(SystemClock))
+                .expect("valid settings");
+        // Some history, so that weights are computed from real windows.
+        for backend in fleet.backends() {
+            for i in 0..20 {
+                quality.tracker().record(
+                    backend.id(),
+                    i % 7 != 0,
+                    Duration::from_millis(300),
+                    Some(Duration::from_millis(120)),
+                );
+            }
+        }
+        Box::new(quality)
+    });
     bench_stage(c, "scheduler", |_| Box::new(SchedulerReconciler::new()));
 }
 
@@ -73,6 +109,6 @@ fn stages(c: &mut Criterion) {
 #[allow(missing_docs)]
 mod group {
     use super::*;
-    criterion_group!(benches, stages);
+    criterion_group!(benches, stages, record);
 }
 criterion_main!(group::benches);

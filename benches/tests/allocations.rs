@@ -94,6 +94,28 @@ fn route_decision_allocates_nothing() {
 }
 
 #[test]
+fn recording_an_outcome_allocates_nothing() {
+    use nexus_core::{BackendId, SystemClock};
+    use nexus_quality::{QualitySettings, QualityTracker};
+    use std::sync::Arc;
+
+    let tracker = QualityTracker::new(100, QualitySettings::default(), Arc::new(SystemClock));
+    ALLOCATIONS.store(0, Ordering::Relaxed);
+    COUNTING.with(|c| c.set(true));
+    for i in 0..10_000u32 {
+        tracker.record(
+            BackendId::new(i % 100),
+            i % 10 != 0,
+            Duration::from_millis(200),
+            Some(Duration::from_millis(50)),
+        );
+        std::hint::black_box(tracker.weight_at(BackendId::new(i % 100), tracker.now_secs()));
+    }
+    COUNTING.with(|c| c.set(false));
+    assert_eq!(ALLOCATIONS.load(Ordering::Relaxed), 0);
+}
+
+#[test]
 fn the_counter_sees_allocations() {
     // Guards the test above against a counter that never counts.
     ALLOCATIONS.store(0, Ordering::Relaxed);

@@ -364,10 +364,17 @@ pub struct LiveState {
     status: AtomicU8,
     /// Latency EWMA in milliseconds as `f64` bits; 0 means no sample yet.
     latency_ewma_ms: AtomicU64,
+    /// When the last latency sample arrived, seconds since the Unix epoch.
+    latency_at_secs: AtomicU64,
 }
 
 /// Weight of a new latency sample in the EWMA.
 const LATENCY_EWMA_ALPHA: f64 = 0.2;
+
+/// Seconds after which a backend's latency average is old news: it is no longer
+/// reported, so schedulers fall back to their default and try the backend again, and the
+/// next sample starts the average afresh.
+pub const LATENCY_MEMORY_SECS: u64 = 60;
 
 impl LiveState {
     fn new(status: BackendStatus) -> Self {
@@ -375,6 +382,7 @@ impl LiveState {
             in_flight: AtomicU32::new(0),
             status: AtomicU8::new(status as u8),
             latency_ewma_ms: AtomicU64::new(0),
+            latency_at_secs: AtomicU64::new(0),
         }
     }
 
@@ -395,22 +403,32 @@ impl LiveState {
         self.status.store(status as u8, Ordering::Relaxed);
     }
 
-    /// The latency EWMA in milliseconds, or `None` before the first sample.
+    /// The latency EWMA in milliseconds at `now_secs`: `None` before the first sample
+    /// and once the last one is more than [`LATENCY_MEMORY_SECS`] old.
     #[inline]
-    pub fn latency_ewma_ms(&self) -> Option<f64> {
+    pub fn latency_ewma_ms(&self, now_secs: u64) -> Option<f64> {
+        let at = self.latency_at_secs.load(Ordering::Relaxed);
+        if now_secs.saturating_sub(at) > LATENCY_MEMORY_SECS {
+            return None;
+        }
         let bits = self.latency_ewma_ms.load(Ordering::Relaxed);
         (bits != 0).then(|| f64::from_bits(bits))
     }
 
-    /// Folds a latency sample into the EWMA (weight 0.2 for the new sample).
-    pub fn record_latency(&self, latency: Duration) {
+    /// Folds a latency sample taken at `now_secs` into the EWMA (weight 0.2 for the new
+    /// sample); after [`LATENCY_MEMORY_SECS`] without samples it starts afresh.
+    pub fn record_latency(&self, latency: Duration, now_secs: u64) {
+        let previous = self
+            .latency_at_secs
+            .swap(now_secs.max(1), Ordering::Relaxed);
+        let stale = now_secs.saturating_sub(previous) > LATENCY_MEMORY_SECS;
         let sample = (latency.as_secs_f64() * 1000.0).max(0.001);
         // A lost update under contention would only drop one sample, but the CAS loop is
         // cheap and keeps the average exact.
         let _ = self
             .latency_ewma_ms
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
-                let next = if bits == 0 {
+                let next = if bits == 0 || stale {
                     sample
                 } else {
                     let old = f64::from_bits(bits);
@@ -793,11 +811,15 @@ mod tests {
     #[test]
     fn latency_ewma_starts_at_first_sample_then_smooths() {
         let live = LiveState::new(BackendStatus::Healthy);
-        assert_eq!(live.latency_ewma_ms(), None);
-        live.record_latency(Duration::from_millis(100));
-        assert_eq!(live.latency_ewma_ms(), Some(100.0));
-        live.record_latency(Duration::from_millis(200));
-        assert!((live.latency_ewma_ms().unwrap() - 120.0).abs() < 1e-9);
+        assert_eq!(live.latency_ewma_ms(1_000), None);
+        live.record_latency(Duration::from_millis(100), 1_000);
+        assert_eq!(live.latency_ewma_ms(1_000), Some(100.0));
+        live.record_latency(Duration::from_millis(200), 1_001);
+        assert!((live.latency_ewma_ms(1_001).unwrap() - 120.0).abs() < 1e-9);
+        // Old news is forgotten, and the next sample starts afresh.
+        assert_eq!(live.latency_ewma_ms(1_001 + LATENCY_MEMORY_SECS + 1), None);
+        live.record_latency(Duration::from_millis(500), 1_100);
+        assert_eq!(live.latency_ewma_ms(1_100), Some(500.0));
     }
 
     #[test]

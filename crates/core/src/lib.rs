@@ -58,7 +58,7 @@ pub use analyzer::{
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use fleet::{
     Backend, BackendSpec, BackendStatus, Fleet, FleetError, LiveState, ModelEntry, ModelSpec,
-    Offering, Zone,
+    Offering, Zone, LATENCY_MEMORY_SECS,
 };
 pub use id::{BackendId, ModelId};
 pub use intent::{BudgetStatus, QueueCause, RoutingIntent, Scratch, Selection};

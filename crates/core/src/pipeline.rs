@@ -20,9 +20,10 @@ use std::time::Instant;
 use crate::analyzer::{closest, ModelRoutes, RoutePlan, RoutesError};
 use crate::intent::{cost_estimate, Phase, Scratch};
 use crate::{
-    Backend, BackendId, BudgetStatus, Constraints, CostEstimate, ErrorPolicy, ExplainContext,
-    Explanation, Fleet, ModelId, Outcome, PolicySet, QueueCause, Reason, Reconciler, Rejection,
-    Request, RequestRequirements, RouteTicket, RoutingIntent, Selection, Settlement,
+    Backend, BackendId, BudgetStatus, Clock, Constraints, CostEstimate, ErrorPolicy,
+    ExplainContext, Explanation, Fleet, ModelId, Outcome, PolicySet, QueueCause, Reason,
+    Reconciler, Rejection, Request, RequestRequirements, RouteTicket, RoutingIntent, Selection,
+    Settlement, SystemClock,
 };
 
 thread_local! {
@@ -96,9 +97,16 @@ pub struct PipelineBuilder {
     aliases: BTreeMap<String, String>,
     fallbacks: BTreeMap<String, Vec<String>>,
     stages: Vec<(Box<dyn Reconciler>, Option<ErrorPolicy>)>,
+    clock: Arc<dyn Clock>,
 }
 
 impl PipelineBuilder {
+    /// Sets the clock that timestamps outcomes (the system clock by default).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// Sets the traffic policies.
     pub fn policies(mut self, policies: Arc<PolicySet>) -> Self {
         self.policies = policies;
@@ -176,6 +184,7 @@ impl PipelineBuilder {
             routes,
             stages,
             timing: AtomicBool::new(false),
+            clock: self.clock,
         })
     }
 }
@@ -203,6 +212,7 @@ pub struct Pipeline {
     routes: ModelRoutes,
     stages: Box<[Stage]>,
     timing: AtomicBool,
+    clock: Arc<dyn Clock>,
 }
 
 impl Pipeline {
@@ -214,6 +224,7 @@ impl Pipeline {
             aliases: BTreeMap::new(),
             fallbacks: BTreeMap::new(),
             stages: Vec::new(),
+            clock: Arc::new(SystemClock),
         }
     }
 
@@ -1082,7 +1093,8 @@ impl<'p> RouteGuard<'p> {
     /// the outcome).
     pub fn finish(mut self, outcome: Outcome) {
         if outcome.success {
-            self.backend().live().record_latency(outcome.latency);
+            let now = self.pipeline.clock.now_secs();
+            self.backend().live().record_latency(outcome.latency, now);
         }
         self.settle(Settlement::Finished(&outcome));
     }

@@ -35,6 +35,8 @@ pub use nexus_budget as budget;
 pub use nexus_core as core;
 #[cfg(feature = "privacy")]
 pub use nexus_privacy as privacy;
+#[cfg(feature = "quality")]
+pub use nexus_quality as quality;
 #[cfg(feature = "scheduler")]
 pub use nexus_scheduler as scheduler;
 #[cfg(feature = "tier")]

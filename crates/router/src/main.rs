@@ -75,6 +75,10 @@ struct RouteArgs {
     /// Month-to-date spend in USD to decide with.
     #[arg(long, value_name = "USD", value_parser = parse_usd)]
     spent: Option<f64>,
+    /// Outcomes to replay into the quality stage before deciding: JSON lines of
+    /// {"backend", "success", "latency_ms", "ttft_ms", "seconds_ago"}.
+    #[arg(long, value_name = "FILE")]
+    outcomes: Option<PathBuf>,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
@@ -198,6 +202,12 @@ fn route(args: &RouteArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(path) = &args.outcomes {
+        if let Err(error) = replay_outcomes(&router, path) {
+            eprintln!("{error}");
+            return ExitCode::from(2);
+        }
+    }
     if let Some(spent) = args.spent {
         if !set_spent(&router, spent) {
             eprintln!("warning: --spent has no effect: the pipeline has no budget stage; add [routing.budget]");
@@ -250,4 +260,79 @@ fn set_spent(router: &Router, usd: f64) -> bool {
 #[cfg(not(feature = "budget"))]
 fn set_spent(_router: &Router, _usd: f64) -> bool {
     false
+}
+
+/// One line of an `--outcomes` file.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecordedOutcome {
+    backend: String,
+    success: bool,
+    #[serde(default)]
+    latency_ms: u64,
+    #[serde(default)]
+    ttft_ms: Option<u64>,
+    #[serde(default)]
+    seconds_ago: u64,
+}
+
+/// Feeds recorded outcomes to the quality stage, so that a dry run decides as the
+/// router would after that traffic.
+#[cfg(feature = "quality")]
+fn replay_outcomes(router: &Router, path: &std::path::Path) -> Result<(), String> {
+    use std::time::Duration;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read the outcomes file: {e}", path.display()))?;
+    let Some(quality) = router
+        .pipeline()
+        .stage_of::<nexus_router::quality::QualityReconciler>()
+    else {
+        return Err(format!(
+            "{}: --outcomes needs the quality stage in the pipeline",
+            path.display()
+        ));
+    };
+    let tracker = quality.tracker();
+    let now = tracker.now_secs();
+    for (index, line) in text.lines().enumerate() {
+        let line_no = index + 1;
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        let outcome: RecordedOutcome = serde_json::from_str(line).map_err(|e| {
+            format!(
+                "{}:{line_no}:{}: {e}; each line is {{\"backend\": \"id\", \"success\": true, \"latency_ms\": 500, \"ttft_ms\": 120, \"seconds_ago\": 30}}",
+                path.display(),
+                e.column()
+            )
+        })?;
+        let Some(backend) = router.fleet().backend_by_name(&outcome.backend) else {
+            let known = router.fleet().backends().iter().map(|b| b.name());
+            let hint = nexus_core::closest(&outcome.backend, known)
+                .map(|b| format!(" (did you mean '{b}'?)"))
+                .unwrap_or_default();
+            return Err(format!(
+                "{}:{line_no}:1: unknown backend '{}'{hint}",
+                path.display(),
+                outcome.backend
+            ));
+        };
+        tracker.record_at(
+            backend.id(),
+            now.saturating_sub(outcome.seconds_ago),
+            outcome.success,
+            Duration::from_millis(outcome.latency_ms),
+            outcome.ttft_ms.map(Duration::from_millis),
+        );
+    }
+    Ok(())
+}
+
+/// Without the quality feature there is no stage to replay into.
+#[cfg(not(feature = "quality"))]
+fn replay_outcomes(_router: &Router, path: &std::path::Path) -> Result<(), String> {
+    Err(format!(
+        "{}: --outcomes needs the quality stage, which this build does not include",
+        path.display()
+    ))
 }

@@ -31,29 +31,35 @@ pub trait WithBuiltins {
     fn with_builtins() -> Registry;
 }
 
+/// A built-in stage's factory.
+type Factory =
+    fn(&BuildContext<'_>) -> Result<Box<dyn nexus_core::Reconciler>, nexus_core::BuildError>;
+
+/// The stages this build includes, beyond core's `analyzer`.
+const BUILTINS: &[(&str, Factory)] = &[
+    #[cfg(feature = "privacy")]
+    ("privacy", nexus_privacy::PrivacyReconciler::from_context),
+    #[cfg(feature = "budget")]
+    ("budget", nexus_budget::BudgetReconciler::from_context),
+    #[cfg(feature = "tier")]
+    ("tier", nexus_tier::TierReconciler::from_context),
+    #[cfg(feature = "quality")]
+    ("quality", nexus_quality::QualityReconciler::from_context),
+    #[cfg(feature = "scheduler")]
+    (
+        "scheduler",
+        nexus_scheduler::SchedulerReconciler::from_context,
+    ),
+];
+
 impl WithBuiltins for Registry {
     fn with_builtins() -> Registry {
-        #[allow(unused_mut)]
         let mut registry = Registry::new();
-        #[cfg(feature = "privacy")]
-        registry
-            .register("privacy", nexus_privacy::PrivacyReconciler::from_context)
-            .expect("built-in kinds are distinct");
-        #[cfg(feature = "budget")]
-        registry
-            .register("budget", nexus_budget::BudgetReconciler::from_context)
-            .expect("built-in kinds are distinct");
-        #[cfg(feature = "tier")]
-        registry
-            .register("tier", nexus_tier::TierReconciler::from_context)
-            .expect("built-in kinds are distinct");
-        #[cfg(feature = "scheduler")]
-        registry
-            .register(
-                "scheduler",
-                nexus_scheduler::SchedulerReconciler::from_context,
-            )
-            .expect("built-in kinds are distinct");
+        for (kind, factory) in BUILTINS {
+            registry
+                .register(*kind, *factory)
+                .expect("built-in kinds are distinct");
+        }
         registry
     }
 }
@@ -268,6 +274,7 @@ impl RouterBuilder {
         }
 
         let mut builder = Pipeline::builder(Arc::clone(&fleet))
+            .clock(Arc::clone(&self.clock))
             .policies(Arc::clone(&policies))
             .aliases(routing.aliases)
             .fallbacks(routing.fallbacks);

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use nexus_core::{BackendId, BackendStatus, Outcome, Request, RoutingDecision};
+use nexus_core::{BackendId, BackendStatus, Clock, Outcome, Request, RoutingDecision, SystemClock};
 use nexus_router::{DecisionReport, Router};
 
 const THREE_HEALTHY: &str = r#"
@@ -115,7 +115,7 @@ fn all_at_capacity_queues_with_a_wait_estimate_and_a_fallback() {
     let router = Router::from_toml("saturating.toml", SATURATING).unwrap();
     for id in ["gpu-1", "gpu-2"] {
         let live = router.fleet().backend_by_name(id).unwrap().live();
-        live.record_latency(Duration::from_millis(300));
+        live.record_latency(Duration::from_millis(300), SystemClock.now_secs());
     }
     let mut guards = Vec::new();
     for _ in 0..3 {
@@ -276,7 +276,7 @@ fn finishing_a_guard_updates_in_flight_and_latency() {
         Outcome::success(Duration::from_millis(250)).time_to_first_token(Duration::from_millis(40)),
     );
     assert_eq!(live.in_flight(), 0);
-    assert_eq!(live.latency_ewma_ms(), Some(250.0));
+    assert_eq!(live.latency_ewma_ms(SystemClock.now_secs()), Some(250.0));
 
     // Dropping a guard unfinished releases its slot too.
     let mut decision = router.route(&Request::new("llama3:70b"));

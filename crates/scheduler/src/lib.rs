@@ -6,10 +6,13 @@
 //!
 //! ## Score
 //! `priority × (1 − load_factor) × (1 / latency_ewma_ms) × weight`, where
-//! `load_factor = in_flight / max_concurrency` (capped at 1), the latency EWMA falls back
-//! to [`SchedulerSettings::default_latency_ms`] until the backend has answered, and
-//! `weight` is the product of the factors earlier stages set (quality, budget
-//! preference).
+//! `load_factor = in_flight / max_concurrency` (capped at 1), and `weight` is the
+//! product of the factors earlier stages set (quality, budget preference). The latency
+//! EWMA falls back to [`SchedulerSettings::default_latency_ms`] until the backend has
+//! answered, and again once its last answer is older than
+//! [`LATENCY_MEMORY_SECS`](nexus_core::LATENCY_MEMORY_SECS): a backend that lost all its
+//! traffic for being slow is tried again after a while instead of being judged forever
+//! by old news.
 //!
 //! ## Queue
 //! When the best candidate is `loading`, or every candidate is at `max_concurrency`, the
@@ -27,10 +30,11 @@
 use std::cell::Cell;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use nexus_core::{
-    BackendId, BackendStatus, BuildContext, BuildError, QueueCause, ReconcileError, Reconciler,
-    RoutingIntent,
+    BackendId, BackendStatus, BuildContext, BuildError, Clock, QueueCause, ReconcileError,
+    Reconciler, RoutingIntent, SystemClock,
 };
 use serde::Deserialize;
 
@@ -84,6 +88,7 @@ enum TieBreak {
 pub struct SchedulerReconciler {
     settings: SchedulerSettings,
     ties: TieBreak,
+    clock: Arc<dyn Clock>,
 }
 
 impl Default for SchedulerReconciler {
@@ -117,7 +122,17 @@ impl SchedulerReconciler {
             Some(seed) => TieBreak::Seeded(AtomicU64::new(seed)),
             None => TieBreak::PerThread,
         };
-        Self { settings, ties }
+        Self {
+            settings,
+            ties,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Uses `clock` to judge how fresh latency samples are (the system clock by default).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// A scheduler whose ties are broken by a sequence fixed by `seed`.
@@ -146,7 +161,9 @@ impl SchedulerReconciler {
                 ),
             });
         }
-        Ok(Box::new(Self::with_settings(settings)))
+        Ok(Box::new(
+            Self::with_settings(settings).with_clock(Arc::clone(ctx.clock)),
+        ))
     }
 
     fn random(&self) -> u64 {
@@ -169,14 +186,19 @@ impl SchedulerReconciler {
         }
     }
 
-    /// The score of `backend` given its weight; see the crate docs.
-    pub fn score(&self, intent: &RoutingIntent<'_>, backend: BackendId) -> f64 {
+    /// The latency used for scoring: the EWMA while fresh, else the default.
+    #[inline]
+    fn latency_ms(&self, live: &nexus_core::LiveState, now_secs: u64) -> f64 {
+        live.latency_ewma_ms(now_secs)
+            .unwrap_or(self.settings.default_latency_ms)
+    }
+
+    /// The score of `backend` at `now_secs`, given its weight; see the crate docs.
+    pub fn score(&self, intent: &RoutingIntent<'_>, backend: BackendId, now_secs: u64) -> f64 {
         let b = intent.fleet().backend(backend);
         let live = b.live();
         let load = (f64::from(live.in_flight()) / f64::from(b.max_concurrency())).min(1.0);
-        let latency = live
-            .latency_ewma_ms()
-            .unwrap_or(self.settings.default_latency_ms);
+        let latency = self.latency_ms(live, now_secs);
         f64::from(b.priority()) * (1.0 - load) / latency * intent.weight(backend)
     }
 }
@@ -197,6 +219,7 @@ impl Reconciler for SchedulerReconciler {
     fn reconcile(&self, intent: &mut RoutingIntent<'_>) -> Result<(), ReconcileError> {
         let fleet = intent.fleet();
         let offers = intent.model_entry().offers();
+        let now = self.clock.now_secs();
         let mut best: Option<Rank> = None;
         let mut ties = 0u64;
         let mut best_ready: Option<(BackendId, f64)> = None;
@@ -213,13 +236,11 @@ impl Reconciler for SchedulerReconciler {
             let in_flight = live.in_flight();
             let saturated = in_flight >= b.max_concurrency();
             let ready = !saturated && live.status() == BackendStatus::Healthy;
-            let score = self.score(intent, backend);
+            let score = self.score(intent, backend, now);
             intent.record_score(backend, score);
             any_unsaturated |= !saturated;
             if saturated {
-                let latency = live
-                    .latency_ewma_ms()
-                    .unwrap_or(self.settings.default_latency_ms);
+                let latency = self.latency_ms(live, now);
                 let excess = f64::from(in_flight - b.max_concurrency() + 1);
                 let wait = latency * excess / f64::from(b.max_concurrency());
                 if soonest_free.is_none_or(|(_, w)| wait < w) {

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nexus_core::{
-    BackendId, BackendSpec, BackendStatus, Fleet, ModelSpec, Outcome, Pipeline, QueueCause, Reason,
-    ReconcileError, Reconciler, Request, RoutingDecision, RoutingIntent,
+    BackendId, BackendSpec, BackendStatus, Clock, Fleet, ModelSpec, Outcome, Pipeline, QueueCause,
+    Reason, ReconcileError, Reconciler, Request, RoutingDecision, RoutingIntent, SystemClock,
 };
 use nexus_scheduler::SchedulerReconciler;
 
@@ -43,11 +43,11 @@ fn higher_priority_and_lower_latency_win() {
     fleet
         .backend(BackendId::new(1))
         .live()
-        .record_latency(Duration::from_millis(100));
+        .record_latency(Duration::from_millis(100), SystemClock.now_secs());
     fleet
         .backend(BackendId::new(2))
         .live()
-        .record_latency(Duration::from_millis(10));
+        .record_latency(Duration::from_millis(10), SystemClock.now_secs());
     assert_eq!(
         pipeline
             .decide(&Request::new("m"))
@@ -173,11 +173,11 @@ fn saturated_backends_queue_and_free_up() {
     fleet
         .backend(BackendId::new(0))
         .live()
-        .record_latency(Duration::from_millis(400));
+        .record_latency(Duration::from_millis(400), SystemClock.now_secs());
     fleet
         .backend(BackendId::new(1))
         .live()
-        .record_latency(Duration::from_millis(400));
+        .record_latency(Duration::from_millis(400), SystemClock.now_secs());
     let pipeline = Pipeline::builder(fleet)
         .stage(SchedulerReconciler::with_seed(3))
         .build()

@@ -1,0 +1,305 @@
+//! # nexus-quality
+//!
+//! The `quality` stage: routing that learns from what actually happens to requests.
+//!
+//! Every finished route guard reports its outcome (success or failure, latency, time
+//! to first token). Per backend the [`QualityTracker`] keeps sliding windows in atomic
+//! time buckets (no lock, no allocation on record or read): error rate over the last
+//! hour (one-minute buckets), success rate over 24 hours (one-hour buckets) and average
+//! time to first token over the hour.
+//!
+//! ## Exclusion: the circuit breaker
+//! A backend's circuit opens after `failure_threshold` consecutive failures, or when its
+//! error rate over the hour reaches `max_error_rate` with at least `min_samples`
+//! outcomes. An open circuit excludes the backend for `cooldown_secs`; then it is
+//! half-open and admits **one** probe request at a time (claimed atomically when the
+//! route is committed, so concurrent decisions cannot both probe). A successful probe
+//! closes the circuit; a failed one re-opens it for another cooldown. A backend that
+//! failed is therefore never shut out for an hour: it is probed every cooldown.
+//!
+//! ## Weight
+//! Candidates that pass get a score weight the scheduler multiplies in:
+//!
+//! `weight = (1 − e)² × t × s`, clamped to [0.01, 1], where
+//! - `e` is the error rate over the hour (0 below `min_samples` outcomes),
+//! - `t = min(1, target_ttft_ms / average TTFT over the last five minutes)` (1 without
+//!   TTFT samples; the hour's average is tracked and reported, but a backend that has
+//!   recovered should not wait an hour to be trusted again),
+//! - `s = 0.5 + 0.5 × success rate over 24 hours` (1 without outcomes).
+//!
+//! A backend with no history gets the neutral weight 1.0. The weight is cached per
+//! backend for `weight_refresh_secs` so a decision reads two atomic words per backend.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod tracker;
+mod window;
+
+use std::sync::Arc;
+
+use nexus_core::{
+    BuildContext, BuildError, Clock, ExplainContext, Explanation, Fleet, Reason, ReconcileError,
+    Reconciler, RouteTicket, RoutingIntent, Settlement,
+};
+use serde::Deserialize;
+
+pub use tracker::{Circuit, OpenCause, QualityStats, QualityTracker, RECENT_TTFT_MINUTES};
+
+/// Reason: circuit open after consecutive failures. `values = [failures, seconds left, 0]`.
+pub const CIRCUIT_OPEN: u16 = 1;
+/// Reason: circuit open because of the error rate. `values = [failures, outcomes, seconds left]`.
+pub const ERROR_RATE: u16 = 2;
+/// Reason: half-open and its one probe is in flight. `values = [0, 0, 0]`.
+pub const PROBE_IN_FLIGHT: u16 = 3;
+
+const fn default_max_error_rate() -> f64 {
+    0.5
+}
+const fn default_min_samples() -> u32 {
+    10
+}
+const fn default_failure_threshold() -> u32 {
+    5
+}
+const fn default_cooldown() -> u64 {
+    30
+}
+const fn default_target_ttft() -> f64 {
+    1000.0
+}
+const fn default_refresh() -> u64 {
+    1
+}
+
+/// The `[routing.quality]` settings.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QualitySettings {
+    /// Error rate over the hour, in (0, 1], that opens the circuit. Default 0.5.
+    #[serde(default = "default_max_error_rate")]
+    pub max_error_rate: f64,
+    /// Outcomes over the hour needed before the error rate counts. Default 10.
+    #[serde(default = "default_min_samples")]
+    pub min_samples: u32,
+    /// Consecutive failures that open the circuit. Default 5.
+    #[serde(default = "default_failure_threshold")]
+    pub failure_threshold: u32,
+    /// Seconds an open circuit stays open before a probe. Default 30.
+    #[serde(default = "default_cooldown")]
+    pub cooldown_secs: u64,
+    /// Time to first token at or below which a backend gets the full TTFT factor.
+    /// Default 1000 ms.
+    #[serde(default = "default_target_ttft")]
+    pub target_ttft_ms: f64,
+    /// How long a computed weight is reused. Default 1 s.
+    #[serde(default = "default_refresh")]
+    pub weight_refresh_secs: u64,
+}
+
+impl Default for QualitySettings {
+    fn default() -> Self {
+        Self {
+            max_error_rate: default_max_error_rate(),
+            min_samples: default_min_samples(),
+            failure_threshold: default_failure_threshold(),
+            cooldown_secs: default_cooldown(),
+            target_ttft_ms: default_target_ttft(),
+            weight_refresh_secs: default_refresh(),
+        }
+    }
+}
+
+impl QualitySettings {
+    /// Checks the values; the error names the key and how to fix it.
+    pub fn validate(&self) -> Result<(), String> {
+        let rate = self.max_error_rate;
+        if !(rate > 0.0 && rate <= 1.0) {
+            let hint = if rate > 1.0 && rate <= 100.0 {
+                format!("; did you mean {}?", rate / 100.0)
+            } else {
+                String::new()
+            };
+            return Err(format!(
+                "max_error_rate is a fraction in (0, 1], got {rate}{hint}"
+            ));
+        }
+        if self.min_samples == 0 {
+            return Err("min_samples must be at least 1".to_owned());
+        }
+        if self.failure_threshold == 0 {
+            return Err("failure_threshold must be at least 1".to_owned());
+        }
+        if self.cooldown_secs == 0 {
+            return Err("cooldown_secs must be at least 1".to_owned());
+        }
+        if !(self.target_ttft_ms.is_finite() && self.target_ttft_ms > 0.0) {
+            return Err(format!(
+                "target_ttft_ms must be a positive number of milliseconds, got {}",
+                self.target_ttft_ms
+            ));
+        }
+        if self.weight_refresh_secs == 0 {
+            return Err("weight_refresh_secs must be at least 1".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// The `quality` stage; see the crate docs.
+#[derive(Debug)]
+pub struct QualityReconciler {
+    tracker: Arc<QualityTracker>,
+}
+
+impl QualityReconciler {
+    /// The stage for `fleet`, with its own tracker.
+    pub fn new(
+        fleet: &Fleet,
+        settings: QualitySettings,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, String> {
+        settings.validate()?;
+        Ok(Self {
+            tracker: Arc::new(QualityTracker::new(fleet.len(), settings, clock)),
+        })
+    }
+
+    /// Builds the stage from `[routing.quality]`; the factory registered as `"quality"`.
+    pub fn from_context(ctx: &BuildContext<'_>) -> Result<Box<dyn Reconciler>, BuildError> {
+        let settings: QualitySettings = ctx.settings()?;
+        Self::new(ctx.fleet, settings, Arc::clone(ctx.clock))
+            .map(|stage| Box::new(stage) as Box<dyn Reconciler>)
+            .map_err(|message| BuildError::InvalidSettings {
+                kind: ctx.kind.to_owned(),
+                message,
+            })
+    }
+
+    /// The tracker the stage reads and the route guards feed.
+    pub fn tracker(&self) -> &Arc<QualityTracker> {
+        &self.tracker
+    }
+}
+
+impl Reconciler for QualityReconciler {
+    fn name(&self) -> &'static str {
+        "quality"
+    }
+
+    fn reconcile(&self, intent: &mut RoutingIntent<'_>) -> Result<(), ReconcileError> {
+        let now = self.tracker.now_secs();
+        for &(backend, _) in intent.model_entry().offers() {
+            if !intent.is_candidate(backend) {
+                continue;
+            }
+            match self.tracker.circuit_at(backend, now) {
+                Circuit::Closed => {
+                    let weight = self.tracker.weight_at(backend, now);
+                    intent.scale_weight(backend, weight);
+                }
+                // The probe: admitted, claimed when the route is committed.
+                Circuit::HalfOpen { .. } => {}
+                Circuit::Open {
+                    cause: OpenCause::ConsecutiveFailures,
+                    seconds_left,
+                } => {
+                    let failures = f64::from(self.tracker.settings().failure_threshold);
+                    intent.exclude(
+                        backend,
+                        Reason::with(CIRCUIT_OPEN, [failures, seconds_left as f64, 0.0]),
+                    );
+                }
+                Circuit::Open {
+                    cause: OpenCause::ErrorRate,
+                    seconds_left,
+                } => {
+                    let stats = self.tracker.stats_at(backend, now);
+                    let (failed, total) = stats.map_or((0, 0), |s| (s.failures_1h, s.samples_1h()));
+                    intent.exclude(
+                        backend,
+                        Reason::with(
+                            ERROR_RATE,
+                            [failed as f64, total as f64, seconds_left as f64],
+                        ),
+                    );
+                }
+                Circuit::Probing { .. } => intent.exclude(backend, Reason::new(PROBE_IN_FLIGHT)),
+            }
+        }
+        Ok(())
+    }
+
+    fn on_route(&self, ticket: &RouteTicket) -> Result<(), Reason> {
+        let now = self.tracker.now_secs();
+        match self.tracker.circuit_at(ticket.backend, now) {
+            Circuit::Closed => Ok(()),
+            Circuit::HalfOpen { .. } => {
+                if self.tracker.try_claim_probe(ticket.backend, now) {
+                    Ok(())
+                } else {
+                    Err(Reason::new(PROBE_IN_FLIGHT))
+                }
+            }
+            Circuit::Open { seconds_left, .. } => Err(Reason::with(
+                CIRCUIT_OPEN,
+                [
+                    f64::from(self.tracker.settings().failure_threshold),
+                    seconds_left as f64,
+                    0.0,
+                ],
+            )),
+            Circuit::Probing { .. } => Err(Reason::new(PROBE_IN_FLIGHT)),
+        }
+    }
+
+    fn on_settle(&self, ticket: &RouteTicket, settlement: Settlement<'_>) {
+        match settlement {
+            Settlement::Finished(outcome) => self.tracker.record(
+                ticket.backend,
+                outcome.success,
+                outcome.latency,
+                outcome.time_to_first_token,
+            ),
+            Settlement::Abandoned => {
+                self.tracker
+                    .record(ticket.backend, false, std::time::Duration::ZERO, None);
+            }
+            Settlement::Cancelled => self.tracker.release_probe(ticket.backend),
+        }
+    }
+
+    fn explain(&self, reason: &Reason, _ctx: &ExplainContext<'_>) -> Explanation {
+        let [a, b, c] = reason.values;
+        let check = "check the backend's logs; it is probed again when the cooldown ends";
+        match reason.code {
+            CIRCUIT_OPEN => Explanation::new(
+                format!("{a} consecutive failures; circuit open for {b} s more"),
+                check,
+            ),
+            ERROR_RATE => {
+                let rate = if b > 0.0 { 100.0 * a / b } else { 0.0 };
+                Explanation::new(
+                    format!("error rate {rate:.0}% over the last hour ({a} of {b} requests); circuit open for {c} s more"),
+                    check,
+                )
+            }
+            PROBE_IN_FLIGHT => Explanation::new(
+                "circuit half-open: its one probe request is in flight",
+                "wait for the probe: it closes the circuit on success and re-opens it on failure",
+            ),
+            code => Explanation::new(
+                format!("excluded by quality (code {code})"),
+                "see nexus-quality's documentation",
+            ),
+        }
+    }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
+    fn default_error_policy(&self) -> nexus_core::ErrorPolicy {
+        // Learned preferences must not take routing down: skip the stage if it fails.
+        nexus_core::ErrorPolicy::FailOpen
+    }
+}
