@@ -36,9 +36,9 @@ fn reject(c: &mut Criterion) {
         let router =
             Router::from_toml("bench.toml", &fleet_config(backends)).expect("bench config loads");
         for backend in router.fleet().backends() {
-            backend
-                .live()
-                .set_status(nexus_core::BackendStatus::Unhealthy);
+            router
+                .fleet()
+                .set_status(backend.id(), nexus_core::BackendStatus::Unhealthy);
         }
         let request = Request::new(REQUESTED).input_tokens(1200);
         group.bench_function(BenchmarkId::from_parameter(backends), |b| {

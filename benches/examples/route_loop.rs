@@ -13,7 +13,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let backends: usize = args.next().map_or(Ok(100), |a| a.parse())?;
     let decisions: u32 = args.next().map_or(Ok(200_000), |a| a.parse())?;
     let router = Router::from_toml("bench.toml", &fleet_config(backends))?;
-    let request = Request::new(REQUESTED).input_tokens(1200).max_output_tokens(300);
+    let request = Request::new(REQUESTED)
+        .input_tokens(1200)
+        .max_output_tokens(300);
     let outcome = Outcome::success(Duration::from_millis(120)).usage(1200, 280);
     let start = Instant::now();
     for _ in 0..decisions {

@@ -99,7 +99,13 @@ impl SpendLedger {
     /// reserved spend of the current month.
     #[inline]
     pub fn total_nanos(&self) -> u64 {
-        self.roll_over();
+        self.total_nanos_at(self.clock.now_secs())
+    }
+
+    /// [`total_nanos`](Self::total_nanos) at `now_secs` (a decision's time, read once).
+    #[inline]
+    pub fn total_nanos_at(&self, now_secs: u64) -> u64 {
+        self.roll_over_at(now_secs);
         self.total.load(Ordering::Acquire).max(0) as u64
     }
 
@@ -157,7 +163,12 @@ impl SpendLedger {
 
     /// Replaces a reservation with the actual cost of the served request.
     pub fn settle(&self, reserved: u64, actual: u64) {
-        self.roll_over();
+        self.settle_at(reserved, actual, self.clock.now_secs());
+    }
+
+    /// [`settle`](Self::settle) at `now_secs` (when the caller knows the time).
+    pub fn settle_at(&self, reserved: u64, actual: u64, now_secs: u64) {
+        self.roll_over_at(now_secs);
         // Settled first, then the total: a roll-over in between attributes the cost to
         // the closing month and leaves the total consistent (see roll_over).
         self.settled.fetch_add(actual, Ordering::AcqRel);
@@ -201,7 +212,11 @@ impl SpendLedger {
     /// Archives the month that ended and starts the new one from zero; reservations of
     /// requests still in flight carry over, since they will settle in the new month.
     fn roll_over(&self) {
-        let now = Month::from_unix_secs(self.clock.now_secs()).key();
+        self.roll_over_at(self.clock.now_secs());
+    }
+
+    fn roll_over_at(&self, now_secs: u64) {
+        let now = Month::from_unix_secs(now_secs).key();
         if self.month.load(Ordering::Acquire) >= now {
             return;
         }

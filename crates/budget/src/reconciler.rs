@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use nexus_core::{
     BackendSet, BudgetStatus, BuildContext, BuildError, Clock, ExplainContext, Explanation, Fleet,
-    Reason, ReconcileError, Reconciler, RouteTicket, RoutingIntent, Settlement, Zone,
+    Reason, ReconcileError, Reconciler, RouteTicket, RoutingIntent, Settlement, Verdict, Zone,
 };
 use serde::Deserialize;
 
 use crate::journal::Background;
 use crate::{
-    nanos_to_usd, usd_to_nanos, Journal, SpendLedger, SpendSource, SpendStore, StoreError,
+    nanos_to_usd, usd_to_nanos, Journal, Month, SpendLedger, SpendSource, SpendStore, StoreError,
 };
 
 /// Reason: the request's cost would take spend past the limit.
@@ -283,51 +283,58 @@ impl Reconciler for BudgetReconciler {
     }
 
     fn reconcile(&self, intent: &mut RoutingIntent<'_>) -> Result<(), ReconcileError> {
-        let total = self.ledger.total_nanos();
+        let total = self.ledger.total_nanos_at(intent.now_secs());
         let status = self.status_of(total);
         intent.raise_budget_status(status);
         let requirements = *intent.requirements();
         let constraints = *intent.constraints();
+        let (input, output) = (
+            requirements.input_tokens,
+            requirements.estimated_output_tokens,
+        );
         let spend = nanos_to_usd(total);
         let limit = self.settings.monthly_limit_usd;
         let action = self.settings.hard_limit_action;
         let hard = status == BudgetStatus::HardLimit;
-        for &(backend, offer) in intent.model_entry().offers() {
-            if !intent.is_candidate(backend) {
-                continue;
-            }
-            let cost_usd = offer.cost_usd(
-                requirements.input_tokens,
-                requirements.estimated_output_tokens,
-            );
-            let cost = usd_to_nanos(cost_usd);
-            let cloud = self.cloud.contains(backend);
-            let reason = if let Some(cap) = constraints
-                .max_cost_per_request
-                .filter(|cap| cost_usd > *cap)
-            {
-                let policy = constraints.max_cost_policy.map_or(-1.0, |i| i as f64);
-                Some(Reason::with(COST_CAP, [cost_usd, cap, policy]))
-            } else if hard && action == HardLimitAction::BlockAll {
-                Some(Reason::with(HARD_LIMIT_ALL, [spend, limit, 0.0]))
-            } else if hard && action == HardLimitAction::BlockCloud && cloud {
-                Some(Reason::with(HARD_LIMIT_CLOUD, [spend, limit, 0.0]))
-            } else if self.blocks() && cost > 0 && total.saturating_add(cost) > self.limit {
-                Some(Reason::with(OVER_LIMIT, [spend, limit, cost_usd]))
-            } else {
-                None
-            };
-            match reason {
-                Some(reason) => intent.exclude(backend, reason),
-                None if status == BudgetStatus::SoftLimit && cloud => {
-                    intent.scale_weight(backend, self.settings.soft_limit_cloud_weight);
-                }
-                None => {}
-            }
-        }
         if hard && action == HardLimitAction::Warn && !intent.is_explaining() {
             intent.warn(None, Reason::with(HARD_LIMIT_WARNING, [spend, limit, 0.0]));
         }
+        // The usual case: below the soft limit, and even the dearest server of the model
+        // fits under the limit and the policy's cap. Nothing to visit.
+        let dearest = intent.model_entry().summary().max_cost_usd(input, output);
+        if status == BudgetStatus::Normal
+            && constraints
+                .max_cost_per_request
+                .is_none_or(|cap| dearest <= cap)
+            && (!self.blocks() || total.saturating_add(usd_to_nanos(dearest)) <= self.limit)
+        {
+            return Ok(());
+        }
+        let blocks = self.blocks();
+        let cloud = &self.cloud;
+        let cloud_weight = self.settings.soft_limit_cloud_weight;
+        let cap_policy = constraints.max_cost_policy.map_or(-1.0, |i| i as f64);
+        intent.visit_candidates(|candidate| {
+            let cost_usd = candidate.offer().cost_usd(input, output);
+            let cost = usd_to_nanos(cost_usd);
+            let is_cloud = cloud.contains(candidate.backend);
+            if let Some(cap) = constraints
+                .max_cost_per_request
+                .filter(|cap| cost_usd > *cap)
+            {
+                Verdict::Exclude(Reason::with(COST_CAP, [cost_usd, cap, cap_policy]))
+            } else if hard && action == HardLimitAction::BlockAll {
+                Verdict::Exclude(Reason::with(HARD_LIMIT_ALL, [spend, limit, 0.0]))
+            } else if hard && action == HardLimitAction::BlockCloud && is_cloud {
+                Verdict::Exclude(Reason::with(HARD_LIMIT_CLOUD, [spend, limit, 0.0]))
+            } else if blocks && cost > 0 && total.saturating_add(cost) > self.limit {
+                Verdict::Exclude(Reason::with(OVER_LIMIT, [spend, limit, cost_usd]))
+            } else if status == BudgetStatus::SoftLimit && is_cloud {
+                Verdict::Scale(cloud_weight)
+            } else {
+                Verdict::Keep
+            }
+        });
         Ok(())
     }
 
@@ -357,9 +364,10 @@ impl Reconciler for BudgetReconciler {
                 if reserved == 0 && actual == 0 {
                     return;
                 }
-                self.ledger.settle(reserved, actual);
+                let now = ticket.settled_at_secs(&settlement);
+                self.ledger.settle_at(reserved, actual, now);
                 if let (Some(journal), true) = (self.journal(), actual > 0) {
-                    journal.record(self.ledger.month(), actual);
+                    journal.record(Month::from_unix_secs(now), actual);
                 }
             }
             Settlement::Abandoned | Settlement::Cancelled => {

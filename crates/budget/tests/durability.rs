@@ -36,12 +36,17 @@ fn durability_child() {
     );
     let store = Arc::new(RedbStore::open(&path).unwrap());
     let budget = Arc::new(
-        BudgetReconciler::new(Arc::clone(&fleet), BudgetSettings::new(1_000_000.0), clock)
-            .unwrap()
-            .with_store(store, Vec::new())
-            .unwrap(),
+        BudgetReconciler::new(
+            Arc::clone(&fleet),
+            BudgetSettings::new(1_000_000.0),
+            clock.clone(),
+        )
+        .unwrap()
+        .with_store(store, Vec::new())
+        .unwrap(),
     );
     let pipeline = Pipeline::builder(fleet)
+        .clock(clock)
         .stage(Arc::clone(&budget))
         .stage(SchedulerReconciler::new())
         .build()

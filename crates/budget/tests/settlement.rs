@@ -35,9 +35,14 @@ fn november() -> Arc<FakeClock> {
 }
 
 /// The budget under test in a pipeline over its fleet, with a capped alias.
-fn pipeline_with(budget: BudgetReconciler, fleet: Arc<Fleet>) -> (Arc<BudgetReconciler>, Pipeline) {
+fn pipeline_with(
+    budget: BudgetReconciler,
+    fleet: Arc<Fleet>,
+    clock: Arc<FakeClock>,
+) -> (Arc<BudgetReconciler>, Pipeline) {
     let budget = Arc::new(budget);
     let pipeline = Pipeline::builder(fleet)
+        .clock(clock)
         .policies(Arc::new(
             PolicySet::new(vec![TrafficPolicy::new("capped").max_cost_per_request(0.01)]).unwrap(),
         ))
@@ -51,8 +56,8 @@ fn pipeline_with(budget: BudgetReconciler, fleet: Arc<Fleet>) -> (Arc<BudgetReco
 
 fn setup(settings: BudgetSettings, clock: Arc<FakeClock>) -> (Arc<BudgetReconciler>, Pipeline) {
     let fleet = fleet();
-    let budget = BudgetReconciler::new(Arc::clone(&fleet), settings, clock).unwrap();
-    pipeline_with(budget, fleet)
+    let budget = BudgetReconciler::new(Arc::clone(&fleet), settings, clock.clone()).unwrap();
+    pipeline_with(budget, fleet, clock)
 }
 
 #[test]
@@ -184,7 +189,8 @@ fn the_store_is_loaded_at_start_and_written_on_settle() {
         .unwrap();
 
     let fleet = fleet();
-    let budget = BudgetReconciler::new(Arc::clone(&fleet), BudgetSettings::new(1.0), november())
+    let clock = november();
+    let budget = BudgetReconciler::new(Arc::clone(&fleet), BudgetSettings::new(1.0), clock.clone())
         .unwrap()
         .with_store(store.clone(), Vec::new())
         .unwrap();
@@ -193,7 +199,7 @@ fn the_store_is_loaded_at_start_and_written_on_settle() {
         0.5,
         "loaded at start"
     );
-    let (budget, pipeline) = pipeline_with(budget, fleet);
+    let (budget, pipeline) = pipeline_with(budget, fleet, clock);
     let mut decision = pipeline.decide(&Request::new("m").input_tokens(1000).max_output_tokens(0));
     decision
         .take_guard()

@@ -6,11 +6,13 @@
 //! hash lookup to get its [`RoutePlan`]. The [`RequestAnalyzer`] stage excludes
 //! candidates whose health rules them out.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::{
-    BackendStatus, Constraints, ExplainContext, Explanation, Fleet, ModelId, PolicySet, Reason,
-    ReconcileError, Reconciler, RoutingIntent,
+    Constraints, ExplainContext, Explanation, Fleet, ModelId, PolicySet, Reason, ReconcileError,
+    Reconciler, RoutingIntent,
 };
 
 /// The longest alias chain, counting the requested name and the resolved model.
@@ -231,7 +233,7 @@ impl ModelRoutes {
             }
         };
 
-        let mut resolved_fallbacks: HashMap<ModelId, Vec<Vec<&str>>> = HashMap::new();
+        let mut resolved_fallbacks: HashMap<ModelId, Vec<Vec<&str>>> = HashMap::default();
         for (model, targets) in fallbacks {
             let Some(model_id) = served(model) else {
                 let suggestion = chains
@@ -263,7 +265,7 @@ impl ModelRoutes {
             c
         };
 
-        let mut plans = HashMap::new();
+        let mut plans = HashMap::default();
         let names = aliases.keys().map(String::as_str).chain(model_names());
         for name in names {
             let chain = resolve(name).unwrap_or_else(|| vec![name]);
@@ -332,15 +334,9 @@ impl Reconciler for RequestAnalyzer {
     }
 
     fn reconcile(&self, intent: &mut RoutingIntent<'_>) -> Result<(), ReconcileError> {
+        // The fleet keeps a bitset of unhealthy backends: a word at a time.
         let fleet = intent.fleet();
-        let model = intent.model();
-        for &(backend, _) in fleet.model(model).offers() {
-            if intent.is_candidate(backend)
-                && fleet.backend(backend).live().status() == BackendStatus::Unhealthy
-            {
-                intent.exclude(backend, Reason::new(UNHEALTHY));
-            }
-        }
+        intent.exclude_words(|word| fleet.unhealthy_word(word), Reason::new(UNHEALTHY));
         Ok(())
     }
 

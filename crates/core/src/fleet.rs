@@ -6,7 +6,7 @@
 //! (model name -> [`BackendSet`] of its servers, plus each server's [`Offering`]) is
 //! computed here so that a decision starts from a precomputed bitset.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::time::Duration;
@@ -398,11 +398,6 @@ impl LiveState {
         BackendStatus::from_u8(self.status.load(Ordering::Relaxed))
     }
 
-    /// Sets the health, e.g. from a health checker.
-    pub fn set_status(&self, status: BackendStatus) {
-        self.status.store(status as u8, Ordering::Relaxed);
-    }
-
     /// The latency EWMA in milliseconds at `now_secs`: `None` before the first sample
     /// and once the last one is more than [`LATENCY_MEMORY_SECS`] old.
     #[inline]
@@ -531,6 +526,61 @@ pub struct ModelEntry {
     servers: BackendSet,
     /// Sorted by backend id, one per server.
     offers: Box<[(BackendId, Offering)]>,
+    /// For each word of `servers`, how many servers lie in the words before it: the
+    /// position of a server's offering is then one popcount away.
+    rank: Box<[u32]>,
+    summary: OfferSummary,
+}
+
+/// What every server of a model has in common, so that stages can skip their loop when
+/// no server can fail their check.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct OfferSummary {
+    /// The lowest tier of any server.
+    pub min_tier: u8,
+    /// The smallest declared context window (`None` when no server declares one).
+    pub min_context_window: Option<u32>,
+    /// The features every server supports.
+    pub common_features: Features,
+    /// The highest input price of any server, USD per million tokens.
+    pub max_input_usd_per_mtok: f64,
+    /// The highest output price of any server, USD per million tokens.
+    pub max_output_usd_per_mtok: f64,
+}
+
+impl OfferSummary {
+    fn of(offers: &[(BackendId, Offering)]) -> Self {
+        let mut summary = Self {
+            min_tier: u8::MAX,
+            min_context_window: None,
+            common_features: Features::from_bits(u8::MAX),
+            max_input_usd_per_mtok: 0.0,
+            max_output_usd_per_mtok: 0.0,
+        };
+        for (_, offer) in offers {
+            summary.min_tier = summary.min_tier.min(offer.tier);
+            if let Some(window) = offer.context_window {
+                summary.min_context_window =
+                    Some(summary.min_context_window.map_or(window, |w| w.min(window)));
+            }
+            summary.common_features =
+                Features::from_bits(summary.common_features.bits() & offer.features.bits());
+            summary.max_input_usd_per_mtok =
+                summary.max_input_usd_per_mtok.max(offer.input_usd_per_mtok);
+            summary.max_output_usd_per_mtok = summary
+                .max_output_usd_per_mtok
+                .max(offer.output_usd_per_mtok);
+        }
+        summary
+    }
+
+    /// The most any server would charge for `input` and `output` tokens.
+    #[inline]
+    pub fn max_cost_usd(&self, input: u32, output: u32) -> f64 {
+        (f64::from(input) * self.max_input_usd_per_mtok
+            + f64::from(output) * self.max_output_usd_per_mtok)
+            / 1_000_000.0
+    }
 }
 
 impl ModelEntry {
@@ -552,10 +602,24 @@ impl ModelEntry {
     /// What `backend` offers for this model, if it serves it.
     #[inline]
     pub fn offer(&self, backend: BackendId) -> Option<&Offering> {
-        self.offers
-            .binary_search_by_key(&backend, |(b, _)| *b)
-            .ok()
-            .map(|i| &self.offers[i].1)
+        if !self.servers.contains(backend) {
+            return None;
+        }
+        let i = backend.index();
+        Some(self.offer_of_server(i / 64, (i % 64) as u32))
+    }
+
+    /// The offering of the server at bit `bit` of word `word` (which must be a server).
+    #[inline]
+    pub(crate) fn offer_of_server(&self, word: usize, bit: u32) -> &Offering {
+        let below = self.servers.words[word] & ((1u64 << bit) - 1);
+        &self.offers[self.rank[word] as usize + below.count_ones() as usize].1
+    }
+
+    /// What all its servers have in common.
+    #[inline]
+    pub fn summary(&self) -> &OfferSummary {
+        &self.summary
     }
 }
 
@@ -585,6 +649,10 @@ pub struct Fleet {
     by_name: HashMap<Box<str>, BackendId>,
     models: Box<[ModelEntry]>,
     model_index: HashMap<Box<str>, ModelId>,
+    /// One bit per backend whose status is unhealthy, kept in step with each
+    /// backend's [`LiveState`] by [`Fleet::set_status`], so that health is checked a
+    /// word at a time.
+    unhealthy: Box<[AtomicU64]>,
 }
 
 impl Fleet {
@@ -598,8 +666,9 @@ impl Fleet {
                 max: Self::MAX_BACKENDS,
             });
         }
-        let mut by_name: HashMap<Box<str>, BackendId> = HashMap::with_capacity(specs.len());
-        let mut model_index: HashMap<Box<str>, ModelId> = HashMap::new();
+        let mut by_name: HashMap<Box<str>, BackendId> =
+            HashMap::with_capacity_and_hasher(specs.len(), Default::default());
+        let mut model_index: HashMap<Box<str>, ModelId> = HashMap::default();
         let mut model_offers: Vec<(Box<str>, Offers)> = Vec::new();
         let mut backends = Vec::with_capacity(specs.len());
 
@@ -690,19 +759,63 @@ impl Fleet {
                 for (b, _) in &offers {
                     servers.insert(*b);
                 }
+                let mut before = 0u32;
+                let rank = servers
+                    .words
+                    .iter()
+                    .map(|w| {
+                        let here = before;
+                        before += w.count_ones();
+                        here
+                    })
+                    .collect();
                 ModelEntry {
                     name,
+                    summary: OfferSummary::of(&offers),
                     servers,
                     offers: offers.into(),
+                    rank,
                 }
             })
             .collect();
+        let unhealthy: Box<[AtomicU64]> =
+            (0..len.div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
+        for backend in &backends {
+            if backend.live.status() == BackendStatus::Unhealthy {
+                let i = backend.id.index();
+                unhealthy[i / 64].fetch_or(1 << (i % 64), Ordering::Relaxed);
+            }
+        }
         Ok(Self {
             backends: backends.into(),
             by_name,
             models,
             model_index,
+            unhealthy,
         })
+    }
+
+    /// Sets a backend's health (from a health checker, or an operator).
+    pub fn set_status(&self, backend: BackendId, status: BackendStatus) {
+        let Some(b) = self.backends.get(backend.index()) else {
+            return;
+        };
+        b.live.status.store(status as u8, Ordering::Relaxed);
+        let i = backend.index();
+        let bit = 1u64 << (i % 64);
+        if status == BackendStatus::Unhealthy {
+            self.unhealthy[i / 64].fetch_or(bit, Ordering::Relaxed);
+        } else {
+            self.unhealthy[i / 64].fetch_and(!bit, Ordering::Relaxed);
+        }
+    }
+
+    /// Word `index` of the unhealthy backends' bitset.
+    #[inline]
+    pub(crate) fn unhealthy_word(&self, index: usize) -> u64 {
+        self.unhealthy
+            .get(index)
+            .map_or(0, |w| w.load(Ordering::Relaxed))
     }
 
     /// The number of backends.

@@ -88,8 +88,13 @@ pub(crate) enum Phase {
 #[derive(Debug, Default)]
 pub struct Scratch {
     pub(crate) candidates: BackendSet,
+    /// Weights, valid where `weighted` has the backend (1.0 elsewhere): resetting a
+    /// decision clears a few bitset words instead of rewriting a value per backend.
     pub(crate) weights: Vec<f64>,
+    pub(crate) weighted: BackendSet,
+    /// Scores, valid where `scored` has the backend.
     pub(crate) scores: Vec<f64>,
+    pub(crate) scored: BackendSet,
     pub(crate) exclusions: Vec<Exclusion>,
     pub(crate) warnings: Vec<Warning>,
     pub(crate) errors: Vec<(u16, crate::ReconcileError)>,
@@ -101,8 +106,10 @@ impl Scratch {
     pub(crate) fn prepare(&mut self, backends: usize) {
         if self.weights.len() < backends {
             self.weights.resize(backends, 1.0);
-            self.scores.resize(backends, f64::NAN);
+            self.scores.resize(backends, 0.0);
             self.candidates = BackendSet::with_capacity(backends);
+            self.weighted = BackendSet::with_capacity(backends);
+            self.scored = BackendSet::with_capacity(backends);
         }
         let want = backends.max(16);
         if self.exclusions.capacity() < want {
@@ -114,6 +121,65 @@ impl Scratch {
         self.exclusions.clear();
         self.warnings.clear();
         self.errors.clear();
+    }
+}
+
+/// One candidate, as [`RoutingIntent::visit_candidates`] shows it.
+#[derive(Clone, Copy, Debug)]
+pub struct Candidate<'a> {
+    /// The backend.
+    pub backend: BackendId,
+    /// The product of the weights stages applied to it so far.
+    pub weight: f64,
+    entry: &'a ModelEntry,
+    word: usize,
+    bit: u32,
+}
+
+impl<'a> Candidate<'a> {
+    /// What it offers for the current model (found when asked: stages that do not need
+    /// it do not pay for it).
+    #[inline]
+    pub fn offer(&self) -> &'a Offering {
+        self.entry.offer_of_server(self.word, self.bit)
+    }
+}
+
+/// What [`RoutingIntent::visit_candidates`] does with one candidate.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Verdict {
+    /// Nothing.
+    Keep,
+    /// Multiply its weight by this factor (ignored unless finite and positive).
+    Scale(f64),
+    /// Record this score for it (the selecting stage).
+    Score(f64),
+    /// Exclude it, with this reason.
+    Exclude(Reason),
+}
+
+impl Scratch {
+    #[inline]
+    fn weight(&self, backend: BackendId) -> f64 {
+        if self.weighted.contains(backend) {
+            self.weights[backend.index()]
+        } else {
+            1.0
+        }
+    }
+
+    #[inline]
+    fn scale(&mut self, backend: BackendId, factor: f64) {
+        if !(factor.is_finite() && factor > 0.0) {
+            return;
+        }
+        let i = backend.index();
+        if self.weighted.contains(backend) {
+            self.weights[i] *= factor;
+        } else {
+            self.weights[i] = factor;
+            self.weighted.insert_within(backend);
+        }
     }
 }
 
@@ -137,6 +203,7 @@ pub struct RoutingIntent<'a> {
     pub(crate) selected_by: Option<(u16, Phase)>,
     pub(crate) phase: Phase,
     pub(crate) explaining: bool,
+    pub(crate) now_secs: u64,
     pub(crate) scratch: &'a mut Scratch,
 }
 
@@ -180,10 +247,17 @@ impl<'a> RoutingIntent<'a> {
             selected_by: None,
             phase: Phase::Reconcile,
             explaining: false,
+            now_secs: crate::Clock::now_secs(&crate::SystemClock),
             scratch,
         };
         intent.reset_for(model, constraints, 0);
         intent
+    }
+
+    /// Sets the decision's time (a standalone intent reads the system clock).
+    pub fn with_now_secs(mut self, now_secs: u64) -> Self {
+        self.now_secs = now_secs;
+        self
     }
 
     /// Starts over for another model (a fallback): its servers become the candidates.
@@ -195,10 +269,8 @@ impl<'a> RoutingIntent<'a> {
         self.selection = Selection::None;
         self.selected_by = None;
         self.scratch.candidates.copy_from(entry.servers());
-        for &(b, _) in entry.offers() {
-            self.scratch.weights[b.index()] = 1.0;
-            self.scratch.scores[b.index()] = f64::NAN;
-        }
+        self.scratch.weighted.clear();
+        self.scratch.scored.clear();
     }
 
     /// The fleet.
@@ -241,6 +313,14 @@ impl<'a> RoutingIntent<'a> {
     #[inline]
     pub fn is_fallback(&self) -> bool {
         self.attempt > 0
+    }
+
+    /// The decision's time, in seconds since the Unix epoch: read once per decision
+    /// from the pipeline's clock, so that stages agree on it and do not each pay for a
+    /// clock read.
+    #[inline]
+    pub fn now_secs(&self) -> u64 {
+        self.now_secs
     }
 
     /// Whether this run only explains a Reject: to find which fix would admit the most
@@ -310,29 +390,91 @@ impl<'a> RoutingIntent<'a> {
     /// positive number is ignored: to rule a backend out, exclude it with a reason.
     #[inline]
     pub fn scale_weight(&mut self, backend: BackendId, factor: f64) {
-        if factor.is_finite() && factor > 0.0 && self.is_candidate(backend) {
-            self.scratch.weights[backend.index()] *= factor;
+        if self.is_candidate(backend) {
+            self.scratch.scale(backend, factor);
         }
     }
 
     /// The product of every factor stages applied to `backend` (1.0 when none).
     #[inline]
     pub fn weight(&self, backend: BackendId) -> f64 {
-        self.scratch.weights[backend.index()]
+        self.scratch.weight(backend)
     }
 
     /// Records the score the selecting stage computed for `backend`, for explanations.
     #[inline]
     pub fn record_score(&mut self, backend: BackendId, score: f64) {
         self.scratch.scores[backend.index()] = score;
+        self.scratch.scored.insert_within(backend);
     }
 
     /// The score recorded for `backend` by [`record_score`](Self::record_score) for the
     /// current model, if any.
     #[inline]
     pub fn score(&self, backend: BackendId) -> Option<f64> {
-        let score = self.scratch.scores[backend.index()];
-        (!score.is_nan()).then_some(score)
+        self.scratch
+            .scored
+            .contains(backend)
+            .then(|| self.scratch.scores[backend.index()])
+    }
+
+    /// Visits every candidate with what it offers for the current model, in backend
+    /// order, and applies the [`Verdict`] `visit` returns for it. This is the fast way
+    /// for a stage to check each candidate: it walks the candidate bitset, finds each
+    /// offering in constant time, and needs no second pass to apply exclusions.
+    #[inline]
+    pub fn visit_candidates(&mut self, mut visit: impl FnMut(Candidate<'_>) -> Verdict) {
+        let entry = self.fleet.model(self.model);
+        let (model, stage) = (self.model, self.stage);
+        let scratch = &mut *self.scratch;
+        for word_index in 0..scratch.candidates.words.len() {
+            // A copy: the word may change under us as candidates are excluded.
+            let mut bits = scratch.candidates.words[word_index];
+            while bits != 0 {
+                let bit = bits.trailing_zeros();
+                bits &= bits - 1;
+                let backend = BackendId::new(word_index as u32 * 64 + bit);
+                let candidate = Candidate {
+                    backend,
+                    weight: scratch.weight(backend),
+                    entry,
+                    word: word_index,
+                    bit,
+                };
+                match visit(candidate) {
+                    Verdict::Keep => {}
+                    Verdict::Scale(factor) => scratch.scale(backend, factor),
+                    Verdict::Score(score) => {
+                        scratch.scores[backend.index()] = score;
+                        scratch.scored.insert_within(backend);
+                    }
+                    Verdict::Exclude(reason) => {
+                        scratch.candidates.words[word_index] &= !(1u64 << bit);
+                        scratch.exclusions.push(Exclusion {
+                            backend,
+                            model,
+                            stage,
+                            reason,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Excludes every candidate whose bit `mask(word index)` sets, recording `reason`:
+    /// for masks kept outside a [`BackendSet`], such as atomic words.
+    pub(crate) fn exclude_words(&mut self, mask: impl Fn(usize) -> u64, reason: Reason) {
+        let (model, stage) = (self.model, self.stage);
+        let exclusions = &mut self.scratch.exclusions;
+        self.scratch.candidates.remove_words(mask, |backend| {
+            exclusions.push(Exclusion {
+                backend,
+                model,
+                stage,
+                reason,
+            });
+        });
     }
 
     /// Adds a warning to the decision, rendered by the current stage.

@@ -58,10 +58,10 @@ pub use analyzer::{
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use fleet::{
     Backend, BackendSpec, BackendStatus, Fleet, FleetError, LiveState, ModelEntry, ModelSpec,
-    Offering, Zone, LATENCY_MEMORY_SECS,
+    OfferSummary, Offering, Zone, LATENCY_MEMORY_SECS,
 };
 pub use id::{BackendId, ModelId};
-pub use intent::{BudgetStatus, QueueCause, RoutingIntent, Scratch, Selection};
+pub use intent::{BudgetStatus, Candidate, QueueCause, RoutingIntent, Scratch, Selection, Verdict};
 pub use pipeline::{
     Decision, Fix, Pipeline, PipelineBuilder, PipelineError, QueueReason, RouteGuard, RouteReason,
     RoutingDecision, Significant, Stage, StageTiming,

@@ -298,6 +298,7 @@ impl Pipeline {
             selected_by: None,
             phase: Phase::Reconcile,
             explaining: false,
+            now_secs: self.clock.now_secs(),
             scratch: &mut scratch,
         };
         let mut found = None;
@@ -402,38 +403,64 @@ impl Pipeline {
         }
     }
 
+    #[inline]
     fn run_stage(&self, index: usize, intent: &mut RoutingIntent<'_>, timing: bool, phase: Phase) {
         let stage = &self.stages[index];
         intent.stage = index as u16;
         intent.phase = phase;
-        let call = |intent: &mut RoutingIntent<'_>| match phase {
+        let result = if timing {
+            self.run_stage_timed(stage, intent, phase)
+        } else {
+            match phase {
+                Phase::Reconcile => stage.reconciler.reconcile(intent),
+                Phase::Refine => stage.reconciler.refine(intent),
+            }
+        };
+        if let Err(error) = result {
+            self.stage_failed(index, intent, error);
+        }
+    }
+
+    #[cold]
+    fn run_stage_timed(
+        &self,
+        stage: &Stage,
+        intent: &mut RoutingIntent<'_>,
+        phase: Phase,
+    ) -> Result<(), crate::ReconcileError> {
+        let start = Instant::now();
+        let result = match phase {
             Phase::Reconcile => stage.reconciler.reconcile(intent),
             Phase::Refine => stage.reconciler.refine(intent),
         };
-        let result = if timing {
-            let start = Instant::now();
-            let result = call(intent);
-            let nanos = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            stage.nanos.fetch_add(nanos, Ordering::Relaxed);
-            if phase == Phase::Reconcile {
-                stage.calls.fetch_add(1, Ordering::Relaxed);
-            }
-            result
-        } else {
-            call(intent)
-        };
-        if let Err(error) = result {
-            tracing::warn!(stage = stage.reconciler.name(), %error, policy = stage.on_error.as_str(), "routing stage failed");
-            let error_index = intent.scratch.errors.len() as f64;
-            intent.scratch.errors.push((index as u16, error));
-            let reason = Reason::with(Reason::STAGE_FAILED, [error_index, 0.0, 0.0]);
-            match stage.on_error {
-                ErrorPolicy::FailOpen => intent.warn(None, reason),
-                ErrorPolicy::FailClosed => {
-                    let fleet = intent.fleet;
-                    for &(backend, _) in fleet.model(intent.model).offers() {
-                        intent.exclude(backend, reason);
-                    }
+        let nanos = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        stage.nanos.fetch_add(nanos, Ordering::Relaxed);
+        if phase == Phase::Reconcile {
+            stage.calls.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// Applies a failed stage's error policy: a warning (fail-open) or the exclusion of
+    /// every remaining candidate (fail-closed).
+    #[cold]
+    fn stage_failed(
+        &self,
+        index: usize,
+        intent: &mut RoutingIntent<'_>,
+        error: crate::ReconcileError,
+    ) {
+        let stage = &self.stages[index];
+        tracing::warn!(stage = stage.reconciler.name(), %error, policy = stage.on_error.as_str(), "routing stage failed");
+        let error_index = intent.scratch.errors.len() as f64;
+        intent.scratch.errors.push((index as u16, error));
+        let reason = Reason::with(Reason::STAGE_FAILED, [error_index, 0.0, 0.0]);
+        match stage.on_error {
+            ErrorPolicy::FailOpen => intent.warn(None, reason),
+            ErrorPolicy::FailClosed => {
+                let fleet = intent.fleet;
+                for &(backend, _) in fleet.model(intent.model).offers() {
+                    intent.exclude(backend, reason);
                 }
             }
         }
@@ -523,6 +550,7 @@ impl Pipeline {
             model: intent.model,
             cost_estimate: intent.cost_estimate(backend),
             fallback_used: intent.attempt > 0,
+            decided_at_secs: intent.now_secs,
         };
         for (index, stage) in self.stages.iter().enumerate() {
             if let Err(reason) = stage.reconciler.on_route(&ticket) {
@@ -619,6 +647,7 @@ impl Pipeline {
             );
             intent.stage = index as u16;
             intent.explaining = true;
+            intent.now_secs = self.clock.now_secs();
             let result = stage.reconciler.reconcile(&mut intent).and_then(|()| {
                 intent.phase = Phase::Refine;
                 stage.reconciler.refine(&mut intent)
@@ -755,8 +784,13 @@ fn scored(scratch: &Scratch) -> Vec<(BackendId, Option<f64>)> {
         .candidates
         .iter()
         .map(|b| {
-            let score = scratch.scores[b.index()];
-            (b, (!score.is_nan()).then_some(score))
+            (
+                b,
+                scratch
+                    .scored
+                    .contains(b)
+                    .then(|| scratch.scores[b.index()]),
+            )
         })
         .collect()
 }
@@ -1093,7 +1127,7 @@ impl<'p> RouteGuard<'p> {
     /// the outcome).
     pub fn finish(mut self, outcome: Outcome) {
         if outcome.success {
-            let now = self.pipeline.clock.now_secs();
+            let now = self.ticket.settled_at_secs(&Settlement::Finished(&outcome));
             self.backend().live().record_latency(outcome.latency, now);
         }
         self.settle(Settlement::Finished(&outcome));

@@ -86,6 +86,19 @@ pub struct RouteTicket {
     pub cost_estimate: CostEstimate,
     /// Whether the model is a fallback of the requested one.
     pub fallback_used: bool,
+    /// When the decision was made, in seconds since the Unix epoch.
+    pub decided_at_secs: u64,
+}
+
+impl RouteTicket {
+    /// When a settlement happens, to the second, without reading a clock: the decision's
+    /// time plus the request's latency (the decision's time for an unfinished route).
+    pub fn settled_at_secs(&self, settlement: &Settlement<'_>) -> u64 {
+        match settlement {
+            Settlement::Finished(outcome) => self.decided_at_secs + outcome.latency.as_secs(),
+            Settlement::Abandoned | Settlement::Cancelled => self.decided_at_secs,
+        }
+    }
 }
 
 /// How a request ended, as reported by the caller.

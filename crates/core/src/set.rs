@@ -22,7 +22,7 @@ use crate::BackendId;
 /// ```
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct BackendSet {
-    words: Vec<u64>,
+    pub(crate) words: Vec<u64>,
 }
 
 impl BackendSet {
@@ -49,6 +49,15 @@ impl BackendSet {
             self.words.resize(word + 1, 0);
         }
         self.words[word] |= bit;
+    }
+
+    /// Adds `backend`, which must be below the capacity the set was sized for.
+    #[inline]
+    pub(crate) fn insert_within(&mut self, backend: BackendId) {
+        let (word, bit) = Self::position(backend);
+        if let Some(w) = self.words.get_mut(word) {
+            *w |= bit;
+        }
     }
 
     /// Removes `backend`; returns whether it was present.
@@ -99,8 +108,19 @@ impl BackendSet {
 
     /// Removes every backend of `other` from `self`, calling `removed` for each one that
     /// was present, in ascending order.
-    pub fn remove_all(&mut self, other: &BackendSet, mut removed: impl FnMut(BackendId)) {
-        for (i, (word, mask)) in self.words.iter_mut().zip(&other.words).enumerate() {
+    pub fn remove_all(&mut self, other: &BackendSet, removed: impl FnMut(BackendId)) {
+        self.remove_words(|i| other.words.get(i).copied().unwrap_or(0), removed);
+    }
+
+    /// Removes the backends whose bits `mask(word index)` sets, calling `removed` for each
+    /// one that was present.
+    pub(crate) fn remove_words(
+        &mut self,
+        mask: impl Fn(usize) -> u64,
+        mut removed: impl FnMut(BackendId),
+    ) {
+        for (i, word) in self.words.iter_mut().enumerate() {
+            let mask = mask(i);
             let mut hit = *word & mask;
             *word &= !mask;
             while hit != 0 {

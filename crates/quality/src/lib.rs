@@ -38,8 +38,8 @@ mod window;
 use std::sync::Arc;
 
 use nexus_core::{
-    BuildContext, BuildError, Clock, ExplainContext, Explanation, Fleet, Reason, ReconcileError,
-    Reconciler, RouteTicket, RoutingIntent, Settlement,
+    BuildContext, BuildError, Candidate, Clock, ExplainContext, Explanation, Fleet, Reason,
+    ReconcileError, Reconciler, RouteTicket, RoutingIntent, Settlement, Verdict,
 };
 use serde::Deserialize;
 
@@ -187,45 +187,40 @@ impl Reconciler for QualityReconciler {
     }
 
     fn reconcile(&self, intent: &mut RoutingIntent<'_>) -> Result<(), ReconcileError> {
-        let now = self.tracker.now_secs();
-        for &(backend, _) in intent.model_entry().offers() {
-            if !intent.is_candidate(backend) {
-                continue;
-            }
-            match self.tracker.circuit_at(backend, now) {
-                Circuit::Closed => {
-                    let weight = self.tracker.weight_at(backend, now);
-                    intent.scale_weight(backend, weight);
-                }
-                // The probe: admitted, claimed when the route is committed.
-                Circuit::HalfOpen { .. } => {}
+        let tracker = &*self.tracker;
+        let now = intent.now_secs();
+        intent.visit_candidates(|Candidate { backend, .. }| {
+            match tracker.circuit_at(backend, now) {
+                Circuit::Closed => match tracker.weight_at(backend, now) {
+                    1.0 => Verdict::Keep,
+                    weight => Verdict::Scale(weight),
+                },
+                // The probe: admitted here, claimed when the route is committed.
+                Circuit::HalfOpen { .. } => Verdict::Keep,
                 Circuit::Open {
                     cause: OpenCause::ConsecutiveFailures,
                     seconds_left,
                 } => {
-                    let failures = f64::from(self.tracker.settings().failure_threshold);
-                    intent.exclude(
-                        backend,
-                        Reason::with(CIRCUIT_OPEN, [failures, seconds_left as f64, 0.0]),
-                    );
+                    let failures = f64::from(tracker.settings().failure_threshold);
+                    Verdict::Exclude(Reason::with(
+                        CIRCUIT_OPEN,
+                        [failures, seconds_left as f64, 0.0],
+                    ))
                 }
                 Circuit::Open {
                     cause: OpenCause::ErrorRate,
                     seconds_left,
                 } => {
-                    let stats = self.tracker.stats_at(backend, now);
+                    let stats = tracker.stats_at(backend, now);
                     let (failed, total) = stats.map_or((0, 0), |s| (s.failures_1h, s.samples_1h()));
-                    intent.exclude(
-                        backend,
-                        Reason::with(
-                            ERROR_RATE,
-                            [failed as f64, total as f64, seconds_left as f64],
-                        ),
-                    );
+                    Verdict::Exclude(Reason::with(
+                        ERROR_RATE,
+                        [failed as f64, total as f64, seconds_left as f64],
+                    ))
                 }
-                Circuit::Probing { .. } => intent.exclude(backend, Reason::new(PROBE_IN_FLIGHT)),
+                Circuit::Probing { .. } => Verdict::Exclude(Reason::new(PROBE_IN_FLIGHT)),
             }
-        }
+        });
         Ok(())
     }
 
@@ -253,16 +248,18 @@ impl Reconciler for QualityReconciler {
     }
 
     fn on_settle(&self, ticket: &RouteTicket, settlement: Settlement<'_>) {
+        let now = ticket.settled_at_secs(&settlement);
         match settlement {
-            Settlement::Finished(outcome) => self.tracker.record(
+            Settlement::Finished(outcome) => self.tracker.record_at(
                 ticket.backend,
+                now,
                 outcome.success,
                 outcome.latency,
                 outcome.time_to_first_token,
             ),
             Settlement::Abandoned => {
                 self.tracker
-                    .record(ticket.backend, false, std::time::Duration::ZERO, None);
+                    .record_at(ticket.backend, now, false, std::time::Duration::ZERO, None);
             }
             Settlement::Cancelled => self.tracker.release_probe(ticket.backend),
         }

@@ -168,6 +168,7 @@ fn only_one_probe_at_a_time_under_concurrent_decisions() {
     );
     let pipeline = Arc::new(
         Pipeline::builder(Arc::clone(&fleet))
+            .clock(clock.clone())
             .stage(Arc::clone(&quality))
             .stage(SchedulerReconciler::new())
             .build()

@@ -52,7 +52,7 @@ fn a_slow_backend_loses_share_and_wins_it_back_when_it_recovers() {
         .clock(clock.clone())
         .stage(RequestAnalyzer)
         .stage(quality)
-        .stage(SchedulerReconciler::with_seed(11).with_clock(clock.clone()))
+        .stage(SchedulerReconciler::with_seed(11))
         .build()
         .unwrap();
 

@@ -59,12 +59,8 @@ fn three_healthy_backends_route_with_backend_model_reason_and_cost() {
 fn the_cost_estimate_uses_the_chosen_backends_prices() {
     let router = Router::from_toml("three.toml", THREE_HEALTHY).unwrap();
     for id in ["local-a", "local-b"] {
-        router
-            .fleet()
-            .backend_by_name(id)
-            .unwrap()
-            .live()
-            .set_status(BackendStatus::Unhealthy);
+        let backend = router.fleet().backend_by_name(id).unwrap().id();
+        router.fleet().set_status(backend, BackendStatus::Unhealthy);
     }
     let decision = router.route(
         &Request::new("llama3:70b")
@@ -178,7 +174,9 @@ fn no_backend_serving_the_model_rejects_with_reasons() {
 fn a_reject_lists_every_backend_and_leads_with_the_fix_that_admits_most() {
     let router = Router::from_toml("three.toml", THREE_HEALTHY).unwrap();
     for backend in router.fleet().backends() {
-        backend.live().set_status(BackendStatus::Unhealthy);
+        router
+            .fleet()
+            .set_status(backend.id(), BackendStatus::Unhealthy);
     }
     let decision = router.route(&Request::new("llama3:70b"));
     let report = DecisionReport::new("llama3:70b", &decision);
@@ -243,9 +241,7 @@ fn fallbacks_are_tried_in_order_when_the_primary_has_no_viable_backend() {
     // Once the primary is back, it serves again.
     router
         .fleet()
-        .backend(BackendId::new(0))
-        .live()
-        .set_status(BackendStatus::Healthy);
+        .set_status(BackendId::new(0), BackendStatus::Healthy);
     let decision = router.route(&Request::new("gpt-4"));
     assert_eq!(decision.model(), Some("llama3:70b"));
     assert!(!decision.fallback_used());

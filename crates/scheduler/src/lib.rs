@@ -30,11 +30,10 @@
 use std::cell::Cell;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
 use nexus_core::{
-    BackendId, BackendStatus, BuildContext, BuildError, Clock, QueueCause, ReconcileError,
-    Reconciler, RoutingIntent, SystemClock,
+    Backend, BackendId, BackendStatus, BuildContext, BuildError, QueueCause, ReconcileError,
+    Reconciler, RoutingIntent, Verdict,
 };
 use serde::Deserialize;
 
@@ -88,7 +87,6 @@ enum TieBreak {
 pub struct SchedulerReconciler {
     settings: SchedulerSettings,
     ties: TieBreak,
-    clock: Arc<dyn Clock>,
 }
 
 impl Default for SchedulerReconciler {
@@ -122,17 +120,7 @@ impl SchedulerReconciler {
             Some(seed) => TieBreak::Seeded(AtomicU64::new(seed)),
             None => TieBreak::PerThread,
         };
-        Self {
-            settings,
-            ties,
-            clock: Arc::new(SystemClock),
-        }
-    }
-
-    /// Uses `clock` to judge how fresh latency samples are (the system clock by default).
-    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
-        self
+        Self { settings, ties }
     }
 
     /// A scheduler whose ties are broken by a sequence fixed by `seed`.
@@ -161,11 +149,11 @@ impl SchedulerReconciler {
                 ),
             });
         }
-        Ok(Box::new(
-            Self::with_settings(settings).with_clock(Arc::clone(ctx.clock)),
-        ))
+        Ok(Box::new(Self::with_settings(settings)))
     }
 
+    /// A seed for this decision's tie-breaking: one step of the shared (seeded) or
+    /// per-thread sequence per decision, then a local generator for the ties.
     fn random(&self) -> u64 {
         match &self.ties {
             TieBreak::Seeded(state) => mix(state.fetch_add(GOLDEN_GAMMA, Ordering::Relaxed)),
@@ -193,13 +181,12 @@ impl SchedulerReconciler {
             .unwrap_or(self.settings.default_latency_ms)
     }
 
-    /// The score of `backend` at `now_secs`, given its weight; see the crate docs.
-    pub fn score(&self, intent: &RoutingIntent<'_>, backend: BackendId, now_secs: u64) -> f64 {
-        let b = intent.fleet().backend(backend);
-        let live = b.live();
-        let load = (f64::from(live.in_flight()) / f64::from(b.max_concurrency())).min(1.0);
-        let latency = self.latency_ms(live, now_secs);
-        f64::from(b.priority()) * (1.0 - load) / latency * intent.weight(backend)
+    /// The score of `backend` with weight `weight` at `now_secs`; see the crate docs.
+    #[inline]
+    pub fn score(&self, backend: &Backend, weight: f64, now_secs: u64) -> f64 {
+        let live = backend.live();
+        let load = (f64::from(live.in_flight()) / f64::from(backend.max_concurrency())).min(1.0);
+        f64::from(backend.priority()) * (1.0 - load) / self.latency_ms(live, now_secs) * weight
     }
 }
 
@@ -218,31 +205,31 @@ impl Reconciler for SchedulerReconciler {
 
     fn reconcile(&self, intent: &mut RoutingIntent<'_>) -> Result<(), ReconcileError> {
         let fleet = intent.fleet();
-        let offers = intent.model_entry().offers();
-        let now = self.clock.now_secs();
-        let mut best: Option<Rank> = None;
+        let now = intent.now_secs();
+        // The best candidate so far, with how many tied with it: each new tie replaces
+        // it with probability 1/ties (reservoir sampling), so ties are broken uniformly
+        // in one pass.
+        let mut best: Option<(BackendId, Rank)> = None;
         let mut ties = 0u64;
         let mut best_ready: Option<(BackendId, f64)> = None;
         // When every candidate is saturated: the one expected to free a slot first.
         let mut soonest_free: Option<(BackendId, f64)> = None;
         let mut any_unsaturated = false;
-
-        for &(backend, _) in offers {
-            if !intent.is_candidate(backend) {
-                continue;
-            }
+        // Drawn lazily: decisions without ties never touch the random sequence.
+        let mut rng = 0u64;
+        intent.visit_candidates(|candidate| {
+            let backend = candidate.backend;
             let b = fleet.backend(backend);
             let live = b.live();
             let in_flight = live.in_flight();
-            let saturated = in_flight >= b.max_concurrency();
+            let max = b.max_concurrency();
+            let saturated = in_flight >= max;
+            let score = self.score(b, candidate.weight, now);
             let ready = !saturated && live.status() == BackendStatus::Healthy;
-            let score = self.score(intent, backend, now);
-            intent.record_score(backend, score);
             any_unsaturated |= !saturated;
             if saturated {
                 let latency = self.latency_ms(live, now);
-                let excess = f64::from(in_flight - b.max_concurrency() + 1);
-                let wait = latency * excess / f64::from(b.max_concurrency());
+                let wait = latency * f64::from(in_flight - max + 1) / f64::from(max);
                 if soonest_free.is_none_or(|(_, w)| wait < w) {
                     soonest_free = Some((backend, wait));
                 }
@@ -251,61 +238,43 @@ impl Reconciler for SchedulerReconciler {
                 best_ready = Some((backend, score));
             }
             let rank = Rank { score, ready };
-            match best.partial_cmp(&Some(rank)) {
-                Some(std::cmp::Ordering::Less) => {
-                    best = Some(rank);
+            match best.map(|(_, r)| rank.partial_cmp(&r)) {
+                None | Some(Some(std::cmp::Ordering::Greater)) => {
+                    best = Some((backend, rank));
                     ties = 1;
                 }
-                Some(std::cmp::Ordering::Equal) => ties += 1,
+                Some(Some(std::cmp::Ordering::Equal)) => {
+                    ties += 1;
+                    if rng == 0 {
+                        rng = self.random() | 1;
+                    }
+                    rng = mix(rng.wrapping_add(GOLDEN_GAMMA));
+                    if rng.is_multiple_of(ties) {
+                        best = Some((backend, rank));
+                    }
+                }
                 _ => {}
             }
-        }
+            Verdict::Score(score)
+        });
 
-        let Some(best) = best else {
+        let Some((backend, rank)) = best else {
             return Ok(());
         };
         if !any_unsaturated {
             if let Some((backend, wait)) = soonest_free {
                 intent.queue(backend, QueueCause::Saturated, wait.ceil() as u64, None);
             }
-            return Ok(());
-        }
-        // Pick the n-th of the equally ranked candidates.
-        let mut n = if ties > 1 { self.random() % ties } else { 0 };
-        for &(backend, _) in offers {
-            let Some(score) = intent
-                .score(backend)
-                .filter(|_| intent.is_candidate(backend))
-            else {
-                continue;
-            };
-            let live = fleet.backend(backend).live();
-            let ready = live.in_flight() < fleet.backend(backend).max_concurrency()
-                && live.status() == BackendStatus::Healthy;
-            if (Rank { score, ready }) != best {
-                continue;
-            }
-            if n > 0 {
-                n -= 1;
-                continue;
-            }
-            if live.status() == BackendStatus::Loading {
-                let fallback = best_ready.map(|(b, _)| b);
-                intent.queue(
-                    backend,
-                    QueueCause::Loading,
-                    self.settings.load_wait_ms,
-                    fallback,
-                );
-            } else {
-                intent.select(backend, score);
-            }
-            return Ok(());
-        }
-        // Live state moved between the two passes (another thread finished a request):
-        // take the best ready backend seen in the first pass.
-        if let Some((backend, score)) = best_ready {
-            intent.select(backend, score);
+        } else if fleet.backend(backend).live().status() == BackendStatus::Loading {
+            let fallback = best_ready.map(|(b, _)| b);
+            intent.queue(
+                backend,
+                QueueCause::Loading,
+                self.settings.load_wait_ms,
+                fallback,
+            );
+        } else {
+            intent.select(backend, rank.score);
         }
         Ok(())
     }

@@ -27,7 +27,7 @@
 
 use nexus_core::{
     BuildContext, BuildError, ExplainContext, Explanation, Features, Reason, ReconcileError,
-    Reconciler, RoutingIntent, TierMode,
+    Reconciler, RoutingIntent, TierMode, Verdict,
 };
 use serde::Deserialize;
 
@@ -105,32 +105,39 @@ impl Reconciler for TierReconciler {
         let total = requirements.total_tokens();
         let min_tier = intent.constraints().min_tier;
         let strict = min_tier > 0 && !is_flexible(intent);
+        // When every server of the model passes every check, there is nothing to visit.
+        let summary = intent.model_entry().summary();
+        if summary.common_features.contains(needed)
+            && summary
+                .min_context_window
+                .is_none_or(|w| total <= u64::from(w))
+            && (!strict || summary.min_tier >= min_tier)
+        {
+            return Ok(());
+        }
         let policy = policy_value(intent.constraints().min_tier_policy);
-        for &(backend, offer) in intent.model_entry().offers() {
-            if !intent.is_candidate(backend) {
-                continue;
-            }
+        intent.visit_candidates(|candidate| {
+            let offer = candidate.offer();
             let missing = needed.missing_from(offer.features);
             if !missing.is_empty() {
-                intent.exclude(
-                    backend,
-                    Reason::with(MISSING_FEATURES, [f64::from(missing.bits()), 0.0, 0.0]),
-                );
+                Verdict::Exclude(Reason::with(
+                    MISSING_FEATURES,
+                    [f64::from(missing.bits()), 0.0, 0.0],
+                ))
             } else if let Some(window) = offer.context_window.filter(|w| total > u64::from(*w)) {
-                intent.exclude(
-                    backend,
-                    Reason::with(CONTEXT_TOO_SMALL, [total as f64, f64::from(window), 0.0]),
-                );
+                Verdict::Exclude(Reason::with(
+                    CONTEXT_TOO_SMALL,
+                    [total as f64, f64::from(window), 0.0],
+                ))
             } else if strict && offer.tier < min_tier {
-                intent.exclude(
-                    backend,
-                    Reason::with(
-                        BELOW_TIER,
-                        [f64::from(offer.tier), f64::from(min_tier), policy],
-                    ),
-                );
+                Verdict::Exclude(Reason::with(
+                    BELOW_TIER,
+                    [f64::from(offer.tier), f64::from(min_tier), policy],
+                ))
+            } else {
+                Verdict::Keep
             }
-        }
+        });
         Ok(())
     }
 
