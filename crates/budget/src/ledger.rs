@@ -67,6 +67,9 @@ pub struct SpendSnapshot {
 pub struct SpendLedger {
     clock: Arc<dyn Clock>,
     month: AtomicU32,
+    /// The first second of the month after `month`: checking for a rollover is one
+    /// comparison until then.
+    next_month_at: AtomicU64,
     total: AtomicI64,
     settled: AtomicU64,
     external: AtomicU64,
@@ -81,6 +84,7 @@ impl SpendLedger {
         Self {
             clock,
             month: AtomicU32::new(month.key()),
+            next_month_at: AtomicU64::new(month.next().start_unix_secs()),
             total: AtomicI64::new(0),
             settled: AtomicU64::new(0),
             external: AtomicU64::new(0),
@@ -215,7 +219,16 @@ impl SpendLedger {
         self.roll_over_at(self.clock.now_secs());
     }
 
+    #[inline]
     fn roll_over_at(&self, now_secs: u64) {
+        if now_secs < self.next_month_at.load(Ordering::Acquire) {
+            return;
+        }
+        self.roll_over_slow(now_secs);
+    }
+
+    #[cold]
+    fn roll_over_slow(&self, now_secs: u64) {
         let now = Month::from_unix_secs(now_secs).key();
         if self.month.load(Ordering::Acquire) >= now {
             return;
@@ -231,6 +244,10 @@ impl SpendLedger {
             .fetch_sub(to_i64(settled) + to_i64(external), Ordering::AcqRel);
         *closed.entry(Month::from_key(current)).or_default() += settled + external;
         self.month.store(now, Ordering::Release);
+        self.next_month_at.store(
+            Month::from_key(now).next().start_unix_secs(),
+            Ordering::Release,
+        );
         tracing::info!(closed = %Month::from_key(current), spend_usd = nanos_to_usd(settled + external), "budget month rolled over");
     }
 

@@ -9,6 +9,7 @@
 use rustc_hash::FxHashMap as HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -438,14 +439,14 @@ impl LiveState {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts a request as finished.
+    /// Counts a request as finished. Each `begin_request` must be matched by exactly one
+    /// call (route guards see to it); an extra call is ignored rather than wrapping.
     pub fn end_request(&self) {
-        // Saturating so that a caller's double-finish cannot wrap the counter.
-        let _ = self
-            .in_flight
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                Some(n.saturating_sub(1))
-            });
+        let previous = self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if previous == 0 {
+            // Undo an unmatched call instead of leaving the counter at u32::MAX.
+            self.in_flight.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -453,7 +454,7 @@ impl LiveState {
 #[derive(Debug)]
 pub struct Backend {
     id: BackendId,
-    name: Box<str>,
+    name: Arc<str>,
     url: Box<str>,
     zone: Option<Zone>,
     priority: u32,
@@ -471,6 +472,11 @@ impl Backend {
 
     /// Its configured id, e.g. `"gpu-box"`.
     pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its configured id, shared: cloning it does not allocate.
+    pub fn shared_name(&self) -> &Arc<str> {
         &self.name
     }
 
@@ -522,7 +528,7 @@ impl Backend {
 /// A model name and the backends that serve it.
 #[derive(Debug)]
 pub struct ModelEntry {
-    name: Box<str>,
+    name: Arc<str>,
     servers: BackendSet,
     /// Sorted by backend id, one per server.
     offers: Box<[(BackendId, Offering)]>,
@@ -586,6 +592,11 @@ impl OfferSummary {
 impl ModelEntry {
     /// The model's name.
     pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The model's name, shared: cloning it does not allocate.
+    pub fn shared_name(&self) -> &Arc<str> {
         &self.name
     }
 
@@ -669,7 +680,7 @@ impl Fleet {
         let mut by_name: HashMap<Box<str>, BackendId> =
             HashMap::with_capacity_and_hasher(specs.len(), Default::default());
         let mut model_index: HashMap<Box<str>, ModelId> = HashMap::default();
-        let mut model_offers: Vec<(Box<str>, Offers)> = Vec::new();
+        let mut model_offers: Vec<(Arc<str>, Offers)> = Vec::new();
         let mut backends = Vec::with_capacity(specs.len());
 
         for (index, spec) in specs.into_iter().enumerate() {
@@ -740,7 +751,7 @@ impl Fleet {
             by_name.insert(spec.id.as_str().into(), id);
             backends.push(Backend {
                 id,
-                name: spec.id.into(),
+                name: spec.id.as_str().into(),
                 url: spec.url.into(),
                 zone: spec.zone,
                 priority: spec.priority,

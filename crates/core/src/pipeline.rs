@@ -633,10 +633,13 @@ impl Pipeline {
     /// stage is run alone over every server of the model to learn who excludes whom.
     fn best_fix(&self, plan: &RoutePlan, requirements: &RequestRequirements) -> Option<Fix> {
         let attempt = plan.attempts()[0];
-        let servers = self.fleet.model(attempt.model).servers().clone();
-        let mut excluded_by: BTreeMap<BackendId, Vec<(u16, Reason)>> = BTreeMap::new();
+        let servers = self.fleet.model(attempt.model).servers();
+        // Per backend: how many stages exclude it alone, and the first one that does.
+        let mut excluded_by: Vec<(u16, Option<(u16, Reason)>)> = vec![(0, None); self.fleet.len()];
+        let mut scratch = Scratch::default();
+        let now_secs = self.clock.now_secs();
         for (index, stage) in self.stages.iter().enumerate() {
-            let mut scratch = Scratch::default();
+            let stage_index = index as u16;
             let mut intent = RoutingIntent::new(
                 &self.fleet,
                 &self.policies,
@@ -645,41 +648,51 @@ impl Pipeline {
                 *requirements,
                 attempt.constraints,
             );
-            intent.stage = index as u16;
+            intent.stage = stage_index;
             intent.explaining = true;
-            intent.now_secs = self.clock.now_secs();
+            intent.now_secs = now_secs;
             let result = stage.reconciler.reconcile(&mut intent).and_then(|()| {
                 intent.phase = Phase::Refine;
                 stage.reconciler.refine(&mut intent)
             });
+            let mut count = |backend: BackendId, reason: Reason| {
+                let entry = &mut excluded_by[backend.index()];
+                entry.0 += 1;
+                entry.1.get_or_insert((stage_index, reason));
+            };
             if result.is_err() && stage.on_error == ErrorPolicy::FailClosed {
                 for b in servers.iter() {
-                    excluded_by
-                        .entry(b)
-                        .or_default()
-                        .push((index as u16, Reason::new(Reason::STAGE_FAILED)));
+                    count(b, Reason::new(Reason::STAGE_FAILED));
                 }
                 continue;
             }
             for e in &scratch.exclusions {
-                excluded_by
-                    .entry(e.backend)
-                    .or_default()
-                    .push((e.stage, e.reason));
+                count(e.backend, e.reason);
             }
         }
-        let mut by_stage: BTreeMap<u16, Vec<(BackendId, Reason)>> = BTreeMap::new();
-        for (backend, stages) in &excluded_by {
-            if let [(stage, reason)] = stages.as_slice() {
-                by_stage
-                    .entry(*stage)
-                    .or_default()
-                    .push((*backend, *reason));
+        // The stage that alone excludes the most backends (the earliest on a tie).
+        let mut admitted_by = vec![0u32; self.stages.len()];
+        for (_, only) in excluded_by.iter().filter(|(n, _)| *n == 1) {
+            if let Some((stage, _)) = only {
+                admitted_by[usize::from(*stage)] += 1;
             }
         }
-        let (stage, admitted) = by_stage
-            .into_iter()
-            .max_by(|a, b| a.1.len().cmp(&b.1.len()).then(b.0.cmp(&a.0)))?;
+        let (stage, _) = admitted_by
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(&a.0)))?;
+        let stage = stage as u16;
+        let admitted: Vec<(BackendId, Reason)> = excluded_by
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (n, only))| match only {
+                Some((s, reason)) if *n == 1 && *s == stage => {
+                    Some((BackendId::new(i as u32), *reason))
+                }
+                _ => None,
+            })
+            .collect();
         let (first_backend, first_reason) = admitted[0];
         let explanation = self.explain(
             stage,
@@ -764,14 +777,14 @@ impl Pipeline {
                     &scratch.errors,
                 );
                 Rejection {
-                    backend: self.fleet.backend(e.backend).name().to_owned(),
-                    model: self.fleet.model(e.model).name().to_owned(),
+                    backend: Arc::clone(self.fleet.backend(e.backend).shared_name()),
+                    model: Arc::clone(self.fleet.model(e.model).shared_name()),
                     reconciler: self
                         .stages
                         .get(usize::from(e.stage))
                         .map_or("pipeline", |s| s.reconciler.name()),
-                    reason: explanation.reason.into_owned(),
-                    suggested_action: explanation.suggested_action.into_owned(),
+                    reason: explanation.reason,
+                    suggested_action: explanation.suggested_action,
                 }
             })
             .collect()

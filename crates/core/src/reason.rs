@@ -7,6 +7,7 @@
 //! gives it the fleet, the policies and the request to name things by.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use crate::{BackendId, Constraints, Fleet, ModelId, PolicySet, RequestRequirements};
 
@@ -124,13 +125,13 @@ impl ExplainContext<'_> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rejection {
     /// The backend's configured id.
-    pub backend: String,
+    pub backend: Arc<str>,
     /// The model it was excluded for.
-    pub model: String,
+    pub model: Arc<str>,
     /// The kind of the stage that excluded it, e.g. `"privacy"`.
     pub reconciler: &'static str,
     /// What was wrong.
-    pub reason: String,
+    pub reason: Cow<'static, str>,
     /// What would fix it.
-    pub suggested_action: String,
+    pub suggested_action: Cow<'static, str>,
 }

@@ -141,7 +141,7 @@ proptest! {
             let name = fleet.backend(*backend).name();
             let model = fleet.model(*model).name();
             prop_assert!(
-                !rejections.iter().any(|r| r.backend == name && r.model == model),
+                !rejections.iter().any(|r| &*r.backend == name && &*r.model == model),
                 "routed to {name} for {model}, which was excluded: {rejections:?}"
             );
             prop_assert_ne!(fleet.backend(*backend).live().status(), BackendStatus::Unhealthy);

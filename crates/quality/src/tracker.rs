@@ -131,12 +131,12 @@ fn opened_at(word: u64) -> u64 {
 /// One backend's windows, circuit and cached weight.
 #[derive(Debug)]
 struct BackendQuality {
-    ok_1h: Window<60>,
-    failed_1h: Window<60>,
-    ok_24h: Window<24>,
-    failed_24h: Window<24>,
-    ttft_count_1h: Window<60>,
-    ttft_ms_1h: Window<60>,
+    ok_1h: Window<60, 60>,
+    failed_1h: Window<60, 60>,
+    ok_24h: Window<24, 3600>,
+    failed_24h: Window<24, 3600>,
+    ttft_count_1h: Window<60, 60>,
+    ttft_ms_1h: Window<60, 60>,
     circuit: AtomicU64,
     /// Cached weight: the second it was computed (upper 32 bits) and weight × 2^31
     /// (lower 32). Refreshed by readers every `weight_refresh_secs`, not by recording,
@@ -147,12 +147,12 @@ struct BackendQuality {
 impl BackendQuality {
     fn new() -> Self {
         Self {
-            ok_1h: Window::new(60),
-            failed_1h: Window::new(60),
-            ok_24h: Window::new(3600),
-            failed_24h: Window::new(3600),
-            ttft_count_1h: Window::new(60),
-            ttft_ms_1h: Window::new(60),
+            ok_1h: Window::new(),
+            failed_1h: Window::new(),
+            ok_24h: Window::new(),
+            failed_24h: Window::new(),
+            ttft_count_1h: Window::new(),
+            ttft_ms_1h: Window::new(),
             circuit: AtomicU64::new(CLOSED),
             weight: AtomicU64::new(0),
         }

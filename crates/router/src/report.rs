@@ -138,11 +138,11 @@ impl DecisionReport {
                 .rejections()
                 .into_iter()
                 .map(|r| RejectionReport {
-                    backend: r.backend,
+                    backend: r.backend.to_string(),
                     reconciler: r.reconciler.to_owned(),
-                    reason: r.reason,
-                    suggested_action: r.suggested_action,
-                    model: r.model,
+                    reason: r.reason.into_owned(),
+                    suggested_action: r.suggested_action.into_owned(),
+                    model: r.model.to_string(),
                 })
                 .collect(),
             alias_chain: decision

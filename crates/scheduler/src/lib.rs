@@ -204,6 +204,10 @@ impl Reconciler for SchedulerReconciler {
     }
 
     fn reconcile(&self, intent: &mut RoutingIntent<'_>) -> Result<(), ReconcileError> {
+        if intent.is_explaining() {
+            // The scheduler excludes nothing, so it has nothing to add to an explanation.
+            return Ok(());
+        }
         let fleet = intent.fleet();
         let now = intent.now_secs();
         // The best candidate so far, with how many tied with it: each new tie replaces
