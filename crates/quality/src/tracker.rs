@@ -128,8 +128,10 @@ fn opened_at(word: u64) -> u64 {
     word >> OPENED_SHIFT
 }
 
-/// One backend's windows, circuit and cached weight.
+/// One backend's windows, circuit and cached weight; cache-line aligned so that
+/// threads recording outcomes of neighbouring backends do not share a line.
 #[derive(Debug)]
+#[repr(align(64))]
 struct BackendQuality {
     ok_1h: Window<60, 60>,
     failed_1h: Window<60, 60>,

@@ -120,7 +120,9 @@ pub(crate) enum Seg<'a> {
 pub(crate) struct Source<'a> {
     pub(crate) name: &'a str,
     pub(crate) text: &'a str,
-    document: Option<toml_edit::ImDocument<&'a str>>,
+    /// The span-keeping parse, made only when an error or warning needs a position:
+    /// a valid config is parsed once.
+    document: std::cell::OnceCell<Option<toml_edit::ImDocument<&'a str>>>,
 }
 
 impl<'a> Source<'a> {
@@ -128,7 +130,7 @@ impl<'a> Source<'a> {
         Self {
             name,
             text,
-            document: toml_edit::ImDocument::parse(text).ok(),
+            document: std::cell::OnceCell::new(),
         }
     }
 
@@ -158,7 +160,10 @@ impl<'a> Source<'a> {
 
     /// The position of the deepest part of `path` that exists in the document.
     pub(crate) fn locate(&self, path: &[Seg<'_>]) -> Option<(usize, usize)> {
-        let document = self.document.as_ref()?;
+        let document = self
+            .document
+            .get_or_init(|| toml_edit::ImDocument::parse(self.text).ok())
+            .as_ref()?;
         let mut best: Option<Range<usize>> = None;
         let mut item = Some(Node::Item(document.as_item()));
         for seg in path {
