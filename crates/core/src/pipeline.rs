@@ -340,57 +340,52 @@ impl Pipeline {
             }
         }
 
-        let mut decision = Decision {
-            pipeline: self,
-            plan: Some(plan),
-            requirements,
-            kind: RoutingDecision::Reject {
-                reason: String::new(),
-                rejections: Vec::new(),
-                fix: None,
-            },
-            model: Some(model),
-            fallback_used,
-            budget_status,
-            guard: None,
-            scratch: Some(scratch),
-            queue_candidates,
-        };
-        match found {
-            Some(Committed::Route { ticket, score }) => {
-                decision.kind = RoutingDecision::Route {
+        let (kind, guard, model) = match found {
+            Some(Committed::Route { ticket, score }) => (
+                RoutingDecision::Route {
                     backend: ticket.backend,
                     model: ticket.model,
                     reason: RouteReason { score, candidates },
                     cost_estimate: ticket.cost_estimate,
-                };
-                decision.guard = Some(RouteGuard {
+                },
+                Some(RouteGuard {
                     pipeline: self,
                     ticket,
                     settled: false,
-                });
-            }
+                }),
+                Some(model),
+            ),
             Some(Committed::Queue {
                 backend,
                 cause,
                 estimated_wait_ms,
                 fallback_backend,
-            }) => {
-                decision.kind = RoutingDecision::Queue {
+            }) => (
+                RoutingDecision::Queue {
                     backend,
                     model,
                     reason: QueueReason { cause, candidates },
                     estimated_wait_ms,
                     fallback_model: fallback_backend.map(|_| fallback_model.unwrap_or(model)),
                     fallback_backend,
-                };
-            }
-            None => {
-                decision.model = None;
-                decision.kind = self.reject(plan, &requirements, decision.scratch());
-            }
+                },
+                None,
+                Some(model),
+            ),
+            None => (self.reject(plan, &requirements, &scratch), None, None),
+        };
+        Decision {
+            pipeline: self,
+            plan: Some(plan),
+            requirements,
+            kind,
+            model,
+            fallback_used,
+            budget_status,
+            guard,
+            scratch: Some(scratch),
+            queue_candidates,
         }
-        decision
     }
 
     /// Every stage's `reconcile`, then every stage's `refine`, in pipeline order.
