@@ -373,17 +373,7 @@ impl<'a> RoutingIntent<'a> {
     /// Excludes every candidate that is in `set`, recording `reason` for each: a word
     /// at a time, for stages that precompute which backends a rule rules out.
     pub fn exclude_set(&mut self, set: &BackendSet, reason: Reason) {
-        let model = self.model;
-        let stage = self.stage;
-        let exclusions = &mut self.scratch.exclusions;
-        self.scratch.candidates.remove_all(set, |backend| {
-            exclusions.push(Exclusion {
-                backend,
-                model,
-                stage,
-                reason,
-            });
-        });
+        self.exclude_words(|i| set.words.get(i).copied().unwrap_or(0), reason);
     }
 
     /// Multiplies `backend`'s score weight by `factor`. A factor that is not a finite,
