@@ -379,8 +379,9 @@ impl Pipeline {
             plan: Some(plan),
             requirements,
             kind,
+            // Nothing serves a Reject, so no fallback is used.
+            fallback_used: fallback_used && model.is_some(),
             model,
-            fallback_used,
             budget_status,
             guard,
             scratch: Some(scratch),

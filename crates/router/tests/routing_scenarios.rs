@@ -181,6 +181,7 @@ fn a_reject_lists_every_backend_and_leads_with_the_fix_that_admits_most() {
     let decision = router.route(&Request::new("llama3:70b"));
     let report = DecisionReport::new("llama3:70b", &decision);
     assert_eq!(report.decision, "reject");
+    assert!(!report.fallback_used);
     assert_eq!(report.rejections.len(), 3);
     assert_eq!(
         report.reason,
@@ -245,6 +246,23 @@ fn fallbacks_are_tried_in_order_when_the_primary_has_no_viable_backend() {
     let decision = router.route(&Request::new("gpt-4"));
     assert_eq!(decision.model(), Some("llama3:70b"));
     assert!(!decision.fallback_used());
+}
+
+#[test]
+fn a_reject_after_trying_every_fallback_uses_none() {
+    let router = Router::from_toml("fallbacks.toml", WITH_FALLBACKS).unwrap();
+    let small = router.fleet().backend_by_name("small").unwrap().id();
+    router.fleet().set_status(small, BackendStatus::Unhealthy);
+    let decision = router.route(&Request::new("gpt-4"));
+    let report = DecisionReport::new("gpt-4", &decision);
+    assert_eq!(report.decision, "reject");
+    assert!(!report.fallback_used, "nothing serves a reject");
+    assert_eq!(report.model, None);
+    assert_eq!(
+        report.reason,
+        "the only backend serving 'llama3:70b' was excluded, and so were those of its 2 fallbacks"
+    );
+    assert_eq!(report.rejections.len(), 3, "one per model tried");
 }
 
 #[test]
