@@ -324,6 +324,44 @@ mod tests {
         assert_eq!(ledger.total_nanos(), 400);
     }
 
+    proptest::proptest! {
+        /// Whatever the sequence of reservations, settlements (at or below what was
+        /// reserved) and releases, spend never passes the limit, and what is settled is
+        /// exactly the sum of the settled costs.
+        #[test]
+        fn spend_never_passes_the_limit(
+            ops in proptest::collection::vec((0u8..3, 1u64..400, 0u64..=100), 1..200),
+            limit in 1u64..5_000,
+        ) {
+            let (_, ledger) = ledger();
+            let mut open: Vec<u64> = Vec::new();
+            let mut settled = 0u64;
+            for (op, cost, percent_used) in ops {
+                match op {
+                    0 => {
+                        if ledger.try_reserve(cost, Some(limit)).is_ok() {
+                            open.push(cost);
+                        }
+                    }
+                    1 => {
+                        if let Some(reserved) = open.pop() {
+                            let actual = reserved * percent_used / 100;
+                            ledger.settle(reserved, actual);
+                            settled += actual;
+                        }
+                    }
+                    _ => {
+                        if let Some(reserved) = open.pop() {
+                            ledger.release(reserved);
+                        }
+                    }
+                }
+                proptest::prop_assert!(ledger.total_nanos() <= limit);
+                proptest::prop_assert_eq!(ledger.total_nanos(), settled + open.iter().sum::<u64>());
+            }
+        }
+    }
+
     #[test]
     fn month_to_date_overrides_settled_and_external() {
         let (_, ledger) = ledger();
