@@ -263,6 +263,7 @@ fn set_spent(_router: &Router, _usd: f64) -> bool {
 }
 
 /// One line of an `--outcomes` file.
+#[cfg(feature = "quality")]
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RecordedOutcome {
