@@ -3,18 +3,24 @@
 //! - a restricted request never reaches a cloud or zone-less backend, as a route or as
 //!   a queue's fallback;
 //! - strict tiers never route below the combined `min_tier`;
-//! - the decision and the final candidates do not depend on the order of the privacy
-//!   and tier stages.
+//! - the decision and the final candidates do not depend on the order of the privacy,
+//!   budget, tier and quality stages (with random month-to-date spend and random
+//!   failure histories, so that budget and quality exclude and weigh too).
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use std::time::Duration;
+
+use nexus_budget::{BudgetReconciler, BudgetSettings};
 use nexus_core::{
-    BackendSpec, BackendStatus, Constraints, Features, Fleet, ModelSpec, Pipeline, PolicySet,
-    Privacy, Reconciler, Request, RequestAnalyzer, RoutingDecision, TierMode, TrafficPolicy, Zone,
+    BackendId, BackendSpec, BackendStatus, Constraints, FakeClock, Features, Fleet, ModelSpec,
+    Pipeline, PolicySet, Privacy, Reconciler, Request, RequestAnalyzer, RoutingDecision, TierMode,
+    TrafficPolicy, Zone,
 };
 use nexus_privacy::PrivacyReconciler;
+use nexus_quality::{QualityReconciler, QualitySettings};
 use nexus_scheduler::SchedulerReconciler;
 use nexus_tier::TierReconciler;
 use proptest::prelude::*;
@@ -108,6 +114,7 @@ struct Built {
     policies: Arc<PolicySet>,
     aliases: BTreeMap<String, String>,
     fallbacks: BTreeMap<String, Vec<String>>,
+    clock: Arc<FakeClock>,
 }
 
 fn build(case: &Case) -> Option<Built> {
@@ -125,12 +132,19 @@ fn build(case: &Case) -> Option<Built> {
                     _ => BackendStatus::Healthy,
                 });
             spec.zone = zone;
+            // Cloud and zone-less backends charge, more for higher tiers.
+            let price = if zone.is_none() || zone == Some(Zone::Cloud) {
+                1.0 + f64::from(tier)
+            } else {
+                0.0
+            };
             for (bit, model) in MODELS.iter().enumerate() {
                 if models & (1 << bit) != 0 {
                     spec = spec.with_model(
                         ModelSpec::new(*model)
                             .with_context_window(8192)
-                            .with_features(Features::from_flags(vision, true, bit % 2 == 0)),
+                            .with_features(Features::from_flags(vision, true, bit % 2 == 0))
+                            .with_prices(price, 2.0 * price),
                     );
                 }
             }
@@ -179,11 +193,13 @@ fn build(case: &Case) -> Option<Built> {
         policies: Arc::new(policies),
         aliases,
         fallbacks,
+        clock: Arc::new(FakeClock::at_secs(1_800_000_000)),
     })
 }
 
 fn pipeline(built: &Built, stages: Vec<Box<dyn Reconciler>>, seed: u64) -> Option<Pipeline> {
     let mut builder = Pipeline::builder(Arc::clone(&built.fleet))
+        .clock(built.clock.clone())
         .policies(Arc::clone(&built.policies))
         .aliases(built.aliases.clone())
         .fallbacks(built.fallbacks.clone())
@@ -219,16 +235,54 @@ proptest! {
     })]
 
     #[test]
-    fn privacy_and_strict_tiers_hold_and_stage_order_does_not_matter(case in case()) {
+    fn privacy_and_strict_tiers_hold_and_stage_order_does_not_matter(
+        case in case(),
+        spent_percent in 0u32..130,
+        failures in prop::collection::vec((0usize..12, 1u32..12), 0..4),
+    ) {
         let Some(built) = build(&case) else { return Ok(()) };
-        let stages = |privacy_first: bool| -> Vec<Box<dyn Reconciler>> {
-            let privacy: Box<dyn Reconciler> = Box::new(PrivacyReconciler::new(&built.fleet));
-            let tier: Box<dyn Reconciler> = Box::new(TierReconciler);
-            if privacy_first { vec![privacy, tier] } else { vec![tier, privacy] }
+        // A 5-cent budget, so that request costs (up to 12k tokens at up to $5 and $10
+        // per million) meet it; spend anywhere from none to past the limit.
+        let budget = Arc::new(
+            BudgetReconciler::new(Arc::clone(&built.fleet), BudgetSettings::new(0.05), built.clock.clone())
+                .unwrap(),
+        );
+        budget.ledger().set_month_to_date(0.05 * f64::from(spent_percent) / 100.0);
+        let quality = Arc::new(
+            QualityReconciler::new(&built.fleet, QualitySettings::default(), built.clock.clone()).unwrap(),
+        );
+        for (backend, count) in &failures {
+            if *backend < built.fleet.len() {
+                for _ in 0..*count {
+                    quality.tracker().record(BackendId::new(*backend as u32), false, Duration::from_millis(50), None);
+                }
+            }
+        }
+        // The stages in DESIGN.md's order, and in an order shuffled by the case's seed.
+        let stages = |order: &[usize]| -> Vec<Box<dyn Reconciler>> {
+            order
+                .iter()
+                .map(|&i| -> Box<dyn Reconciler> {
+                    match i {
+                        0 => Box::new(PrivacyReconciler::new(&built.fleet)),
+                        1 => Box::new(Arc::clone(&budget)),
+                        2 => Box::new(TierReconciler),
+                        _ => Box::new(Arc::clone(&quality)),
+                    }
+                })
+                .collect()
         };
+        let mut shuffled = [0usize, 1, 2, 3];
+        let mut state = case.seed | 1;
+        for i in (1..shuffled.len()).rev() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            shuffled.swap(i, (state % (i as u64 + 1)) as usize);
+        }
         // Invalid alias graphs (too long, cycles) fail at build time; nothing to route.
-        let Some(forward) = pipeline(&built, stages(true), case.seed) else { return Ok(()) };
-        let backward = pipeline(&built, stages(false), case.seed).unwrap();
+        let Some(forward) = pipeline(&built, stages(&[0, 1, 2, 3]), case.seed) else { return Ok(()) };
+        let backward = pipeline(&built, stages(&shuffled), case.seed).unwrap();
 
         let requested = name(case.requested);
         let mode = if case.flexible { TierMode::Flexible } else { TierMode::Strict };
