@@ -223,3 +223,39 @@ fn soft_limit_percent_must_be_a_fraction() {
         "soft_limit_percent is a fraction of the limit in (0, 1], got 75; did you mean 0.75?"
     );
 }
+
+#[test]
+fn a_warning_is_given_once_even_when_fallbacks_are_tried() {
+    // Under warn, a request whose model has no viable backend tries its fallback; the
+    // budget stage runs for both models but warns once.
+    let fleet = Arc::new(
+        Fleet::new(vec![
+            BackendSpec::new("down", "http://127.0.0.1:1")
+                .with_zone(Zone::Local)
+                .with_status(nexus_core::BackendStatus::Unhealthy)
+                .with_model(ModelSpec::new("big")),
+            BackendSpec::new("up", "https://api.example.com")
+                .with_zone(Zone::Cloud)
+                .with_model(ModelSpec::new("small").with_prices(1.0, 1.0)),
+        ])
+        .unwrap(),
+    );
+    let clock = november();
+    let mut settings = BudgetSettings::new(1.0);
+    settings.hard_limit_action = HardLimitAction::Warn;
+    let budget =
+        Arc::new(BudgetReconciler::new(Arc::clone(&fleet), settings, clock.clone()).unwrap());
+    budget.ledger().set_month_to_date(2.0);
+    let pipeline = Pipeline::builder(fleet)
+        .clock(clock)
+        .fallback("big", ["small"])
+        .stage(nexus_core::RequestAnalyzer)
+        .stage(Arc::clone(&budget))
+        .stage(SchedulerReconciler::new())
+        .build()
+        .unwrap();
+    let decision = pipeline.decide(&Request::new("big"));
+    assert_eq!(decision.backend().unwrap().name(), "up");
+    assert!(decision.fallback_used());
+    assert_eq!(decision.warnings().len(), 1, "{:?}", decision.warnings());
+}

@@ -468,13 +468,23 @@ impl<'a> RoutingIntent<'a> {
     }
 
     /// Adds a warning to the decision, rendered by the current stage.
+    /// A stage that runs again for a fallback model does not repeat a warning it already
+    /// gave: the same stage, backend and reason are recorded once.
     pub fn warn(&mut self, backend: Option<BackendId>, reason: Reason) {
-        self.scratch.warnings.push(Warning {
-            stage: self.stage,
-            model: self.model,
-            backend,
-            reason,
-        });
+        let stage = self.stage;
+        let repeated = self
+            .scratch
+            .warnings
+            .iter()
+            .any(|w| w.stage == stage && w.backend == backend && w.reason == reason);
+        if !repeated {
+            self.scratch.warnings.push(Warning {
+                stage,
+                model: self.model,
+                backend,
+                reason,
+            });
+        }
     }
 
     /// The budget status stages have reported so far.
