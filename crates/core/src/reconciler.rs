@@ -171,7 +171,7 @@ pub enum Settlement<'a> {
 /// Route decision; see the crate docs for the hot-path rules.
 ///
 /// ```
-/// use nexus_core::{Reason, ReconcileError, Reconciler, RoutingIntent};
+/// use nexus_core::{Reason, ReconcileError, Reconciler, RoutingIntent, Verdict};
 ///
 /// /// Excludes backends whose id starts with "test-".
 /// #[derive(Debug)]
@@ -183,11 +183,13 @@ pub enum Settlement<'a> {
 ///     }
 ///     fn reconcile(&self, intent: &mut RoutingIntent<'_>) -> Result<(), ReconcileError> {
 ///         let fleet = intent.fleet();
-///         for backend in intent.candidates().clone().iter() {
-///             if fleet.backend(backend).name().starts_with("test-") {
-///                 intent.exclude(backend, Reason::new(1));
+///         intent.visit_candidates(|candidate| {
+///             if fleet.backend(candidate.backend).name().starts_with("test-") {
+///                 Verdict::Exclude(Reason::new(1))
+///             } else {
+///                 Verdict::Keep
 ///             }
-///         }
+///         });
 ///         Ok(())
 ///     }
 /// }
