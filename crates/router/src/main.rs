@@ -191,8 +191,38 @@ fn check(config: &ConfigArg) -> ExitCode {
         .map(|s| format!("{} ({})", s.reconciler().name(), s.error_policy().as_str()))
         .collect();
     println!("  pipeline: {}", stages.join(" -> "));
+    print_budget(&router);
     ExitCode::SUCCESS
 }
+
+/// The budget's settings and where its spend stands, for `check`.
+#[cfg(feature = "budget")]
+fn print_budget(router: &Router) {
+    let Some(budget) = router
+        .pipeline()
+        .stage_of::<nexus_router::budget::BudgetReconciler>()
+    else {
+        return;
+    };
+    let settings = budget.settings();
+    let store = settings.store.as_ref().map_or_else(
+        || "in memory".to_owned(),
+        |p| format!("kept in {}", p.display()),
+    );
+    let snapshot = budget.ledger().snapshot();
+    println!(
+        "  budget: ${} a month, soft limit at {}%, {} at the limit; {} spent in {} ({store})",
+        settings.monthly_limit_usd,
+        settings.soft_limit_percent * 100.0,
+        settings.hard_limit_action.as_str(),
+        format_args!("${:.2}", snapshot.total_usd),
+        snapshot.month,
+    );
+}
+
+/// Without the budget feature there is nothing to print.
+#[cfg(not(feature = "budget"))]
+fn print_budget(_router: &Router) {}
 
 fn route(args: &RouteArgs) -> ExitCode {
     let router = match load(&args.config) {

@@ -86,6 +86,12 @@ fn check_accepts_the_built_in_config() {
     let text = stdout(&output);
     assert!(text.starts_with("<built-in example>: ok"), "{text}");
     assert!(text.contains("pipeline: analyzer"), "{text}");
+    assert!(
+        text.contains(
+            "budget: $100 a month, soft limit at 75%, block_cloud at the limit; $0.00 spent in "
+        ),
+        "{text}"
+    );
 }
 
 #[test]
