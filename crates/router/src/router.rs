@@ -158,6 +158,21 @@ impl RouterBuilder {
         let routing = config.routing;
 
         let fleet = Fleet::new(config.backends).map_err(|e| fleet_error(source, &e))?;
+        if fleet.is_empty() {
+            warnings.push(source.warning(
+                &[],
+                "no [[backends]]: every request will be rejected; add a backend with the models it serves",
+            ));
+        }
+        for backend in fleet.backends().iter().filter(|b| b.models().is_empty()) {
+            warnings.push(source.warning(
+                &[Seg::Key("backends"), Seg::Index(backend.id().index())],
+                format!(
+                    "backend '{}' serves no models, so it never receives traffic; add [[backends.models]] entries",
+                    backend.name()
+                ),
+            ));
+        }
         let fleet = Arc::new(fleet);
 
         let policies = PolicySet::new(routing.policies).map_err(|e| {

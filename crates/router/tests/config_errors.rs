@@ -168,3 +168,25 @@ fn stage_settings_are_validated_by_the_stage() {
     assert_eq!(err.help.as_deref(), Some("did you mean `load_wait_ms`?"));
     assert_eq!(err.position, Some((line_of(extra, "load_wait ="), 1)));
 }
+
+#[test]
+fn empty_fleets_and_idle_backends_are_warnings() {
+    let router = Router::from_toml("empty.toml", "").unwrap();
+    assert_eq!(router.warnings().len(), 1);
+    assert!(router.warnings()[0]
+        .to_string()
+        .starts_with("empty.toml: warning: no [[backends]]"));
+
+    let router = Router::from_toml(
+        "idle.toml",
+        &format!("{BACKENDS}\n[[backends]]\nid = \"idle\"\nurl = \"u\"\n"),
+    )
+    .unwrap();
+    let warnings: Vec<String> = router.warnings().iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("backend 'idle' serves no models"),
+        "{warnings:?}"
+    );
+    assert!(warnings[0].starts_with("idle.toml:10:"), "{warnings:?}");
+}
