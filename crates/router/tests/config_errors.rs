@@ -190,3 +190,34 @@ fn empty_fleets_and_idle_backends_are_warnings() {
     );
     assert!(warnings[0].starts_with("idle.toml:10:"), "{warnings:?}");
 }
+
+#[test]
+fn on_error_sets_a_stages_error_policy() {
+    let router =
+        load("[routing.on_error]\nquality = \"fail_closed\"\nprivacy = \"fail_open\"\n").unwrap();
+    let policies: Vec<(&str, &str)> = router
+        .pipeline()
+        .stages()
+        .iter()
+        .map(|s| (s.reconciler().name(), s.error_policy().as_str()))
+        .collect();
+    assert!(
+        policies.contains(&("quality", "fail_closed")),
+        "{policies:?}"
+    );
+    assert!(policies.contains(&("privacy", "fail_open")), "{policies:?}");
+    assert!(
+        policies.contains(&("scheduler", "fail_closed")),
+        "defaults stay: {policies:?}"
+    );
+
+    let err = load("[routing.on_error]\nquality = \"fail_later\"\n").unwrap_err();
+    assert!(
+        err.message.contains("unknown variant `fail_later`"),
+        "{err}"
+    );
+    assert_eq!(
+        err.help.as_deref(),
+        Some("use one of `fail_open`, `fail_closed`")
+    );
+}
