@@ -313,7 +313,7 @@ impl Reconciler for BudgetReconciler {
         let blocks = self.blocks();
         let cloud = &self.cloud;
         let cloud_weight = self.settings.soft_limit_cloud_weight;
-        let cap_policy = constraints.max_cost_policy.map_or(-1.0, |i| i as f64);
+        let cap_policy = Reason::policy_value(constraints.max_cost_policy);
         intent.visit_candidates(|candidate| {
             let cost_usd = candidate.offer().cost_usd(input, output);
             let cost = usd_to_nanos(cost_usd);
@@ -406,7 +406,7 @@ impl Reconciler for BudgetReconciler {
                 "raise monthly_limit_usd, or set hard_limit_action = \"block_cloud\" to keep local backends serving",
             ),
             COST_CAP => Explanation::new(
-                format!("estimated cost ${a:.4} exceeds the ${b:.4} per request of {}", ctx.policy_label((c >= 0.0).then_some(c as usize))),
+                format!("estimated cost ${a:.4} exceeds the ${b:.4} per request of {}", ctx.policy_label(Reason::policy_index(c))),
                 "send fewer tokens or a lower max output, use a cheaper backend, or raise max_cost_per_request",
             ),
             HARD_LIMIT_WARNING => Explanation::new(

@@ -45,6 +45,14 @@ impl RoutePlan {
     pub fn attempts(&self) -> &[Attempt] {
         &self.attempts
     }
+
+    /// The constraints in force when deciding for `model` (none if it is not tried).
+    pub fn constraints_for(&self, model: ModelId) -> Constraints {
+        self.attempts
+            .iter()
+            .find(|a| a.model == model)
+            .map_or(Constraints::NONE, |a| a.constraints)
+    }
 }
 
 /// A problem with `[routing.aliases]` or `[routing.fallbacks]`, found at load time.

@@ -758,11 +758,7 @@ impl Pipeline {
             .exclusions
             .iter()
             .map(|e| {
-                let constraints = plan
-                    .attempts()
-                    .iter()
-                    .find(|a| a.model == e.model)
-                    .map_or(Constraints::NONE, |a| a.constraints);
+                let constraints = plan.constraints_for(e.model);
                 let explanation = self.explain(
                     e.stage,
                     &e.reason,
@@ -1052,8 +1048,7 @@ impl<'p> Decision<'p> {
             .map(|w| {
                 let constraints = self
                     .plan
-                    .and_then(|p| p.attempts().iter().find(|a| a.model == w.model))
-                    .map_or(Constraints::NONE, |a| a.constraints);
+                    .map_or(Constraints::NONE, |p| p.constraints_for(w.model));
                 self.pipeline
                     .explain(
                         w.stage,

@@ -37,6 +37,17 @@ impl Reason {
         Self { code, values }
     }
 
+    /// A policy index as a reason argument: the index, or -1 for "no policy" (the
+    /// request itself asked). [`Reason::policy_index`] reads it back.
+    pub fn policy_value(policy: Option<usize>) -> f64 {
+        policy.map_or(-1.0, |i| i as f64)
+    }
+
+    /// The policy index stored by [`Reason::policy_value`].
+    pub fn policy_index(value: f64) -> Option<usize> {
+        (value >= 0.0).then_some(value as usize)
+    }
+
     /// The pipeline's code for "this stage failed and its error policy is fail-closed".
     /// `values[0]` is the index of the stage error in the decision.
     pub const STAGE_FAILED: u16 = 0xFF00;

@@ -94,7 +94,7 @@ impl Reconciler for PrivacyReconciler {
         if constraints.privacy != Privacy::Restricted {
             return Ok(());
         }
-        let policy = constraints.privacy_policy.map_or(-1.0, |i| i as f64);
+        let policy = Reason::policy_value(constraints.privacy_policy);
         intent.exclude_set(
             &self.cloud,
             Reason::with(ZONE_NOT_ALLOWED, [ZONE_CLOUD, policy, 0.0]),
@@ -108,7 +108,7 @@ impl Reconciler for PrivacyReconciler {
 
     fn explain(&self, reason: &Reason, ctx: &ExplainContext<'_>) -> Explanation {
         let [zone, policy, _] = reason.values;
-        let policy_index = (policy >= 0.0).then_some(policy as usize);
+        let policy_index = Reason::policy_index(policy);
         let policy = ctx.policy_label(policy_index);
         let zone = if zone == ZONE_MISSING {
             "no zone set (treated as cloud)"

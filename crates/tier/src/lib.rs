@@ -86,14 +86,6 @@ fn is_flexible(intent: &RoutingIntent<'_>) -> bool {
     intent.requirements().tier_mode == TierMode::Flexible && intent.constraints().fallback_allowed
 }
 
-fn policy_value(policy: Option<usize>) -> f64 {
-    policy.map_or(-1.0, |i| i as f64)
-}
-
-fn policy_index(value: f64) -> Option<usize> {
-    (value >= 0.0).then_some(value as usize)
-}
-
 impl Reconciler for TierReconciler {
     fn name(&self) -> &'static str {
         "tier"
@@ -115,7 +107,7 @@ impl Reconciler for TierReconciler {
         {
             return Ok(());
         }
-        let policy = policy_value(intent.constraints().min_tier_policy);
+        let policy = Reason::policy_value(intent.constraints().min_tier_policy);
         intent.visit_candidates(|candidate| {
             let offer = candidate.offer();
             let missing = needed.missing_from(offer.features);
@@ -146,7 +138,7 @@ impl Reconciler for TierReconciler {
         if min_tier == 0 || !is_flexible(intent) {
             return Ok(());
         }
-        let policy = policy_value(intent.constraints().min_tier_policy);
+        let policy = Reason::policy_value(intent.constraints().min_tier_policy);
         let offers = intent.model_entry().offers();
         let best = offers
             .iter()
@@ -185,7 +177,7 @@ impl Reconciler for TierReconciler {
         let model = ctx.fleet.model(ctx.model).name();
         match reason.code {
             BELOW_TIER => {
-                let policy = ctx.policy_label(policy_index(c));
+                let policy = ctx.policy_label(Reason::policy_index(c));
                 let flexible = if ctx.constraints.fallback_allowed {
                     ", ask for flexible tiers (--flexible, header X-Nexus-Flexible) to accept the best available"
                 } else {
@@ -199,7 +191,7 @@ impl Reconciler for TierReconciler {
             BELOW_BEST_AVAILABLE => Explanation::new(
                 format!(
                     "tier {a}, below tier {b}, the best available ({} asks for {})",
-                    ctx.policy_label(policy_index(c)),
+                    ctx.policy_label(Reason::policy_index(c)),
                     ctx.constraints.min_tier
                 ),
                 "none needed: flexible mode keeps only the best tier available",
@@ -216,7 +208,7 @@ impl Reconciler for TierReconciler {
                 "send fewer tokens, lower max output tokens, or serve from a model with a larger context_window",
             ),
             DOWNGRADED => Explanation::new(
-                format!("served by tier {a}, {} asks for {b}", ctx.policy_label(policy_index(c))),
+                format!("served by tier {a}, {} asks for {b}", ctx.policy_label(Reason::policy_index(c))),
                 format!("add a backend of tier {b} or more for '{model}'"),
             ),
             code => Explanation::new(format!("excluded by tier (code {code})"), "see nexus-tier's documentation"),
