@@ -42,6 +42,38 @@ fn return_scratch(scratch: Box<Scratch>) {
     let _ = SCRATCH_POOL.try_with(|pool| pool.set(Some(scratch)));
 }
 
+/// Ids handed out per block: each thread takes a block from [`ROUTE_ID_BLOCKS`] and
+/// numbers its routes from it, so that a decision writes no cache line that every
+/// thread shares.
+const ROUTE_ID_BLOCK: u64 = 1 << 16;
+/// Blocks taken so far, process-wide: ids stay unique across pipelines (a reload
+/// builds a second one that may share stages' state with the first).
+static ROUTE_ID_BLOCKS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// The next id of this thread's block, and the end of the block.
+    static ROUTE_IDS: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+}
+
+/// A fresh [`RouteTicket::id`]: unique in the process, never 0.
+fn next_route_id() -> u64 {
+    let block = || {
+        let start = ROUTE_ID_BLOCKS.fetch_add(1, Ordering::Relaxed) * ROUTE_ID_BLOCK + 1;
+        (start, start + ROUTE_ID_BLOCK)
+    };
+    ROUTE_IDS
+        .try_with(|ids| {
+            let (mut next, mut end) = ids.get();
+            if next == end {
+                (next, end) = block();
+            }
+            ids.set((next + 1, end));
+            next
+        })
+        // The thread is exiting: a block of its own for this one id.
+        .unwrap_or_else(|_| block().0)
+}
+
 /// One stage of a pipeline: a reconciler and what to do when it fails.
 #[derive(Debug)]
 pub struct Stage {
@@ -547,6 +579,7 @@ impl Pipeline {
             cost_estimate: intent.cost_estimate(backend),
             fallback_used: intent.attempt > 0,
             decided_at_secs: intent.now_secs,
+            id: next_route_id(),
         };
         for (index, stage) in self.stages.iter().enumerate() {
             if let Err(reason) = stage.reconciler.on_route(&ticket) {

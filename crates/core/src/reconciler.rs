@@ -88,6 +88,10 @@ pub struct RouteTicket {
     pub fallback_used: bool,
     /// When the decision was made, in seconds since the Unix epoch.
     pub decided_at_secs: u64,
+    /// This route's identity, unique in the process and never 0: a stage that keeps
+    /// state for one route (the quality stage's half-open probe) keys it by this, so
+    /// that only the route that took it can give it back.
+    pub id: u64,
 }
 
 impl RouteTicket {

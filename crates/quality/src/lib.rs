@@ -14,7 +14,11 @@
 //! outcomes. An open circuit excludes the backend for `cooldown_secs`; then it is
 //! half-open and admits **one** probe request at a time (claimed atomically when the
 //! route is committed, so concurrent decisions cannot both probe). A successful probe
-//! closes the circuit; a failed one re-opens it for another cooldown. A backend that
+//! closes the circuit; a failed one re-opens it for another cooldown; a cancelled one
+//! is given back. The probe belongs to the route that claimed it (by
+//! [`RouteTicket::id`]): a request decided before the circuit opened may end while the
+//! probe is in flight, and its outcome counts in the windows but neither ends nor
+//! gives back the probe, so two probes never run at once. A backend that
 //! failed is therefore never shut out for an hour: it is probed every cooldown.
 //!
 //! ## Weight
@@ -229,7 +233,7 @@ impl Reconciler for QualityReconciler {
         match self.tracker.circuit_at(ticket.backend, now) {
             Circuit::Closed => Ok(()),
             Circuit::HalfOpen { .. } => {
-                if self.tracker.try_claim_probe(ticket.backend, now) {
+                if self.tracker.try_claim_probe(ticket.backend, now, ticket.id) {
                     Ok(())
                 } else {
                     Err(Reason::new(PROBE_IN_FLIGHT))
@@ -250,18 +254,23 @@ impl Reconciler for QualityReconciler {
     fn on_settle(&self, ticket: &RouteTicket, settlement: Settlement<'_>) {
         let now = ticket.settled_at_secs(&settlement);
         match settlement {
-            Settlement::Finished(outcome) => self.tracker.record_at(
+            Settlement::Finished(outcome) => self.tracker.record_route_at(
                 ticket.backend,
+                ticket.id,
                 now,
                 outcome.success,
                 outcome.latency,
                 outcome.time_to_first_token,
             ),
-            Settlement::Abandoned => {
-                self.tracker
-                    .record_at(ticket.backend, now, false, std::time::Duration::ZERO, None);
-            }
-            Settlement::Cancelled => self.tracker.release_probe(ticket.backend),
+            Settlement::Abandoned => self.tracker.record_route_at(
+                ticket.backend,
+                ticket.id,
+                now,
+                false,
+                std::time::Duration::ZERO,
+                None,
+            ),
+            Settlement::Cancelled => self.tracker.release_probe(ticket.backend, ticket.id),
         }
     }
 

@@ -140,6 +140,11 @@ struct BackendQuality {
     ttft_count_1h: Window<60, 60>,
     ttft_ms_1h: Window<60, 60>,
     circuit: AtomicU64,
+    /// The route that holds the probe while the circuit is probing (a
+    /// [`RouteTicket::id`](nexus_core::RouteTicket::id)); meaningless otherwise. Only
+    /// that route's settlement ends or gives back the probe: routes decided before the
+    /// circuit opened may settle at any time, and must not free a second probe.
+    probe_owner: AtomicU64,
     /// Cached weight: the second it was computed (upper 32 bits) and weight × 2^31
     /// (lower 32). Refreshed by readers every `weight_refresh_secs`, not by recording,
     /// so that busy backends do not recompute on every decision.
@@ -156,10 +161,22 @@ impl BackendQuality {
             ttft_count_1h: Window::new(),
             ttft_ms_1h: Window::new(),
             circuit: AtomicU64::new(CLOSED),
+            probe_owner: AtomicU64::new(NO_ROUTE),
             weight: AtomicU64::new(0),
         }
     }
 }
+
+impl BackendQuality {
+    /// Whether `route` holds this backend's probe. Only the owner moves the circuit out
+    /// of probing, so the answer cannot change while `route` settles.
+    fn owns_probe(&self, route: u64) -> bool {
+        route != NO_ROUTE && self.probe_owner.load(Ordering::Acquire) == route
+    }
+}
+
+/// The route id of an outcome that belongs to no route (ids start at 1).
+const NO_ROUTE: u64 = 0;
 
 const WEIGHT_SCALE: f64 = (1u64 << 31) as f64;
 
@@ -231,10 +248,28 @@ impl QualityTracker {
         self.record_at(backend, self.now_secs(), success, latency, ttft);
     }
 
-    /// Records one outcome at `now_secs` (for replaying a log).
+    /// Records one outcome at `now_secs` (for replaying a log). An outcome that belongs
+    /// to no route never ends a probe in flight; see [`record_route_at`](Self::record_route_at).
     pub fn record_at(
         &self,
         backend: BackendId,
+        now_secs: u64,
+        success: bool,
+        latency: Duration,
+        ttft: Option<Duration>,
+    ) {
+        self.record_route_at(backend, NO_ROUTE, now_secs, success, latency, ttft);
+    }
+
+    /// Records the outcome of route `route` (its
+    /// [`RouteTicket::id`](nexus_core::RouteTicket::id)) at `now_secs`. While the circuit
+    /// is probing, only the route that claimed the probe decides it (a success closes
+    /// the circuit, a failure re-opens it); the outcomes of other routes, decided before
+    /// the circuit opened, count in the windows but leave the circuit alone.
+    pub fn record_route_at(
+        &self,
+        backend: BackendId,
+        route: u64,
         now_secs: u64,
         success: bool,
         _latency: Duration,
@@ -243,6 +278,7 @@ impl QualityTracker {
         let Some(q) = self.backend(backend) else {
             return;
         };
+        let owns_probe = q.owns_probe(route);
         if success {
             q.ok_1h.add(now_secs, 1);
             q.ok_24h.add(now_secs, 1);
@@ -258,7 +294,8 @@ impl QualityTracker {
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
                     match state(word) {
                         CLOSED if fails(word) == 0 => None,
-                        CLOSED | PROBING => Some(CLOSED),
+                        CLOSED => Some(CLOSED),
+                        PROBING if owns_probe => Some(CLOSED),
                         // A request that started before the circuit opened: the cooldown
                         // still applies, the probe decides.
                         _ => None,
@@ -280,6 +317,8 @@ impl QualityTracker {
                         CLOSED if fails >= threshold => open(OpenCause::ConsecutiveFailures),
                         CLOSED if rate_tripped => open(OpenCause::ErrorRate),
                         CLOSED => Some(pack(CLOSED, OpenCause::ConsecutiveFailures, fails, 0)),
+                        // Another request's probe is in flight: it decides.
+                        PROBING if !owns_probe => None,
                         // A failed probe, or a failure while open: (re)start the cooldown.
                         _ => open(cause(word)),
                     }
@@ -316,30 +355,47 @@ impl QualityTracker {
         }
     }
 
-    /// Claims the half-open backend's one probe; false if it is not half-open or another
-    /// request claimed the probe first.
-    pub fn try_claim_probe(&self, backend: BackendId, now_secs: u64) -> bool {
+    /// Claims the half-open backend's one probe for route `route` (its
+    /// [`RouteTicket::id`](nexus_core::RouteTicket::id), not 0); false if the circuit is
+    /// not half-open or another request claimed the probe first.
+    pub fn try_claim_probe(&self, backend: BackendId, now_secs: u64, route: u64) -> bool {
         let Some(q) = self.backend(backend) else {
             return false;
         };
+        if route == NO_ROUTE {
+            return false;
+        }
         let cooldown = self.settings.cooldown_secs;
-        q.circuit
+        let claimed = q
+            .circuit
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
                 (state(word) == OPEN && now_secs >= opened_at(word) + cooldown)
                     .then_some(word & !STATE_MASK | PROBING)
             })
-            .is_ok()
+            .is_ok();
+        if claimed {
+            // Until this store, the owner is a route that settled long ago (ids are
+            // never reused), so nobody can mistake the probe for theirs; and `route`
+            // itself cannot settle before its claim returns.
+            q.probe_owner.store(route, Ordering::Release);
+        }
+        claimed
     }
 
-    /// Gives back a claimed probe that was never sent: half-open again.
-    pub fn release_probe(&self, backend: BackendId) {
-        if let Some(q) = self.backend(backend) {
-            let _ = q
-                .circuit
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
-                    (state(word) == PROBING).then_some(word & !STATE_MASK | OPEN)
-                });
+    /// Gives back a probe that route `route` claimed and never sent: half-open again.
+    /// Does nothing unless `route` holds the probe.
+    pub fn release_probe(&self, backend: BackendId, route: u64) {
+        let Some(q) = self.backend(backend) else {
+            return;
+        };
+        if !q.owns_probe(route) {
+            return;
         }
+        let _ = q
+            .circuit
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
+                (state(word) == PROBING).then_some(word & !STATE_MASK | OPEN)
+            });
     }
 
     /// The backend's windows at `now_secs`.

@@ -113,13 +113,18 @@ fn consecutive_failures_open_then_half_open_then_a_good_probe_closes() {
     ));
     clock.advance(Duration::from_secs(1));
     assert!(matches!(tracker.circuit(A), Circuit::HalfOpen { .. }));
-    assert!(tracker.try_claim_probe(A, clock.now_secs()));
+    assert!(tracker.try_claim_probe(A, clock.now_secs(), 1));
     assert!(
-        !tracker.try_claim_probe(A, clock.now_secs()),
+        !tracker.try_claim_probe(A, clock.now_secs(), 2),
         "one probe at a time"
     );
     assert!(matches!(tracker.circuit(A), Circuit::Probing { .. }));
     tracker.record(A, true, MS, None);
+    assert!(
+        matches!(tracker.circuit(A), Circuit::Probing { .. }),
+        "an outcome of no route does not decide the probe"
+    );
+    tracker.record_route_at(A, 1, clock.now_secs(), true, MS, None);
     assert_eq!(tracker.circuit(A), Circuit::Closed);
 }
 
@@ -130,8 +135,8 @@ fn a_failed_probe_reopens_for_another_cooldown() {
         tracker.record(A, false, MS, None);
     }
     clock.advance(Duration::from_secs(30));
-    assert!(tracker.try_claim_probe(A, clock.now_secs()));
-    tracker.record(A, false, MS, None);
+    assert!(tracker.try_claim_probe(A, clock.now_secs(), 1));
+    tracker.record_route_at(A, 1, clock.now_secs(), false, MS, None);
     assert!(matches!(
         tracker.circuit(A),
         Circuit::Open {
@@ -141,8 +146,13 @@ fn a_failed_probe_reopens_for_another_cooldown() {
     ));
     // A probe that was claimed but never sent is given back.
     clock.advance(Duration::from_secs(30));
-    assert!(tracker.try_claim_probe(A, clock.now_secs()));
-    tracker.release_probe(A);
+    assert!(tracker.try_claim_probe(A, clock.now_secs(), 2));
+    tracker.release_probe(A, 3);
+    assert!(
+        matches!(tracker.circuit(A), Circuit::Probing { .. }),
+        "only the route that claimed the probe gives it back"
+    );
+    tracker.release_probe(A, 2);
     assert!(matches!(tracker.circuit(A), Circuit::HalfOpen { .. }));
 }
 
