@@ -75,6 +75,9 @@ const fn default_refresh() -> u64 {
     1
 }
 
+/// The range accepted for [`QualitySettings::target_ttft_ms`]: a millisecond to an hour.
+pub const TARGET_TTFT_RANGE_MS: std::ops::RangeInclusive<f64> = 1.0..=3_600_000.0;
+
 /// The `[routing.quality]` settings.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -91,8 +94,8 @@ pub struct QualitySettings {
     /// Seconds an open circuit stays open before a probe. Default 30.
     #[serde(default = "default_cooldown")]
     pub cooldown_secs: u64,
-    /// Time to first token at or below which a backend gets the full TTFT factor.
-    /// Default 1000 ms.
+    /// Time to first token at or below which a backend gets the full TTFT factor, within
+    /// [`TARGET_TTFT_RANGE_MS`]. Default 1000 ms.
     #[serde(default = "default_target_ttft")]
     pub target_ttft_ms: f64,
     /// How long a computed weight is reused. Default 1 s.
@@ -114,7 +117,8 @@ impl Default for QualitySettings {
 }
 
 impl QualitySettings {
-    /// Checks the values; the error names the key and how to fix it.
+    /// Checks the values; the error names the key (in backticks, so that config errors
+    /// point at its line) and how to fix it.
     pub fn validate(&self) -> Result<(), String> {
         let rate = self.max_error_rate;
         if !(rate > 0.0 && rate <= 1.0) {
@@ -124,26 +128,28 @@ impl QualitySettings {
                 String::new()
             };
             return Err(format!(
-                "max_error_rate is a fraction in (0, 1], got {rate}{hint}"
+                "`max_error_rate` is a fraction in (0, 1], got {rate}{hint}"
             ));
         }
         if self.min_samples == 0 {
-            return Err("min_samples must be at least 1".to_owned());
+            return Err("`min_samples` must be at least 1".to_owned());
         }
         if self.failure_threshold == 0 {
-            return Err("failure_threshold must be at least 1".to_owned());
+            return Err("`failure_threshold` must be at least 1".to_owned());
         }
         if self.cooldown_secs == 0 {
-            return Err("cooldown_secs must be at least 1".to_owned());
+            return Err("`cooldown_secs` must be at least 1".to_owned());
         }
-        if !(self.target_ttft_ms.is_finite() && self.target_ttft_ms > 0.0) {
+        if !TARGET_TTFT_RANGE_MS.contains(&self.target_ttft_ms) {
             return Err(format!(
-                "target_ttft_ms must be a positive number of milliseconds, got {}",
+                "`target_ttft_ms` must be a time in milliseconds from {} to {} (an hour), got {}; the default is 1000",
+                TARGET_TTFT_RANGE_MS.start(),
+                TARGET_TTFT_RANGE_MS.end(),
                 self.target_ttft_ms
             ));
         }
         if self.weight_refresh_secs == 0 {
-            return Err("weight_refresh_secs must be at least 1".to_owned());
+            return Err("`weight_refresh_secs` must be at least 1".to_owned());
         }
         Ok(())
     }

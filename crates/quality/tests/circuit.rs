@@ -292,6 +292,6 @@ fn settings_are_validated() {
     };
     assert_eq!(
         bad.validate().unwrap_err(),
-        "max_error_rate is a fraction in (0, 1], got 50; did you mean 0.5?"
+        "`max_error_rate` is a fraction in (0, 1], got 50; did you mean 0.5?"
     );
 }

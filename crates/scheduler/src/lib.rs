@@ -14,6 +14,11 @@
 //! traffic for being slow is tried again after a while instead of being judged forever
 //! by old news.
 //!
+//! A score is always a finite number ≥ 0: the latency is taken as at least
+//! [`MIN_LATENCY_MS`], and a weight that overflowed to infinity counts as the largest
+//! finite number, so that no input makes every score infinite and equal (which would
+//! ignore priority and load), and a NaN never wins a comparison.
+//!
 //! ## Queue
 //! When the best candidate is `loading`, or every candidate is at `max_concurrency`, the
 //! decision is Queue with an estimated wait and the best ready backend (if any) as an
@@ -37,12 +42,20 @@ use nexus_core::{
 };
 use serde::Deserialize;
 
+/// The smallest latency scoring uses, in milliseconds: the fleet records no sample
+/// below one microsecond either, and `1 / latency` stays finite for every priority.
+pub const MIN_LATENCY_MS: f64 = 0.001;
+
+/// The range accepted for [`SchedulerSettings::default_latency_ms`]: from a millisecond
+/// (no LLM backend answers faster) to an hour.
+pub const DEFAULT_LATENCY_RANGE_MS: std::ops::RangeInclusive<f64> = 1.0..=3_600_000.0;
+
 /// The `[routing.scheduler]` settings.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SchedulerSettings {
-    /// Latency assumed for a backend that has not answered yet, in milliseconds.
-    /// Default 100.
+    /// Latency assumed for a backend that has not answered yet, in milliseconds, within
+    /// [`DEFAULT_LATENCY_RANGE_MS`]. Default 100.
     pub default_latency_ms: f64,
     /// Estimated wait for a backend that is loading its model, in milliseconds.
     /// Default 10 000.
@@ -58,6 +71,22 @@ impl Default for SchedulerSettings {
             load_wait_ms: 10_000,
             seed: None,
         }
+    }
+}
+
+impl SchedulerSettings {
+    /// Checks the values; the error names the key (in backticks, so that config errors
+    /// point at its line) and how to fix it.
+    pub fn validate(&self) -> Result<(), String> {
+        let latency = self.default_latency_ms;
+        if !DEFAULT_LATENCY_RANGE_MS.contains(&latency) {
+            return Err(format!(
+                "`default_latency_ms` must be a latency in milliseconds from {} to {} (an hour), got {latency}; it is assumed for a backend that has not answered yet, the default is 100",
+                DEFAULT_LATENCY_RANGE_MS.start(),
+                DEFAULT_LATENCY_RANGE_MS.end(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -140,15 +169,12 @@ impl SchedulerReconciler {
     /// `"scheduler"`.
     pub fn from_context(ctx: &BuildContext<'_>) -> Result<Box<dyn Reconciler>, BuildError> {
         let settings: SchedulerSettings = ctx.settings()?;
-        if !(settings.default_latency_ms.is_finite() && settings.default_latency_ms > 0.0) {
-            return Err(BuildError::InvalidSettings {
+        settings
+            .validate()
+            .map_err(|message| BuildError::InvalidSettings {
                 kind: ctx.kind.to_owned(),
-                message: format!(
-                    "default_latency_ms must be a positive number of milliseconds, got {}",
-                    settings.default_latency_ms
-                ),
-            });
-        }
+                message,
+            })?;
         Ok(Box::new(Self::with_settings(settings)))
     }
 
@@ -174,19 +200,39 @@ impl SchedulerReconciler {
         }
     }
 
-    /// The latency used for scoring: the EWMA while fresh, else the default.
+    /// The latency used for scoring: the EWMA while fresh, else the default; never
+    /// below [`MIN_LATENCY_MS`] (`!(x >= min)` also catches NaN).
     #[inline]
     fn latency_ms(&self, live: &nexus_core::LiveState, now_secs: u64) -> f64 {
-        live.latency_ewma_ms(now_secs)
-            .unwrap_or(self.settings.default_latency_ms)
+        let latency = live
+            .latency_ewma_ms(now_secs)
+            .unwrap_or(self.settings.default_latency_ms);
+        if latency >= MIN_LATENCY_MS {
+            latency
+        } else {
+            MIN_LATENCY_MS
+        }
     }
 
     /// The score of `backend` with weight `weight` at `now_secs`; see the crate docs.
+    /// Always finite and ≥ 0, whatever the weight and settings.
     #[inline]
     pub fn score(&self, backend: &Backend, weight: f64, now_secs: u64) -> f64 {
         let live = backend.live();
         let load = (f64::from(live.in_flight()) / f64::from(backend.max_concurrency())).min(1.0);
-        f64::from(backend.priority()) * (1.0 - load) / self.latency_ms(live, now_secs) * weight
+        // At most u32::MAX / MIN_LATENCY_MS: finite.
+        let base = f64::from(backend.priority()) * (1.0 - load) / self.latency_ms(live, now_secs);
+        finite_score(base * finite_score(weight))
+    }
+}
+
+/// `x` as a score: NaN (and anything below 0) is 0, +∞ is the largest finite number.
+#[inline]
+fn finite_score(x: f64) -> f64 {
+    if x >= 0.0 {
+        x.min(f64::MAX)
+    } else {
+        0.0
     }
 }
 

@@ -243,3 +243,51 @@ fn nothing_left_means_reject() {
     assert_eq!(rejections.len(), 1);
     assert_eq!(rejections[0].reconciler, "exclude-all");
 }
+
+#[test]
+fn a_tiny_default_latency_does_not_make_scores_infinite() {
+    use nexus_scheduler::SchedulerSettings;
+    // 1e-320 ms (a subnormal) made every score priority / 1e-320 = +inf: all equal, so
+    // ties were broken at random and priority was ignored. Config refuses the value;
+    // scoring copes with it anyway for pipelines built in code.
+    for seed in 0..32 {
+        let fleet = fleet(vec![backend("small"), backend("big").with_priority(3)]);
+        let scheduler = SchedulerReconciler::with_settings(SchedulerSettings {
+            default_latency_ms: 1e-320,
+            seed: Some(seed),
+            ..SchedulerSettings::default()
+        });
+        let pipeline = Pipeline::builder(fleet).stage(scheduler).build().unwrap();
+        let decision = pipeline.decide(&Request::new("m"));
+        assert_eq!(decision.backend().unwrap().name(), "big", "seed {seed}");
+        let scores: Vec<f64> = decision
+            .scored_candidates()
+            .iter()
+            .map(|(_, s)| s.unwrap())
+            .collect();
+        assert!(scores.iter().all(|s| s.is_finite()), "{scores:?}");
+    }
+    let invalid = SchedulerSettings {
+        default_latency_ms: 1e-320,
+        ..SchedulerSettings::default()
+    };
+    assert!(invalid
+        .validate()
+        .unwrap_err()
+        .starts_with("`default_latency_ms` must be a latency in milliseconds from 1 to 3600000"));
+}
+
+#[test]
+fn scores_are_finite_and_never_nan() {
+    let fleet = fleet(vec![backend("a").with_max_concurrency(1)]);
+    let scheduler = SchedulerReconciler::new();
+    let a = fleet.backend(BackendId::new(0));
+    let now = SystemClock.now_secs();
+    let huge = scheduler.score(a, f64::INFINITY, now);
+    assert!(huge.is_finite() && huge > 1e300, "{huge}");
+    assert_eq!(scheduler.score(a, f64::NAN, now), 0.0);
+    // Saturated: a zero load factor times an infinite weight was NaN.
+    a.live().begin_request();
+    assert_eq!(scheduler.score(a, f64::INFINITY, now), 0.0);
+    a.live().end_request();
+}
