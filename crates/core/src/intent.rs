@@ -118,6 +118,12 @@ impl Scratch {
         if self.warnings.capacity() < 8 {
             self.warnings.reserve(8);
         }
+        self.clear_records();
+    }
+
+    /// Forgets the exclusions, warnings and stage errors recorded so far, keeping the
+    /// buffers: for a second pass over the plan that alone explains the decision.
+    pub(crate) fn clear_records(&mut self) {
         self.exclusions.clear();
         self.warnings.clear();
         self.errors.clear();

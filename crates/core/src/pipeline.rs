@@ -5,6 +5,9 @@
 //! the model's servers, runs every stage in order, and takes what the selecting stage
 //! (the scheduler) chose. A chosen backend is committed by asking every stage's
 //! [`Reconciler::on_route`]; a veto excludes it and the selecting stage picks again.
+//! A flexible request ([`TierMode::Flexible`]) is decided strictly over the whole plan
+//! first, and flexibly only if that finds nothing: a relaxation never does worse than
+//! the rule it relaxes.
 //!
 //! Buffers come from a per-thread pool and go back when the [`Decision`] is dropped, so
 //! a Route decision does not allocate once warmed up. Rejection texts are rendered only
@@ -23,7 +26,7 @@ use crate::{
     Backend, BackendId, BudgetStatus, Clock, Constraints, CostEstimate, ErrorPolicy,
     ExplainContext, Explanation, Fleet, ModelId, Outcome, PolicySet, QueueCause, Reason,
     Reconciler, Rejection, Request, RequestRequirements, RouteTicket, RoutingIntent, Selection,
-    Settlement, SystemClock,
+    Settlement, SystemClock, TierMode,
 };
 
 thread_local! {
@@ -333,14 +336,23 @@ impl Pipeline {
             now_secs: self.clock.now_secs(),
             scratch: &mut scratch,
         };
-        let mut found = None;
-        for (attempt, plan_attempt) in plan.attempts().iter().enumerate() {
-            intent.reset_for(plan_attempt.model, plan_attempt.constraints, attempt);
-            self.run_stages(&mut intent, timing);
-            if let Some(outcome) = self.settle_selection(&mut intent, timing) {
-                found = Some(outcome);
-                break;
-            }
+        // A flexible request first gets what a strict one would: a fallback that meets
+        // the tier beats a downgrade of the requested model. Only when no model of the
+        // plan meets it is the plan tried again, flexibly, from a clean record (so the
+        // decision explains the pass that decided).
+        let relaxable = requirements.tier_mode == TierMode::Flexible
+            && plan
+                .attempts()
+                .iter()
+                .any(|a| a.constraints.min_tier > 0 && a.constraints.fallback_allowed);
+        if relaxable {
+            intent.requirements.tier_mode = TierMode::Strict;
+        }
+        let mut found = self.try_plan(&mut intent, plan, timing);
+        if found.is_none() && relaxable {
+            intent.requirements.tier_mode = TierMode::Flexible;
+            intent.scratch.clear_records();
+            found = self.try_plan(&mut intent, plan, timing);
         }
         let budget_status = intent.budget_status;
         let model = intent.model;
@@ -419,6 +431,23 @@ impl Pipeline {
             scratch: Some(scratch),
             queue_candidates,
         }
+    }
+
+    /// Tries each model of the plan in order, until one gives a route or a queue.
+    fn try_plan(
+        &self,
+        intent: &mut RoutingIntent<'_>,
+        plan: &RoutePlan,
+        timing: bool,
+    ) -> Option<Committed> {
+        for (attempt, plan_attempt) in plan.attempts().iter().enumerate() {
+            intent.reset_for(plan_attempt.model, plan_attempt.constraints, attempt);
+            self.run_stages(intent, timing);
+            if let Some(outcome) = self.settle_selection(intent, timing) {
+                return Some(outcome);
+            }
+        }
+        None
     }
 
     /// Every stage's `reconcile`, then every stage's `refine`, in pipeline order.

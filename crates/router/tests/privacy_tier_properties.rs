@@ -2,7 +2,8 @@
 //! random alias and fallback graphs and random requests:
 //! - a restricted request never reaches a cloud or zone-less backend, as a route or as
 //!   a queue's fallback;
-//! - strict tiers never route below the combined `min_tier`;
+//! - strict tiers never route below the combined `min_tier`, and flexible ones never
+//!   do either when a strict request would route;
 //! - the decision and the final candidates do not depend on the order of the privacy,
 //!   budget, tier and quality stages (with random month-to-date spend and random
 //!   failure histories, so that budget and quality exclude and weigh too).
@@ -333,6 +334,107 @@ proptest! {
                 }
             }
             RoutingDecision::Reject { .. } => {}
+        }
+
+        // Flexible never does worse than strict: when strict routes, flexible routes
+        // too, at or above the tier (a fallback that meets it beats a downgrade).
+        if case.flexible {
+            let mut strict_decision = forward.decide(&Request::new(&requested)
+                .input_tokens(case.input)
+                .needs(Features::from_bits(case.features))
+                .tier_mode(TierMode::Strict));
+            if let Some(guard) = strict_decision.take_guard() {
+                guard.cancel();
+            }
+            if let RoutingDecision::Route { model: strict_model, .. } = strict_decision.kind() {
+                let RoutingDecision::Route { backend, model, .. } = a.kind() else {
+                    return Err(TestCaseError::fail(format!(
+                        "strict routes ({}), flexible decided {}",
+                        fleet.model(*strict_model).name(),
+                        a.kind().kind()
+                    )));
+                };
+                let tier = fleet.model(*model).offer(*backend).unwrap().tier;
+                prop_assert!(
+                    tier >= constraints.min_tier,
+                    "flexible served tier {} < {} where strict routes",
+                    tier,
+                    constraints.min_tier
+                );
+                prop_assert!(a.warnings().iter().all(|w| !w.starts_with("served by tier")));
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2_000),
+        ..ProptestConfig::default()
+    })]
+
+    /// The case the broad property above rarely draws: `m0` and its fallbacks `m1`,
+    /// `m2` on backends of random tiers and health, a random `min_tier` on `m0`.
+    /// Whenever strict routes, flexible routes at or above the tier, without a
+    /// downgrade warning; and flexible rejects only what strict rejects too.
+    #[test]
+    fn flexible_never_routes_below_the_tier_when_strict_would_route(
+        // models served (bits over m0, m1, m2), tier, healthy
+        backends in prop::collection::vec((1u8..8, 0u8..5, prop::bool::weighted(0.8)), 1..6),
+        min_tier in 1u8..5,
+        seed in any::<u64>(),
+    ) {
+        let specs: Vec<BackendSpec> = backends
+            .iter()
+            .enumerate()
+            .map(|(i, &(models, tier, healthy))| {
+                let mut spec = BackendSpec::new(format!("b{i}"), "http://127.0.0.1:1")
+                    .with_zone(Zone::Local)
+                    .with_tier(tier)
+                    .with_status(if healthy { BackendStatus::Healthy } else { BackendStatus::Unhealthy });
+                for (bit, model) in MODELS[..3].iter().enumerate() {
+                    if models & (1 << bit) != 0 {
+                        spec = spec.with_model(ModelSpec::new(*model));
+                    }
+                }
+                spec
+            })
+            .collect();
+        let fleet = Arc::new(Fleet::new(specs).unwrap());
+        let policies = Arc::new(PolicySet::new(vec![TrafficPolicy::new("m0").min_tier(min_tier)]).unwrap());
+        let Ok(pipeline) = Pipeline::builder(Arc::clone(&fleet))
+            .policies(policies)
+            .fallback("m0", ["m1", "m2"])
+            .stage(RequestAnalyzer)
+            .stage(TierReconciler)
+            .stage(SchedulerReconciler::with_seed(seed))
+            .build()
+        else {
+            // m0 served by no backend: nothing to route.
+            return Ok(());
+        };
+        let decide = |mode| {
+            let mut decision = pipeline.decide(&Request::new("m0").tier_mode(mode));
+            if let Some(guard) = decision.take_guard() {
+                guard.cancel();
+            }
+            decision
+        };
+        let strict = decide(TierMode::Strict);
+        let flexible = decide(TierMode::Flexible);
+        match (strict.kind(), flexible.kind()) {
+            (RoutingDecision::Route { .. }, RoutingDecision::Route { backend, model, .. }) => {
+                let tier = fleet.model(*model).offer(*backend).unwrap().tier;
+                prop_assert!(tier >= min_tier, "flexible served tier {} < {} where strict routes", tier, min_tier);
+                prop_assert!(flexible.warnings().is_empty(), "{:?}", flexible.warnings());
+            }
+            (RoutingDecision::Route { .. }, other) => {
+                prop_assert!(false, "strict routes, flexible decided {}", other.kind());
+            }
+            (_, RoutingDecision::Reject { .. }) => {
+                prop_assert_eq!(strict.kind().kind(), "reject", "flexible rejects what strict does not");
+            }
+            _ => {}
         }
     }
 }

@@ -10,7 +10,10 @@
 //!     `X-Nexus-Flexible` header via [`TierMode::from_headers`](nexus_core::TierMode::from_headers)):
 //!     when no candidate meets it, keeps the highest tier that exists below it and adds
 //!     a warning ("served by tier 2, policy 'gpt-4*' (#0) asks for 3"); when some
-//!     candidates meet it, behaves as strict;
+//!     candidates meet it, behaves as strict. The pipeline first decides a flexible
+//!     request strictly over the whole plan (requested model, then fallbacks) and asks
+//!     this stage to be flexible only if that fails, so a fallback that meets the tier
+//!     is preferred to downgrading the requested model;
 //!   - `fallback_allowed = false` in any matched policy forces strict.
 //! - **Features.** A request that needs vision, tools or JSON mode excludes backends
 //!   whose model lacks them.
