@@ -1,12 +1,13 @@
 //! A Route decision through the default pipeline does not touch the heap once warm.
 //!
 //! A counting global allocator counts allocations made by this thread while a flag is
-//! set; the decisions, guard finishes and the drop of the decision run inside it.
+//! set; the decisions, guard finishes and the drop of the decision run inside it. The
+//! count is per thread too: the tests run in parallel, and one test's allocations (or
+//! its reset of the count) must not show up in another's.
 #![allow(clippy::unwrap_used)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use nexus_benches::{fleet_config, MODEL, REQUESTED};
@@ -15,19 +16,31 @@ use nexus_router::Router;
 
 struct Counting;
 
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
 thread_local! {
     static COUNTING: Cell<bool> = const { Cell::new(false) };
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Counts one allocation if this thread is counting.
+fn count() {
+    if COUNTING.with(Cell::get) {
+        ALLOCATIONS.with(|n| n.set(n.get() + 1));
+    }
+}
+
+fn reset() {
+    ALLOCATIONS.with(|n| n.set(0));
+}
+
+fn allocations() -> usize {
+    ALLOCATIONS.with(Cell::get)
 }
 
 // SAFETY: forwards every call to the system allocator unchanged; it only counts.
 #[allow(unsafe_code)]
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.with(Cell::get) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
+        count();
         // SAFETY: the caller upholds `alloc`'s contract, which we pass on.
         unsafe { System.alloc(layout) }
     }
@@ -36,9 +49,7 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNTING.with(Cell::get) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
+        count();
         // SAFETY: as above.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -65,13 +76,13 @@ fn allocations_per_route(backends: usize, model: &str) -> usize {
     for _ in 0..10 {
         run();
     }
-    ALLOCATIONS.store(0, Ordering::Relaxed);
+    reset();
     COUNTING.with(|c| c.set(true));
     for _ in 0..1000 {
         run();
     }
     COUNTING.with(|c| c.set(false));
-    ALLOCATIONS.load(Ordering::Relaxed)
+    allocations()
 }
 
 #[test]
@@ -100,7 +111,7 @@ fn recording_an_outcome_allocates_nothing() {
     use std::sync::Arc;
 
     let tracker = QualityTracker::new(100, QualitySettings::default(), Arc::new(SystemClock));
-    ALLOCATIONS.store(0, Ordering::Relaxed);
+    reset();
     COUNTING.with(|c| c.set(true));
     for i in 0..10_000u32 {
         tracker.record(
@@ -112,16 +123,16 @@ fn recording_an_outcome_allocates_nothing() {
         std::hint::black_box(tracker.weight_at(BackendId::new(i % 100), tracker.now_secs()));
     }
     COUNTING.with(|c| c.set(false));
-    assert_eq!(ALLOCATIONS.load(Ordering::Relaxed), 0);
+    assert_eq!(allocations(), 0);
 }
 
 #[test]
 fn the_counter_sees_allocations() {
     // Guards the test above against a counter that never counts.
-    ALLOCATIONS.store(0, Ordering::Relaxed);
+    reset();
     COUNTING.with(|c| c.set(true));
     let v: Vec<u64> = std::hint::black_box(Vec::with_capacity(10));
     COUNTING.with(|c| c.set(false));
     drop(v);
-    assert!(ALLOCATIONS.load(Ordering::Relaxed) >= 1);
+    assert!(allocations() >= 1);
 }
