@@ -362,23 +362,34 @@ impl Pipeline {
 
         // A queue with no ready backend of its own model: offer a ready backend of a
         // later fallback instead, found through the same stages (so it obeys the same
-        // constraints). The queued model's candidates are kept for the explanation.
+        // constraints) and committed like a route. The queued model's candidates are
+        // kept for the explanation.
         let mut queue_candidates = None;
-        let mut fallback_model = None;
         if let Some(Committed::Queue {
-            fallback_backend: fallback @ None,
+            fallback: offer @ None,
             ..
         }) = &mut found
         {
             if attempt + 1 < plan.attempts().len() {
                 queue_candidates = Some(scored(intent.scratch));
-                for (later, plan_attempt) in plan.attempts().iter().enumerate().skip(attempt + 1) {
+                'models: for (later, plan_attempt) in
+                    plan.attempts().iter().enumerate().skip(attempt + 1)
+                {
                     intent.reset_for(plan_attempt.model, plan_attempt.constraints, later);
                     self.run_stages(&mut intent, timing);
-                    if let Some(ready) = ready_choice(&intent) {
-                        *fallback = Some(ready);
-                        fallback_model = Some(plan_attempt.model);
-                        break;
+                    // Each veto removes a candidate, so this ends.
+                    while let Some(ready) = ready_choice(&intent) {
+                        match self.commit(&intent, ready) {
+                            Ok(ticket) => {
+                                *offer = Some(ticket);
+                                break 'models;
+                            }
+                            Err((stage, reason)) => {
+                                intent.stage = stage;
+                                intent.exclude(ready, reason);
+                                self.select_again(&mut intent, timing);
+                            }
+                        }
                     }
                 }
             }
@@ -403,17 +414,21 @@ impl Pipeline {
                 backend,
                 cause,
                 estimated_wait_ms,
-                fallback_backend,
+                fallback,
             }) => (
                 RoutingDecision::Queue {
                     backend,
                     model,
                     reason: QueueReason { cause, candidates },
                     estimated_wait_ms,
-                    fallback_model: fallback_backend.map(|_| fallback_model.unwrap_or(model)),
-                    fallback_backend,
+                    fallback_backend: fallback.map(|t| t.backend),
+                    fallback_model: fallback.map(|t| t.model),
                 },
-                None,
+                fallback.map(|ticket| RouteGuard {
+                    pipeline: self,
+                    ticket,
+                    settled: false,
+                }),
                 Some(model),
             ),
             None => (self.reject(plan, &requirements, &scratch), None, None),
@@ -574,12 +589,27 @@ impl Pipeline {
                         self.select_again(intent, timing);
                         continue;
                     }
-                    let fallback_backend = fallback_backend.filter(|b| intent.is_candidate(*b));
+                    // The ready alternative is committed like a route (the budget
+                    // reserves its cost, it counts in flight), so that offers made to
+                    // queued requests cannot together pass a limit. A veto excludes it
+                    // and the selecting stage picks again.
+                    let fallback = match fallback_backend.filter(|b| intent.is_candidate(*b)) {
+                        None => None,
+                        Some(ready) => match self.commit(intent, ready) {
+                            Ok(ticket) => Some(ticket),
+                            Err((stage, reason)) => {
+                                intent.stage = stage;
+                                intent.exclude(ready, reason);
+                                self.select_again(intent, timing);
+                                continue;
+                            }
+                        },
+                    };
                     return Some(Committed::Queue {
                         backend,
                         cause,
                         estimated_wait_ms,
-                        fallback_backend,
+                        fallback,
                     });
                 }
             }
@@ -883,7 +913,8 @@ enum Committed {
         backend: BackendId,
         cause: QueueCause,
         estimated_wait_ms: u64,
-        fallback_backend: Option<BackendId>,
+        /// The committed ready alternative, if any.
+        fallback: Option<RouteTicket>,
     },
 }
 
@@ -982,7 +1013,9 @@ pub enum RoutingDecision {
         /// Estimated wait.
         estimated_wait_ms: u64,
         /// A ready backend to use instead of waiting, if any: of the same model, else of
-        /// a fallback model.
+        /// a fallback model. It is committed like a Route (every stage accepted it, the
+        /// budget reserved its cost, it counts in flight), and the [`Decision`] holds
+        /// its guard: see [`Decision::take_guard`].
         fallback_backend: Option<BackendId>,
         /// The model `fallback_backend` would serve.
         fallback_model: Option<ModelId>,
@@ -1009,11 +1042,14 @@ impl RoutingDecision {
     }
 }
 
-/// A decision, with what is needed to explain it and, for a Route, the [`RouteGuard`].
+/// A decision, with what is needed to explain it and the [`RouteGuard`] of the backend
+/// it committed: a Route's backend, or a Queue's `fallback_backend`.
 ///
 /// Dropping the decision gives its buffers back to the pipeline's pool. Dropping it
-/// while it still holds the guard counts the route as failed; take the guard with
-/// [`take_guard`](Self::take_guard) to keep the route.
+/// while it still holds a Route's guard counts the route as failed; dropping it while it
+/// holds a Queue's unused fallback guard withdraws the offer (as
+/// [`RouteGuard::cancel`]: the reservation is released, no outcome is recorded). Take
+/// the guard with [`take_guard`](Self::take_guard) to keep it.
 #[derive(Debug)]
 pub struct Decision<'p> {
     pipeline: &'p Pipeline,
@@ -1148,7 +1184,18 @@ impl<'p> Decision<'p> {
         list
     }
 
-    /// Takes the guard of a Route, to finish it with the request's outcome.
+    /// Takes the guard the decision holds, once:
+    /// - for a Route, the route's: send the request to [`RouteGuard::backend`] and
+    ///   finish the guard with the outcome;
+    /// - for a Queue that offers a `fallback_backend`, the offer's (its backend is the
+    ///   fallback, its ticket names the model it serves): finish it if the fallback
+    ///   serves the request, or [`cancel`](RouteGuard::cancel) it to wait instead,
+    ///   which releases what was reserved and records nothing. Until then the offer
+    ///   holds its budget reservation and an in-flight slot, so that offers made to many
+    ///   queued requests cannot together pass a limit;
+    /// - otherwise `None`.
+    ///
+    /// A caller that only reports the decision (a dry run) cancels whatever it gets.
     pub fn take_guard(&mut self) -> Option<RouteGuard<'p>> {
         self.guard.take()
     }
@@ -1161,6 +1208,12 @@ impl<'p> Decision<'p> {
 
 impl Drop for Decision<'_> {
     fn drop(&mut self) {
+        // An offer nobody took was never used: withdraw it rather than count a failure.
+        if matches!(self.kind, RoutingDecision::Queue { .. }) {
+            if let Some(offer) = self.guard.take() {
+                offer.cancel();
+            }
+        }
         if let Some(scratch) = self.scratch.take() {
             return_scratch(scratch);
         }
