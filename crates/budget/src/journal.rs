@@ -5,16 +5,25 @@
 //! Both run on a small runtime of their own, on one background thread, so that a
 //! router built from a config file needs no wiring; the loop can also be spawned on an
 //! application's own tokio runtime. Neither is ever waited on by a decision.
+//!
+//! Shutdown is bounded: dropping the owner closes the journal, waits up to its flush
+//! deadline for the queue to reach the store, then tells the writer to give up (it logs
+//! what was left unpersisted) and waits a moment more for the thread to end. A thread
+//! stuck inside the store (a hung file system) is left behind rather than waited on.
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::{usd_to_nanos, Month, SpendLedger, SpendStore, StoreError};
+use crate::{
+    nanos_to_usd, usd_to_nanos, Month, SpendLedger, SpendStore, StoreError, StoreErrorKind,
+};
 
 /// A source of spend the router did not settle itself, e.g. a provider's billing API.
 #[async_trait]
@@ -34,28 +43,105 @@ struct Entry {
     nanos: u64,
 }
 
+/// What the writer has done, shared by the journal, the writer and the thread.
 #[derive(Debug, Default)]
 struct Progress {
+    /// Every entry up to this sequence number is durable.
     durable: u64,
+    /// The last write error, while writes fail.
+    error: Option<String>,
+    /// The background thread has ended (and dropped everything it held).
+    thread_done: bool,
 }
 
+/// The state behind a [`Journal`] that its background writer updates.
+#[derive(Debug)]
+struct Shared {
+    progress: Mutex<Progress>,
+    changed: Condvar,
+    /// Nano-dollars recorded and not yet durable.
+    pending_nanos: AtomicU64,
+    /// How long dropping the journal's owner waits for the queue to be written, in ms.
+    flush_deadline_ms: AtomicU64,
+}
+
+impl Shared {
+    fn update(&self, change: impl FnOnce(&mut Progress)) {
+        change(&mut lock(&self.progress));
+        self.changed.notify_all();
+    }
+
+    /// Waits until `done` holds or `timeout` passes; whether it holds.
+    fn wait_for(&self, timeout: Duration, done: impl Fn(&Progress) -> bool) -> bool {
+        let guard = lock(&self.progress);
+        let (guard, _) = self
+            .changed
+            .wait_timeout_while(guard, timeout, |p| !done(p))
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        done(&guard)
+    }
+}
+
+/// How far the [`Journal`] is behind: settled spend recorded but not yet durable. A
+/// gateway reports it (a health endpoint, a metric); it only grows while the store
+/// refuses writes, e.g. on a full disk.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct JournalLag {
+    /// Settlements recorded and not yet durable.
+    pub entries: u64,
+    /// Their amount in nano-dollars.
+    pub nanos: u64,
+    /// The last write error, while writes are failing; `None` when the store takes them.
+    pub error: Option<String>,
+}
+
+impl JournalLag {
+    /// The amount not yet durable, in USD.
+    pub fn usd(&self) -> f64 {
+        nanos_to_usd(self.nanos)
+    }
+
+    /// Whether anything is waiting to be written.
+    pub fn is_behind(&self) -> bool {
+        self.entries > 0
+    }
+}
+
+/// How long a journal's owner waits, when dropped, for the queue to be written.
+pub const DEFAULT_FLUSH_DEADLINE: Duration = Duration::from_secs(10);
+
 /// Writes settled spend to a [`SpendStore`] in the background, in batches; see
-/// [`Journal::wait_durable`] for acknowledgements.
+/// [`Journal::wait_durable`] for acknowledgements and [`Journal::lag`] for what is not
+/// durable yet.
+///
+/// A write that fails (a full disk) keeps its entries queued, with everything recorded
+/// after them, and is retried with backoff; the failure is logged at error level with
+/// the amount at stake, and the store reopens itself so that writes succeed once the
+/// cause is gone. Dropping the stage that owns the journal waits up to
+/// [`flush_deadline`](Self::set_flush_deadline) for the queue, then gives up, logs what
+/// was left unpersisted, and returns.
 #[derive(Debug)]
 pub struct Journal {
     sender: Mutex<(u64, Option<mpsc::UnboundedSender<Entry>>)>,
-    progress: Arc<(Mutex<Progress>, Condvar)>,
+    shared: Arc<Shared>,
+    location: String,
 }
 
 impl Journal {
-    fn new(sender: mpsc::UnboundedSender<Entry>) -> (Self, Arc<(Mutex<Progress>, Condvar)>) {
-        let progress = Arc::new((Mutex::new(Progress::default()), Condvar::new()));
+    fn new(sender: mpsc::UnboundedSender<Entry>, location: String) -> (Self, Arc<Shared>) {
+        let shared = Arc::new(Shared {
+            progress: Mutex::new(Progress::default()),
+            changed: Condvar::new(),
+            pending_nanos: AtomicU64::new(0),
+            flush_deadline_ms: AtomicU64::new(millis(DEFAULT_FLUSH_DEADLINE)),
+        });
         (
             Self {
                 sender: Mutex::new((0, Some(sender))),
-                progress: Arc::clone(&progress),
+                shared: Arc::clone(&shared),
+                location,
             },
-            progress,
+            shared,
         )
     }
 
@@ -64,9 +150,16 @@ impl Journal {
         let mut sender = lock(&self.sender);
         sender.0 += 1;
         let seq = sender.0;
-        if let Some(tx) = &sender.1 {
-            if tx.send(Entry { seq, month, nanos }).is_err() {
-                tracing::error!(%month, nanos, "budget journal stopped; settled spend not persisted");
+        match &sender.1 {
+            Some(tx) => {
+                self.shared.pending_nanos.fetch_add(nanos, Ordering::AcqRel);
+                if tx.send(Entry { seq, month, nanos }).is_err() {
+                    self.shared.pending_nanos.fetch_sub(nanos, Ordering::AcqRel);
+                    tracing::error!(store = %self.location, %month, usd = nanos_to_usd(nanos), "budget journal stopped; settled spend not persisted");
+                }
+            }
+            None => {
+                tracing::error!(store = %self.location, %month, usd = nanos_to_usd(nanos), "budget journal closed; settled spend not persisted");
             }
         }
         seq
@@ -79,22 +172,49 @@ impl Journal {
 
     /// The highest sequence number whose spend is durable.
     pub fn durable(&self) -> u64 {
-        lock(&self.progress.0).durable
+        lock(&self.shared.progress).durable
     }
 
     /// Waits until entry `seq` (and every one before it) is durable; `false` on timeout.
     pub fn wait_durable(&self, seq: u64, timeout: Duration) -> bool {
-        let (progress, changed) = &*self.progress;
-        let guard = lock(progress);
-        let (guard, _) = changed
-            .wait_timeout_while(guard, timeout, |p| p.durable < seq)
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        guard.durable >= seq
+        self.shared.wait_for(timeout, |p| p.durable >= seq)
+    }
+
+    /// What is recorded but not yet durable, and why when writes are failing.
+    pub fn lag(&self) -> JournalLag {
+        let last = self.last_queued();
+        let progress = lock(&self.shared.progress);
+        JournalLag {
+            entries: last.saturating_sub(progress.durable),
+            nanos: self.shared.pending_nanos.load(Ordering::Acquire),
+            error: progress.error.clone(),
+        }
+    }
+
+    /// The store it writes to.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// Sets how long dropping the journal's owner waits for queued spend to be written
+    /// before giving up (default [`DEFAULT_FLUSH_DEADLINE`]).
+    pub fn set_flush_deadline(&self, deadline: Duration) {
+        self.shared
+            .flush_deadline_ms
+            .store(millis(deadline), Ordering::Release);
+    }
+
+    fn flush_deadline(&self) -> Duration {
+        Duration::from_millis(self.shared.flush_deadline_ms.load(Ordering::Acquire))
     }
 
     fn close(&self) {
         lock(&self.sender).1 = None;
     }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -103,44 +223,106 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// How often a journal whose writes keep failing says so again at error level.
+const REPEAT_FAILURE_LOG: Duration = Duration::from_secs(60);
+
 /// Drains the journal's channel into the store: everything queued is summed per month
-/// and added in one transaction, retried until it succeeds.
+/// and written, month by month; a month whose write fails stays queued (with what
+/// arrives meanwhile) and is retried with backoff until it succeeds or `give_up`.
 async fn write_entries(
     mut receiver: mpsc::UnboundedReceiver<Entry>,
     store: Arc<dyn SpendStore>,
-    progress: Arc<(Mutex<Progress>, Condvar)>,
+    shared: Arc<Shared>,
+    give_up: CancellationToken,
 ) {
-    let mut batch: Vec<Entry> = Vec::new();
-    while let Some(first) = receiver.recv().await {
-        batch.push(first);
-        while let Ok(entry) = receiver.try_recv() {
-            batch.push(entry);
-        }
-        let mut per_month: Vec<(Month, u64)> = Vec::new();
-        for entry in &batch {
-            match per_month.iter_mut().find(|(m, _)| *m == entry.month) {
-                Some((_, sum)) => *sum += entry.nanos,
-                None => per_month.push((entry.month, entry.nanos)),
+    let location = store.location();
+    let mut pending: BTreeMap<Month, u64> = BTreeMap::new();
+    let mut last_seq = 0u64;
+    let mut open = true;
+    let mut delay = Duration::from_millis(10);
+    let mut failing_since: Option<(Instant, Instant)> = None;
+    loop {
+        if pending.is_empty() {
+            if !open {
+                break;
+            }
+            match receiver.recv().await {
+                Some(entry) => {
+                    *pending.entry(entry.month).or_default() += entry.nanos;
+                    last_seq = entry.seq;
+                }
+                None => break,
             }
         }
-        for (month, nanos) in per_month {
-            let mut delay = Duration::from_millis(10);
-            while let Err(error) = store.add(month, nanos).await {
-                tracing::warn!(%error, %month, "writing settled spend failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+        loop {
+            match receiver.try_recv() {
+                Ok(entry) => {
+                    *pending.entry(entry.month).or_default() += entry.nanos;
+                    last_seq = entry.seq;
+                }
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
+                }
             }
         }
-        let last = batch.iter().map(|e| e.seq).max().unwrap_or(0);
-        batch.clear();
-        let (state, changed) = &*progress;
-        lock(state).durable = last;
-        changed.notify_all();
+        let mut failure = None;
+        while let Some((&month, &nanos)) = pending.first_key_value() {
+            match store.add(month, nanos).await {
+                Ok(()) => {
+                    pending.remove(&month);
+                    shared.pending_nanos.fetch_sub(nanos, Ordering::AcqRel);
+                }
+                Err(error) => {
+                    failure = Some(error);
+                    break;
+                }
+            }
+        }
+        let Some(error) = failure else {
+            if let Some((since, _)) = failing_since.take() {
+                tracing::warn!(store = %location, after = ?since.elapsed(), "the spend store takes writes again; queued settled spend is durable");
+            }
+            delay = Duration::from_millis(10);
+            shared.update(|p| {
+                p.durable = last_seq;
+                p.error = None;
+            });
+            continue;
+        };
+        let behind = last_seq.saturating_sub(lock(&shared.progress).durable);
+        let usd = nanos_to_usd(shared.pending_nanos.load(Ordering::Acquire));
+        let now = Instant::now();
+        match &mut failing_since {
+            None => {
+                failing_since = Some((now, now));
+                tracing::error!(store = %location, %error, settlements = behind, usd, "settled spend is NOT durable: writing to the spend store failed; it stays queued in memory and is retried, but is lost if the process ends before the store takes it");
+            }
+            Some((since, reported)) if now.duration_since(*reported) >= REPEAT_FAILURE_LOG => {
+                *reported = now;
+                tracing::error!(store = %location, %error, settlements = behind, usd, failing_for = ?since.elapsed(), "settled spend is still NOT durable: the spend store keeps refusing writes");
+            }
+            Some(_) => {
+                tracing::debug!(store = %location, %error, "writing settled spend failed again; retrying");
+            }
+        }
+        shared.update(|p| p.error = Some(error.to_string()));
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = give_up.cancelled() => break,
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+    if !pending.is_empty() {
+        let behind = last_seq.saturating_sub(lock(&shared.progress).durable);
+        let usd = nanos_to_usd(shared.pending_nanos.load(Ordering::Acquire));
+        tracing::error!(store = %location, settlements = behind, usd, "the budget journal stopped before the spend store took everything: this settled spend is lost, and the store undercounts the month by that much");
     }
 }
 
-/// Folds the store's settled spend (which includes other replicas' spend when they
-/// share it) and external sources into the ledger, every `interval`.
+/// Folds the store's settled spend (which includes what other routers sharing it
+/// settled) and external sources into the ledger, every `interval`.
 #[derive(Debug, Clone)]
 pub struct ReconciliationLoop {
     ledger: Arc<SpendLedger>,
@@ -208,13 +390,31 @@ impl ReconciliationLoop {
     }
 }
 
+/// How long a background thread that was told to give up gets to end before it is left
+/// behind: it only has to finish the store call it is in.
+const GIVE_UP_GRACE: Duration = Duration::from_secs(2);
+
 /// The journal and the reconciliation loop on their own background thread; stopped
-/// (after writing everything queued) when dropped.
+/// when dropped, within the journal's flush deadline (see the module docs).
 #[derive(Debug)]
 pub(crate) struct Background {
     pub(crate) journal: Journal,
+    shared: Arc<Shared>,
+    /// Stops the reconciliation loop.
     cancel: CancellationToken,
+    /// Tells the writer to stop retrying.
+    give_up: CancellationToken,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Marks the background thread done when dropped: after its runtime, and with it every
+/// task and the store they held, is gone; also if the thread panics.
+struct ThreadDone(Arc<Shared>);
+
+impl Drop for ThreadDone {
+    fn drop(&mut self) {
+        self.0.update(|p| p.thread_done = true);
+    }
 }
 
 impl Background {
@@ -226,20 +426,21 @@ impl Background {
         sources: Vec<Arc<dyn SpendSource>>,
         interval: Option<Duration>,
     ) -> Result<Self, StoreError> {
+        let failed = |what: &str, e: std::io::Error| {
+            StoreError::new(StoreErrorKind::Other, what, e.to_string())
+        };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
-            .map_err(|e| StoreError {
-                location: "budget background runtime".to_owned(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| failed("budget background runtime", e))?;
         let month = ledger.month();
         let settled = runtime.block_on(store.month_total(month))?;
         ledger.fold_settled(settled);
 
         let (sender, receiver) = mpsc::unbounded_channel();
-        let (journal, progress) = Journal::new(sender);
+        let (journal, shared) = Journal::new(sender, store.location());
         let cancel = CancellationToken::new();
+        let give_up = CancellationToken::new();
         let reconciliation = interval.map(|interval| {
             ReconciliationLoop::new(
                 Arc::clone(ledger),
@@ -249,27 +450,32 @@ impl Background {
             )
         });
         let stop = cancel.clone();
+        let writer = write_entries(receiver, store, Arc::clone(&shared), give_up.clone());
+        let done = ThreadDone(Arc::clone(&shared));
         let thread = std::thread::Builder::new()
             .name("nexus-budget".to_owned())
             .spawn(move || {
+                let _done = done;
                 runtime.block_on(async move {
-                    let writer = tokio::spawn(write_entries(receiver, store, progress));
+                    let writer = tokio::spawn(writer);
                     if let Some(reconciliation) = reconciliation {
                         tokio::spawn(reconciliation.run(stop.clone()));
                     }
                     // The writer ends when the journal closes its sender and the
-                    // channel is drained.
+                    // channel is drained, or when told to give up.
                     let _ = writer.await;
                     stop.cancel();
                 });
+                // Dropping the runtime drops the loop's task and the store it holds,
+                // before `_done` says the thread is done.
+                drop(runtime);
             })
-            .map_err(|e| StoreError {
-                location: "budget background thread".to_owned(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| failed("budget background thread", e))?;
         Ok(Self {
             journal,
+            shared,
             cancel,
+            give_up,
             thread: Some(thread),
         })
     }
@@ -278,9 +484,31 @@ impl Background {
 impl Drop for Background {
     fn drop(&mut self) {
         self.journal.close();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
         self.cancel.cancel();
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        let deadline = self.journal.flush_deadline();
+        let mut done = self.shared.wait_for(deadline, |p| p.thread_done);
+        if !done {
+            let lag = self.journal.lag();
+            tracing::error!(
+                store = %self.journal.location,
+                settlements = lag.entries,
+                usd = lag.usd(),
+                error = lag.error.as_deref().unwrap_or("none"),
+                "the spend store did not take the queued settled spend within the {deadline:?} flush deadline; giving up on it"
+            );
+            self.give_up.cancel();
+            done = self.shared.wait_for(GIVE_UP_GRACE, |p| p.thread_done);
+        }
+        if done {
+            let _ = thread.join();
+        } else {
+            tracing::error!(
+                store = %self.journal.location,
+                "the budget background thread is stuck in a call to the spend store; leaving it behind"
+            );
+        }
     }
 }

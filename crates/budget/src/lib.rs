@@ -16,8 +16,12 @@
 //!    the actual token usage, and the amount is queued to the [`Journal`], which writes
 //!    it to the store in batches. Dropping the guard releases the reservation.
 //! 4. Every `reconciliation_interval_secs` the loop reads the store (spend settled by
-//!    other replicas that share it) and the [`SpendSource`]s (e.g. a provider's billing
-//!    API) into the ledger.
+//!    other routers of the process that share it) and the [`SpendSource`]s (e.g. a
+//!    provider's billing API) into the ledger.
+//!
+//! A store file has one writing process; dry runs read it beside that process, and a
+//! write that fails (a full disk) stays queued until the store takes it: see
+//! [`RedbStore`] and [`Journal`].
 //!
 //! The month is the UTC calendar month of the [`Clock`](nexus_core::Clock); at rollover
 //! spend starts from zero, requests in flight keep their reservations, and the closed
@@ -31,11 +35,11 @@ mod month;
 mod reconciler;
 mod store;
 
-pub use journal::{Journal, ReconciliationLoop, SpendSource};
+pub use journal::{Journal, JournalLag, ReconciliationLoop, SpendSource, DEFAULT_FLUSH_DEADLINE};
 pub use ledger::{nanos_to_usd, usd_to_nanos, SpendLedger, SpendSnapshot, NANOS_PER_USD};
 pub use month::Month;
 pub use reconciler::{
     BudgetReconciler, BudgetSettings, HardLimitAction, COST_CAP, HARD_LIMIT_ALL, HARD_LIMIT_CLOUD,
     HARD_LIMIT_WARNING, OVER_LIMIT,
 };
-pub use store::{MemoryStore, RedbStore, SpendStore, StoreError};
+pub use store::{MemoryStore, RedbStore, SpendStore, StoreError, StoreErrorKind, StoreStatus};

@@ -80,7 +80,8 @@ pub struct BudgetSettings {
     /// Default 0.5: a cloud backend needs twice a local one's score to win.
     #[serde(default = "default_cloud_weight")]
     pub soft_limit_cloud_weight: f64,
-    /// The durable store's file; in memory when absent.
+    /// The durable store's file, relative to the config file's folder; in memory when
+    /// absent.
     #[serde(default)]
     pub store: Option<PathBuf>,
     /// Seconds between reconciliation passes. Default 60.
@@ -158,6 +159,7 @@ pub struct BudgetReconciler {
     ledger: Arc<SpendLedger>,
     cloud: BackendSet,
     background: Option<Background>,
+    store_status: Option<crate::StoreStatus>,
 }
 
 impl BudgetReconciler {
@@ -182,6 +184,7 @@ impl BudgetReconciler {
             ledger: Arc::new(SpendLedger::new(clock)),
             cloud,
             background: None,
+            store_status: None,
         })
     }
 
@@ -218,16 +221,13 @@ impl BudgetReconciler {
             .clone()
             .try_into()
             .map_err(|e: toml::de::Error| invalid(e.message().to_owned()))?;
-        let store = settings.store.clone();
+        let store = settings.store.as_deref().map(|p| ctx.resolve_path(p));
         let stage =
             Self::new(Arc::clone(ctx.fleet), settings, Arc::clone(ctx.clock)).map_err(invalid)?;
         let stage = match store {
-            Some(path) => {
-                let store = crate::RedbStore::open(&path).map_err(|e| invalid(e.to_string()))?;
-                stage
-                    .with_store(Arc::new(store), Vec::new())
-                    .map_err(|e| invalid(e.to_string()))?
-            }
+            Some(path) => stage
+                .attach_store_file(&path, ctx.dry_run)
+                .map_err(|e| invalid(format!("`store`: {e}")))?,
             None => stage,
         };
         Ok(Box::new(stage))
@@ -236,6 +236,35 @@ impl BudgetReconciler {
     /// The ledger decisions read.
     pub fn ledger(&self) -> &Arc<SpendLedger> {
         &self.ledger
+    }
+
+    /// Persists settled spend in the [`RedbStore`](crate::RedbStore) file at `path`; in a
+    /// dry run, only reads the month's spend from it (see
+    /// [`read_for_dry_run`](crate::store::read_for_dry_run)).
+    fn attach_store_file(
+        mut self,
+        path: &std::path::Path,
+        dry_run: bool,
+    ) -> Result<Self, StoreError> {
+        if dry_run {
+            let (status, settled) = crate::store::read_for_dry_run(path, self.ledger.month())?;
+            self.ledger.fold_settled(settled);
+            self.store_status = Some(status);
+            return Ok(self);
+        }
+        let store = crate::RedbStore::open(path)?;
+        let status = crate::StoreStatus::Durable {
+            path: store.path().to_owned(),
+        };
+        let mut stage = self.with_store(Arc::new(store), Vec::new())?;
+        stage.store_status = Some(status);
+        Ok(stage)
+    }
+
+    /// Where settled spend is kept and, after a dry run, whether it could be read; `None`
+    /// without a `store` file.
+    pub fn store_status(&self) -> Option<&crate::StoreStatus> {
+        self.store_status.as_ref()
     }
 
     /// The journal that persists settled spend, when a store is configured.

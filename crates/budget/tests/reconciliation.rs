@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use nexus_budget::{
     usd_to_nanos, MemoryStore, Month, ReconciliationLoop, SpendLedger, SpendSource, SpendStore,
-    StoreError,
+    StoreError, StoreErrorKind,
 };
 use nexus_core::FakeClock;
 use tokio_util::sync::CancellationToken;
@@ -29,10 +29,11 @@ impl SpendSource for Billing {
 
     async fn month_to_date_usd(&self, _month: Month) -> Result<f64, StoreError> {
         if self.failing.load(Ordering::SeqCst) {
-            return Err(StoreError {
-                location: "billing".to_owned(),
-                message: "503 from the provider".to_owned(),
-            });
+            return Err(StoreError::new(
+                StoreErrorKind::Io,
+                "billing",
+                "503 from the provider",
+            ));
         }
         Ok(self.usd_cents.load(Ordering::SeqCst) as f64 / 100.0)
     }

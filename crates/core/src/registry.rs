@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
@@ -26,6 +27,14 @@ pub struct BuildContext<'a> {
     pub settings: Option<&'a toml::Value>,
     /// The clock stages must use for time.
     pub clock: &'a Arc<dyn Clock>,
+    /// The folder of the config file, which relative paths in settings are relative to
+    /// ([`resolve_path`](Self::resolve_path)); `None` for config that came from no file,
+    /// whose relative paths resolve against the working directory.
+    pub config_dir: Option<&'a Path>,
+    /// A dry run (`nexus check`, `nexus route`): the pipeline is built to be looked at
+    /// or to decide once, never to serve. A stage must then open what it persists
+    /// read-only, create nothing, lock nothing out, and start no background work.
+    pub dry_run: bool,
 }
 
 impl fmt::Debug for BuildContext<'_> {
@@ -34,11 +43,42 @@ impl fmt::Debug for BuildContext<'_> {
             .field("kind", &self.kind)
             .field("backends", &self.fleet.len())
             .field("settings", &self.settings)
+            .field("config_dir", &self.config_dir)
+            .field("dry_run", &self.dry_run)
             .finish_non_exhaustive()
     }
 }
 
 impl BuildContext<'_> {
+    /// `path` as a setting means it: relative to the config file's folder when there is
+    /// one, so that the same config names the same file from any working directory.
+    ///
+    /// ```
+    /// # use std::path::Path;
+    /// # use std::sync::Arc;
+    /// # use nexus_core::{BuildContext, Clock, Fleet, PolicySet, SystemClock};
+    /// # let fleet = Arc::new(Fleet::new(Vec::new()).unwrap());
+    /// # let policies = Arc::new(PolicySet::new(Vec::new()).unwrap());
+    /// # let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    /// let ctx = BuildContext {
+    ///     kind: "budget",
+    ///     fleet: &fleet,
+    ///     policies: &policies,
+    ///     settings: None,
+    ///     clock: &clock,
+    ///     config_dir: Some(Path::new("/etc/nexus")),
+    ///     dry_run: false,
+    /// };
+    /// assert_eq!(ctx.resolve_path(Path::new("spend.redb")), Path::new("/etc/nexus/spend.redb"));
+    /// assert_eq!(ctx.resolve_path(Path::new("/var/lib/spend.redb")), Path::new("/var/lib/spend.redb"));
+    /// ```
+    pub fn resolve_path(&self, path: &Path) -> PathBuf {
+        match self.config_dir {
+            Some(dir) if path.is_relative() => dir.join(path),
+            _ => path.to_owned(),
+        }
+    }
+
     /// The settings deserialized into `T`, or `T::default()` when the section is absent.
     pub fn settings<T: DeserializeOwned + Default>(&self) -> Result<T, BuildError> {
         match self.settings {

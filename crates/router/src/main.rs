@@ -93,11 +93,18 @@ fn parse_usd(text: &str) -> Result<f64, String> {
     }
 }
 
+/// Loads the config for a dry run: stores are read, never created or locked, so that
+/// `check` and `route` work beside a running router.
 fn load(config: &ConfigArg) -> Result<Router, ConfigError> {
-    match &config.config {
-        Some(path) => Router::from_file(path),
-        None => Router::example(),
+    let builder = Router::builder().dry_run(true);
+    let router = match &config.config {
+        Some(path) => builder.load_file(path),
+        None => builder.load_example(),
+    }?;
+    if let Some(warning) = store_warning(&router) {
+        eprintln!("warning: {warning}");
     }
+    Ok(router)
 }
 
 fn config_name(config: &ConfigArg) -> String {
@@ -205,10 +212,9 @@ fn print_budget(router: &Router) {
         return;
     };
     let settings = budget.settings();
-    let store = settings.store.as_ref().map_or_else(
-        || "in memory".to_owned(),
-        |p| format!("kept in {}", p.display()),
-    );
+    let store = budget
+        .store_status()
+        .map_or_else(|| "in memory".to_owned(), ToString::to_string);
     let snapshot = budget.ledger().snapshot();
     println!(
         "  budget: ${} a month, soft limit at {}%, {} at the limit; {} spent in {} ({store})",
@@ -223,6 +229,22 @@ fn print_budget(router: &Router) {
 /// Without the budget feature there is nothing to print.
 #[cfg(not(feature = "budget"))]
 fn print_budget(_router: &Router) {}
+
+/// Why the budget's spend so far could not be read, if it could not.
+#[cfg(feature = "budget")]
+fn store_warning(router: &Router) -> Option<String> {
+    router
+        .pipeline()
+        .stage_of::<nexus_router::budget::BudgetReconciler>()?
+        .store_status()?
+        .warning()
+}
+
+/// Without the budget feature there is no store.
+#[cfg(not(feature = "budget"))]
+fn store_warning(_router: &Router) -> Option<String> {
+    None
+}
 
 fn route(args: &RouteArgs) -> ExitCode {
     let router = match load(&args.config) {

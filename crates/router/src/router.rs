@@ -1,7 +1,7 @@
 //! [`Router`]: a [`Pipeline`] built from configuration, and the [`RouterBuilder`] that
 //! registers third-party stages before loading it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use nexus_core::{
@@ -89,6 +89,7 @@ impl WithBuiltins for Registry {
 pub struct RouterBuilder {
     registry: Registry,
     clock: Arc<dyn Clock>,
+    dry_run: bool,
 }
 
 impl Default for RouterBuilder {
@@ -103,7 +104,18 @@ impl RouterBuilder {
         Self {
             registry: Registry::with_builtins(),
             clock: Arc::new(SystemClock),
+            dry_run: false,
         }
+    }
+
+    /// Builds a router to look at or to decide with once, never to serve (what `nexus
+    /// check` and `nexus route` do): stages read what they persist without creating,
+    /// changing or locking it (the budget reads its store read-only, so a running
+    /// router keeps it), and start no background work. See
+    /// [`BuildContext::dry_run`](nexus_core::BuildContext::dry_run).
+    pub fn dry_run(mut self, dry_run: bool) -> Self {
+        self.dry_run = dry_run;
+        self
     }
 
     /// Registers a stage kind that config can then name in `[routing] pipeline`, with
@@ -128,7 +140,8 @@ impl RouterBuilder {
         &self.registry
     }
 
-    /// Loads the config file at `path`.
+    /// Loads the config file at `path`. Relative paths in it (the budget's `store`)
+    /// are relative to the file's folder.
     pub fn load_file(&self, path: impl AsRef<Path>) -> Result<Router, ConfigError> {
         let path = path.as_ref();
         let name = path.display().to_string();
@@ -138,7 +151,15 @@ impl RouterBuilder {
             message: format!("cannot read the config file: {e}"),
             help: Some("check the path given to --config".to_owned()),
         })?;
-        self.load_str(&name, &text)
+        // Absolute, so that a later change of working directory changes nothing.
+        let dir: Option<PathBuf> = path
+            .canonicalize()
+            .or_else(|_| std::path::absolute(path))
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf));
+        let source = Source::new(&name, &text);
+        let config = source.parse()?;
+        self.build(&source, config, dir.as_deref())
     }
 
     /// Loads the built-in example config.
@@ -146,14 +167,20 @@ impl RouterBuilder {
         self.load_str(EXAMPLE_CONFIG_NAME, EXAMPLE_CONFIG)
     }
 
-    /// Loads config text; `name` is used in error messages.
+    /// Loads config text; `name` is used in error messages. The text has no folder:
+    /// relative paths in it resolve against the working directory.
     pub fn load_str(&self, name: &str, text: &str) -> Result<Router, ConfigError> {
         let source = Source::new(name, text);
         let config = source.parse()?;
-        self.build(&source, config)
+        self.build(&source, config, None)
     }
 
-    fn build(&self, source: &Source<'_>, config: Config) -> Result<Router, ConfigError> {
+    fn build(
+        &self,
+        source: &Source<'_>,
+        config: Config,
+        config_dir: Option<&Path>,
+    ) -> Result<Router, ConfigError> {
         let mut warnings = Vec::new();
         let routing = config.routing;
 
@@ -300,6 +327,8 @@ impl RouterBuilder {
                 policies: &policies,
                 settings: routing.stages.get(kind),
                 clock: &self.clock,
+                config_dir,
+                dry_run: self.dry_run,
             };
             let stage = self.registry.build(&ctx).map_err(|e| match &e {
                 nexus_core::BuildError::UnknownKind { suggestion, .. } => source.error(
