@@ -58,19 +58,24 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-/// Allocations in 1000 warm Route decisions for `model` (plus each guard's finish).
-fn allocations_per_route(backends: usize, model: &str) -> usize {
+/// Allocations in 1000 warm Route decisions for `model` (plus each guard's finish),
+/// borrowed (`Router::route`) or owned (`Router::route_owned`).
+fn allocations_per_route(backends: usize, model: &str, owned: bool) -> usize {
     let router = Router::from_toml("alloc.toml", &fleet_config(backends)).unwrap();
     let request = Request::new(model)
         .input_tokens(1200)
         .max_output_tokens(300);
+    let outcome = Outcome::success(Duration::from_millis(120)).usage(1200, 250);
     let run = || {
-        let mut decision = router.route(&request);
-        assert!(matches!(decision.kind(), RoutingDecision::Route { .. }));
-        decision
-            .take_guard()
-            .unwrap()
-            .finish(Outcome::success(Duration::from_millis(120)).usage(1200, 250));
+        if owned {
+            let mut decision = router.route_owned(&request);
+            assert!(matches!(decision.kind(), RoutingDecision::Route { .. }));
+            decision.take_guard().unwrap().finish(outcome);
+        } else {
+            let mut decision = router.route(&request);
+            assert!(matches!(decision.kind(), RoutingDecision::Route { .. }));
+            decision.take_guard().unwrap().finish(outcome);
+        }
     };
     // Warm-up: the per-thread scratch buffers grow to the fleet's size.
     for _ in 0..10 {
@@ -88,19 +93,21 @@ fn allocations_per_route(backends: usize, model: &str) -> usize {
 #[test]
 fn route_decision_allocates_nothing() {
     for backends in [100, 1000] {
-        // The restricted alias: privacy excludes the cloud half, a local backend wins.
-        assert_eq!(
-            allocations_per_route(backends, REQUESTED),
-            0,
-            "allocations in 1000 Route decisions for {REQUESTED} at {backends} backends"
-        );
-        // The model itself, unrestricted: priced cloud backends compete, and a cloud
-        // win reserves and settles its cost in the budget ledger.
-        assert_eq!(
-            allocations_per_route(backends, MODEL),
-            0,
-            "allocations in 1000 Route decisions for {MODEL} at {backends} backends"
-        );
+        for owned in [false, true] {
+            // The restricted alias: privacy excludes the cloud half, a local backend wins.
+            assert_eq!(
+                allocations_per_route(backends, REQUESTED, owned),
+                0,
+                "allocations in 1000 Route decisions for {REQUESTED} at {backends} backends (owned: {owned})"
+            );
+            // The model itself, unrestricted: priced cloud backends compete, and a cloud
+            // win reserves and settles its cost in the budget ledger.
+            assert_eq!(
+                allocations_per_route(backends, MODEL, owned),
+                0,
+                "allocations in 1000 Route decisions for {MODEL} at {backends} backends (owned: {owned})"
+            );
+        }
     }
 }
 

@@ -178,7 +178,10 @@ pub fn closest<'c>(name: &str, candidates: impl IntoIterator<Item = &'c str>) ->
 /// ```
 #[derive(Clone, Debug, Default)]
 pub struct ModelRoutes {
-    plans: HashMap<Box<str>, RoutePlan>,
+    /// Every plan, addressed by index so that a decision can refer to its plan without
+    /// borrowing the routes (an owned decision outlives any borrow).
+    plans: Vec<RoutePlan>,
+    index: HashMap<Box<str>, u32>,
 }
 
 impl ModelRoutes {
@@ -273,7 +276,8 @@ impl ModelRoutes {
             c
         };
 
-        let mut plans = HashMap::default();
+        let mut plans = Vec::new();
+        let mut index: HashMap<Box<str>, u32> = HashMap::default();
         let names = aliases.keys().map(String::as_str).chain(model_names());
         for name in names {
             let chain = resolve(name).unwrap_or_else(|| vec![name]);
@@ -302,27 +306,37 @@ impl ModelRoutes {
                     constraints: running,
                 });
             }
-            plans.insert(
-                name.into(),
-                RoutePlan {
-                    chain: chain.iter().map(|s| (*s).into()).collect(),
-                    attempts: attempts.into(),
-                },
-            );
+            index.insert(name.into(), plans.len() as u32);
+            plans.push(RoutePlan {
+                chain: chain.iter().map(|s| (*s).into()).collect(),
+                attempts: attempts.into(),
+            });
         }
-        Ok(Self { plans })
+        Ok(Self { plans, index })
     }
 
     /// The plan for a requested name, or `None` when no backend serves it and it is no
     /// alias.
     #[inline]
     pub fn plan(&self, requested: &str) -> Option<&RoutePlan> {
-        self.plans.get(requested)
+        self.plan_index(requested).map(|i| self.plan_at(i))
+    }
+
+    /// The index of the plan for a requested name.
+    #[inline]
+    pub(crate) fn plan_index(&self, requested: &str) -> Option<u32> {
+        self.index.get(requested).copied()
+    }
+
+    /// The plan at `index` (from [`plan_index`](Self::plan_index)).
+    #[inline]
+    pub(crate) fn plan_at(&self, index: u32) -> &RoutePlan {
+        &self.plans[index as usize]
     }
 
     /// Every name requests may use.
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.plans.keys().map(|k| &**k)
+        self.index.keys().map(|k| &**k)
     }
 }
 

@@ -210,6 +210,8 @@ pub struct RoutingIntent<'a> {
     pub(crate) phase: Phase,
     pub(crate) explaining: bool,
     pub(crate) now_secs: u64,
+    /// Backends the caller left out of this request ([`crate::Request::excluded`]).
+    pub(crate) excluded: &'a [BackendId],
     pub(crate) scratch: &'a mut Scratch,
 }
 
@@ -254,6 +256,7 @@ impl<'a> RoutingIntent<'a> {
             phase: Phase::Reconcile,
             explaining: false,
             now_secs: crate::Clock::now_secs(&crate::SystemClock),
+            excluded: &[],
             scratch,
         };
         intent.reset_for(model, constraints, 0);
@@ -277,6 +280,16 @@ impl<'a> RoutingIntent<'a> {
         self.scratch.candidates.copy_from(entry.servers());
         self.scratch.weighted.clear();
         self.scratch.scored.clear();
+        for &backend in self.excluded {
+            if self.scratch.candidates.remove(backend) {
+                self.scratch.exclusions.push(Exclusion {
+                    backend,
+                    model,
+                    stage: Reason::PIPELINE_STAGE,
+                    reason: Reason::new(Reason::EXCLUDED_BY_CALLER),
+                });
+            }
+        }
     }
 
     /// The fleet.

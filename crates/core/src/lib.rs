@@ -63,8 +63,9 @@ pub use fleet::{
 pub use id::{BackendId, ModelId};
 pub use intent::{BudgetStatus, Candidate, QueueCause, RoutingIntent, Scratch, Selection, Verdict};
 pub use pipeline::{
-    Decision, Fix, Pipeline, PipelineBuilder, PipelineError, QueueReason, RouteGuard, RouteReason,
-    RoutingDecision, Significant, Stage, StageTiming,
+    Decision, Fix, OwnedDecision, OwnedRouteGuard, Pipeline, PipelineBuilder, PipelineError,
+    PipelineRef, QueueReason, RouteGuard, RouteReason, RoutingDecision, Significant, Stage,
+    StageTiming,
 };
 pub use policy::{Constraints, PolicyError, PolicySet, Privacy, Shadowed, TrafficPolicy};
 pub use reason::{Exclusion, ExplainContext, Explanation, Reason, Rejection, Warning};

@@ -309,14 +309,31 @@ impl Pipeline {
             .collect()
     }
 
-    /// Decides where `request` goes.
-    pub fn decide<'p>(&'p self, request: &Request<'_>) -> Decision<'p> {
+    /// Decides where `request` goes. The decision borrows the pipeline; see
+    /// [`decide_owned`](Self::decide_owned) for one that can outlive the borrow.
+    #[inline]
+    pub fn decide(&self, request: &Request<'_>) -> Decision<&Self> {
+        Decision::assemble(self, self.decide_parts(request))
+    }
+
+    /// Decides where `request` goes, with a decision (and route guard) that holds a
+    /// share of the pipeline instead of a borrow: `Send + 'static`, for a server that
+    /// finishes the guard in another task, after the handler returned, or after the
+    /// router moved on to a new configuration. Costs one reference-count increment
+    /// (two for a Route) over [`decide`](Self::decide); still no allocation.
+    #[inline]
+    pub fn decide_owned(self: &Arc<Self>, request: &Request<'_>) -> OwnedDecision {
+        Decision::assemble(Arc::clone(self), self.decide_parts(request))
+    }
+
+    fn decide_parts(&self, request: &Request<'_>) -> DecisionParts {
         let requirements = request.requirements();
         let mut scratch = take_scratch();
         scratch.prepare(self.fleet.len());
-        let Some(plan) = self.routes.plan(request.model) else {
+        let Some(plan_index) = self.routes.plan_index(request.model) else {
             return self.reject_unknown(request.model, requirements, scratch);
         };
+        let plan = self.routes.plan_at(plan_index);
         let timing = self.timing.load(Ordering::Relaxed);
         let first = plan.attempts()[0];
         let mut intent = RoutingIntent {
@@ -334,6 +351,7 @@ impl Pipeline {
             phase: Phase::Reconcile,
             explaining: false,
             now_secs: self.clock.now_secs(),
+            excluded: request.excluded,
             scratch: &mut scratch,
         };
         // A flexible request first gets what a strict one would: a fallback that meets
@@ -395,7 +413,7 @@ impl Pipeline {
             }
         }
 
-        let (kind, guard, model) = match found {
+        let (kind, ticket, model) = match found {
             Some(Committed::Route { ticket, score }) => (
                 RoutingDecision::Route {
                     backend: ticket.backend,
@@ -403,11 +421,7 @@ impl Pipeline {
                     reason: RouteReason { score, candidates },
                     cost_estimate: ticket.cost_estimate,
                 },
-                Some(RouteGuard {
-                    pipeline: self,
-                    ticket,
-                    settled: false,
-                }),
+                Some(ticket),
                 Some(model),
             ),
             Some(Committed::Queue {
@@ -424,26 +438,21 @@ impl Pipeline {
                     fallback_backend: fallback.map(|t| t.backend),
                     fallback_model: fallback.map(|t| t.model),
                 },
-                fallback.map(|ticket| RouteGuard {
-                    pipeline: self,
-                    ticket,
-                    settled: false,
-                }),
+                fallback,
                 Some(model),
             ),
             None => (self.reject(plan, &requirements, &scratch), None, None),
         };
-        Decision {
-            pipeline: self,
-            plan: Some(plan),
+        DecisionParts {
+            plan: Some(plan_index),
             requirements,
             kind,
             // Nothing serves a Reject, so no fallback is used.
             fallback_used: fallback_used && model.is_some(),
             model,
             budget_status,
-            guard,
-            scratch: Some(scratch),
+            ticket,
+            scratch,
             queue_candidates,
         }
     }
@@ -657,13 +666,12 @@ impl Pipeline {
         requested: &str,
         requirements: RequestRequirements,
         scratch: Box<Scratch>,
-    ) -> Decision<'_> {
+    ) -> DecisionParts {
         let hint = match closest(requested, self.routes.names()) {
             Some(name) => format!("did you mean '{name}'? "),
             None => String::new(),
         };
-        Decision {
-            pipeline: self,
+        DecisionParts {
             plan: None,
             requirements,
             kind: RoutingDecision::Reject {
@@ -680,8 +688,8 @@ impl Pipeline {
             model: None,
             fallback_used: false,
             budget_status: BudgetStatus::Normal,
-            guard: None,
-            scratch: Some(scratch),
+            ticket: None,
+            scratch,
             queue_candidates: None,
         }
     }
@@ -816,6 +824,12 @@ impl Pipeline {
             .stages
             .get(usize::from(stage))
             .map_or("pipeline", |s| s.reconciler.name());
+        if reason.code == Reason::EXCLUDED_BY_CALLER && stage == Reason::PIPELINE_STAGE {
+            return Explanation::new(
+                "left out by the caller: an earlier attempt of this request failed there",
+                "none needed: the request was decided again without it",
+            );
+        }
         if reason.code == Reason::STAGE_FAILED {
             let message = errors.get(reason.values[0] as usize).map_or_else(
                 || "it returned an error".to_owned(),
@@ -1042,8 +1056,47 @@ impl RoutingDecision {
     }
 }
 
+mod sealed {
+    /// Keeps [`PipelineRef`](super::PipelineRef) to the two handles the pipeline hands out.
+    pub trait Sealed {}
+    impl Sealed for &super::Pipeline {}
+    impl Sealed for std::sync::Arc<super::Pipeline> {}
+}
+
+/// How a [`Decision`] and its [`RouteGuard`] hold the pipeline that made them: borrowed
+/// (`&Pipeline`, from [`Pipeline::decide`]: nothing shared is written) or shared
+/// (`Arc<Pipeline>`, from [`Pipeline::decide_owned`]: `Send + 'static`, for servers).
+/// Sealed: those are the only two.
+pub trait PipelineRef: std::ops::Deref<Target = Pipeline> + Clone + sealed::Sealed {}
+
+impl PipelineRef for &Pipeline {}
+impl PipelineRef for Arc<Pipeline> {}
+
+/// A decision that holds a share of its pipeline: `Send + 'static`.
+pub type OwnedDecision = Decision<Arc<Pipeline>>;
+
+/// A route guard that holds a share of its pipeline: `Send + 'static`, so it can move
+/// into the task that streams the answer and be finished there.
+pub type OwnedRouteGuard = RouteGuard<Arc<Pipeline>>;
+
+/// What [`Pipeline::decide_parts`] works out, before it is tied to a pipeline handle.
+struct DecisionParts {
+    plan: Option<u32>,
+    requirements: RequestRequirements,
+    kind: RoutingDecision,
+    model: Option<ModelId>,
+    fallback_used: bool,
+    budget_status: BudgetStatus,
+    ticket: Option<RouteTicket>,
+    scratch: Box<Scratch>,
+    queue_candidates: Option<Vec<(BackendId, Option<f64>)>>,
+}
+
 /// A decision, with what is needed to explain it and the [`RouteGuard`] of the backend
 /// it committed: a Route's backend, or a Queue's `fallback_backend`.
+///
+/// `P` is how it holds the pipeline ([`PipelineRef`]): `Decision<&Pipeline>` from
+/// [`Pipeline::decide`], [`OwnedDecision`] from [`Pipeline::decide_owned`].
 ///
 /// Dropping the decision gives its buffers back to the pipeline's pool. Dropping it
 /// while it still holds a Route's guard counts the route as failed; dropping it while it
@@ -1051,23 +1104,47 @@ impl RoutingDecision {
 /// [`RouteGuard::cancel`]: the reservation is released, no outcome is recorded). Take
 /// the guard with [`take_guard`](Self::take_guard) to keep it.
 #[derive(Debug)]
-pub struct Decision<'p> {
-    pipeline: &'p Pipeline,
-    plan: Option<&'p RoutePlan>,
+pub struct Decision<P: PipelineRef> {
+    pipeline: P,
+    plan: Option<u32>,
     requirements: RequestRequirements,
     kind: RoutingDecision,
     model: Option<ModelId>,
     fallback_used: bool,
     budget_status: BudgetStatus,
-    guard: Option<RouteGuard<'p>>,
+    guard: Option<RouteGuard<P>>,
     scratch: Option<Box<Scratch>>,
     /// For a Queue that probed fallbacks: the queued model's candidates and scores.
     queue_candidates: Option<Vec<(BackendId, Option<f64>)>>,
 }
 
-impl<'p> Decision<'p> {
+impl<P: PipelineRef> Decision<P> {
+    fn assemble(pipeline: P, parts: DecisionParts) -> Self {
+        let guard = parts.ticket.map(|ticket| RouteGuard {
+            pipeline: pipeline.clone(),
+            ticket,
+            settled: false,
+        });
+        Self {
+            pipeline,
+            plan: parts.plan,
+            requirements: parts.requirements,
+            kind: parts.kind,
+            model: parts.model,
+            fallback_used: parts.fallback_used,
+            budget_status: parts.budget_status,
+            guard,
+            scratch: Some(parts.scratch),
+            queue_candidates: parts.queue_candidates,
+        }
+    }
+
     fn scratch(&self) -> &Scratch {
         self.scratch.as_deref().expect("scratch is held until drop")
+    }
+
+    fn plan(&self) -> Option<&RoutePlan> {
+        self.plan.map(|i| self.pipeline.routes.plan_at(i))
     }
 
     /// What was decided.
@@ -1076,7 +1153,7 @@ impl<'p> Decision<'p> {
     }
 
     /// The backend chosen (Route) or waited for (Queue).
-    pub fn backend(&self) -> Option<&'p Backend> {
+    pub fn backend(&self) -> Option<&Backend> {
         match self.kind {
             RoutingDecision::Route { backend, .. } | RoutingDecision::Queue { backend, .. } => {
                 Some(self.pipeline.fleet.backend(backend))
@@ -1086,14 +1163,13 @@ impl<'p> Decision<'p> {
     }
 
     /// The model that will serve, after aliases and fallbacks (None for a Reject).
-    pub fn model(&self) -> Option<&'p str> {
-        let fleet: &'p Fleet = &self.pipeline.fleet;
-        self.model.map(|m| fleet.model(m).name())
+    pub fn model(&self) -> Option<&str> {
+        self.model.map(|m| self.pipeline.fleet.model(m).name())
     }
 
     /// The requested name's alias chain, when it was known.
-    pub fn alias_chain(&self) -> Vec<&'p str> {
-        self.plan
+    pub fn alias_chain(&self) -> Vec<&str> {
+        self.plan()
             .map_or_else(Vec::new, |p| p.alias_chain().collect())
     }
 
@@ -1127,7 +1203,7 @@ impl<'p> Decision<'p> {
 
     /// Every excluded backend with its reason, rendered now.
     pub fn rejections(&self) -> Vec<Rejection> {
-        match (&self.kind, self.plan) {
+        match (&self.kind, self.plan()) {
             (RoutingDecision::Reject { rejections, .. }, _) => rejections.clone(),
             (_, Some(plan)) => {
                 self.pipeline
@@ -1140,13 +1216,12 @@ impl<'p> Decision<'p> {
     /// The decision's warnings, rendered now.
     pub fn warnings(&self) -> Vec<String> {
         let scratch = self.scratch();
+        let plan = self.plan();
         scratch
             .warnings
             .iter()
             .map(|w| {
-                let constraints = self
-                    .plan
-                    .map_or(Constraints::NONE, |p| p.constraints_for(w.model));
+                let constraints = plan.map_or(Constraints::NONE, |p| p.constraints_for(w.model));
                 self.pipeline
                     .explain(
                         w.stage,
@@ -1165,11 +1240,11 @@ impl<'p> Decision<'p> {
 
     /// The candidates left for the final model, with their scores where the scheduler
     /// computed one, best first.
-    pub fn scored_candidates(&self) -> Vec<(&'p Backend, Option<f64>)> {
+    pub fn scored_candidates(&self) -> Vec<(&Backend, Option<f64>)> {
         if matches!(self.kind, RoutingDecision::Reject { .. }) {
             return Vec::new();
         }
-        let fleet: &'p Fleet = &self.pipeline.fleet;
+        let fleet: &Fleet = &self.pipeline.fleet;
         let mut list: Vec<_> = match &self.queue_candidates {
             Some(list) => list.clone(),
             None => scored(self.scratch()),
@@ -1196,17 +1271,23 @@ impl<'p> Decision<'p> {
     /// - otherwise `None`.
     ///
     /// A caller that only reports the decision (a dry run) cancels whatever it gets.
-    pub fn take_guard(&mut self) -> Option<RouteGuard<'p>> {
+    pub fn take_guard(&mut self) -> Option<RouteGuard<P>> {
         self.guard.take()
     }
 
     /// The pipeline that decided.
-    pub fn pipeline(&self) -> &'p Pipeline {
-        self.pipeline
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+
+    /// The handle the decision holds its pipeline by (a borrow, or a share for an
+    /// [`OwnedDecision`]).
+    pub fn pipeline_ref(&self) -> &P {
+        &self.pipeline
     }
 }
 
-impl Drop for Decision<'_> {
+impl<P: PipelineRef> Drop for Decision<P> {
     fn drop(&mut self) {
         // An offer nobody took was never used: withdraw it rather than count a failure.
         if matches!(self.kind, RoutingDecision::Queue { .. }) {
@@ -1222,25 +1303,37 @@ impl Drop for Decision<'_> {
 
 /// A routed request in flight. Finish it with the outcome; dropping it unfinished counts
 /// as a failure and releases what stages reserved.
+///
+/// `P` is how it holds the pipeline ([`PipelineRef`]); an [`OwnedRouteGuard`] is
+/// `Send + 'static`.
 #[derive(Debug)]
 #[must_use = "finish the guard with the request's outcome; dropping it counts as a failure"]
-pub struct RouteGuard<'p> {
-    pipeline: &'p Pipeline,
+pub struct RouteGuard<P: PipelineRef> {
+    pipeline: P,
     ticket: RouteTicket,
     settled: bool,
 }
 
-impl<'p> RouteGuard<'p> {
+impl<P: PipelineRef> RouteGuard<P> {
     /// The route.
     pub fn ticket(&self) -> &RouteTicket {
         &self.ticket
     }
 
     /// The backend to send the request to.
-    pub fn backend(&self) -> &'p Backend {
+    pub fn backend(&self) -> &Backend {
         self.pipeline.fleet.backend(self.ticket.backend)
     }
 
+    /// The name of the model to ask the backend for (after aliases and fallbacks).
+    pub fn model(&self) -> &str {
+        self.pipeline.fleet.model(self.ticket.model).name()
+    }
+
+    /// The pipeline the route was decided on.
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
     /// Reports how the request went: updates the backend's in-flight count and latency
     /// average, and lets stages settle (the budget with the actual cost, quality with
     /// the outcome).
@@ -1269,7 +1362,7 @@ impl<'p> RouteGuard<'p> {
     }
 }
 
-impl Drop for RouteGuard<'_> {
+impl<P: PipelineRef> Drop for RouteGuard<P> {
     fn drop(&mut self) {
         self.settle(Settlement::Abandoned);
     }

@@ -51,8 +51,15 @@ impl Reason {
     /// The pipeline's code for "this stage failed and its error policy is fail-closed".
     /// `values[0]` is the index of the stage error in the decision.
     pub const STAGE_FAILED: u16 = 0xFF00;
+    /// The pipeline's code for "the caller left this backend out"
+    /// ([`Request::excluding`](crate::Request::excluding)), recorded under
+    /// [`PIPELINE_STAGE`](Self::PIPELINE_STAGE).
+    pub const EXCLUDED_BY_CALLER: u16 = 0xFF01;
     /// The first code reserved for the pipeline; stages use codes below it.
     pub const FIRST_PIPELINE_CODE: u16 = 0xFF00;
+    /// The stage index under which the pipeline records its own exclusions (no stage
+    /// has it: a pipeline holds fewer stages).
+    pub const PIPELINE_STAGE: u16 = u16::MAX;
 }
 
 /// One backend excluded by one stage while deciding for one model.

@@ -4,6 +4,8 @@
 use std::fmt;
 use std::ops::BitOr;
 
+use crate::BackendId;
+
 /// Optional model features a request may need, as a small bit set.
 ///
 /// ```
@@ -175,6 +177,9 @@ pub struct Request<'a> {
     pub features: Features,
     /// Strict or flexible tier enforcement.
     pub tier_mode: TierMode,
+    /// Backends not to consider for this request: a gateway that failed over from a
+    /// backend decides again without it. Usually empty.
+    pub excluded: &'a [BackendId],
 }
 
 impl<'a> Request<'a> {
@@ -186,6 +191,7 @@ impl<'a> Request<'a> {
             max_output_tokens: None,
             features: Features::NONE,
             tier_mode: TierMode::Strict,
+            excluded: &[],
         }
     }
 
@@ -210,6 +216,13 @@ impl<'a> Request<'a> {
     /// Sets the tier mode.
     pub const fn tier_mode(mut self, mode: TierMode) -> Self {
         self.tier_mode = mode;
+        self
+    }
+
+    /// Leaves `backends` out of the decision (each is reported as excluded by the
+    /// caller): for deciding again after an attempt on one of them failed.
+    pub const fn excluding(mut self, backends: &'a [BackendId]) -> Self {
+        self.excluded = backends;
         self
     }
 

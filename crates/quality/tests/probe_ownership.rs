@@ -53,7 +53,7 @@ fn setup() -> Setup {
     }
 }
 
-fn route<'p>(pipeline: &'p Pipeline) -> RouteGuard<'p> {
+fn route(pipeline: &Pipeline) -> RouteGuard<&Pipeline> {
     pipeline.decide(&Request::new("m")).take_guard().unwrap()
 }
 

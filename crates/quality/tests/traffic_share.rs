@@ -58,7 +58,7 @@ fn a_slow_backend_loses_share_and_wins_it_back_when_it_recovers() {
 
     let mut profiles = [FAST, SLOW];
     // Requests in flight, by completion time.
-    let mut in_flight: VecDeque<(u64, RouteGuard<'_>, Profile)> = VecDeque::new();
+    let mut in_flight: VecDeque<(u64, RouteGuard<&Pipeline>, Profile)> = VecDeque::new();
     let mut slow_share = Vec::new();
     for phase in 0..2 {
         if phase == 1 {

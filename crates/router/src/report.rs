@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use nexus_core::{Decision, RoutingDecision, Significant};
+use nexus_core::{Decision, PipelineRef, RoutingDecision, Significant};
 use serde::Serialize;
 
 /// The estimated cost part of a report.
@@ -110,7 +110,7 @@ pub struct DecisionReport {
 
 impl DecisionReport {
     /// Renders `decision` (made for `requested_model`).
-    pub fn new(requested_model: &str, decision: &Decision<'_>) -> Self {
+    pub fn new<P: PipelineRef>(requested_model: &str, decision: &Decision<P>) -> Self {
         let fleet = decision.pipeline().fleet();
         let name = |b: nexus_core::BackendId| fleet.backend(b).name().to_owned();
         let requirements = decision.requirements();

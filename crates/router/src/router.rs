@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use nexus_core::{
-    BuildContext, Clock, Decision, DuplicateKind, Fleet, FleetError, Pipeline, PipelineError,
-    PolicyError, PolicySet, ReconcilerFactory, Registry, Request, SystemClock,
+    BuildContext, Clock, Decision, DuplicateKind, Fleet, FleetError, OwnedDecision, Pipeline,
+    PipelineError, PolicyError, PolicySet, ReconcilerFactory, Registry, Request, SystemClock,
 };
 
 use crate::config::{
@@ -374,7 +374,10 @@ impl RouterBuilder {
                 None,
             ),
         })?;
-        Ok(Router { pipeline, warnings })
+        Ok(Router {
+            pipeline: Arc::new(pipeline),
+            warnings,
+        })
     }
 }
 
@@ -396,7 +399,7 @@ fn fleet_error(source: &Source<'_>, e: &FleetError) -> ConfigError {
 /// A routing pipeline built from configuration.
 #[derive(Debug)]
 pub struct Router {
-    pipeline: Pipeline,
+    pipeline: Arc<Pipeline>,
     warnings: Vec<ConfigWarning>,
 }
 
@@ -421,14 +424,23 @@ impl Router {
         RouterBuilder::new().load_example()
     }
 
-    /// Decides where `request` goes.
+    /// Decides where `request` goes; the decision borrows the router.
     #[inline]
-    pub fn route<'r>(&'r self, request: &Request<'_>) -> Decision<'r> {
+    pub fn route(&self, request: &Request<'_>) -> Decision<&Pipeline> {
         self.pipeline.decide(request)
     }
 
+    /// Decides where `request` goes, with a decision and route guard that hold a share
+    /// of the pipeline: `Send + 'static`, for a server that finishes the guard in
+    /// another task (a streamed answer) or after the router moved on to a new config.
+    /// Still no allocation on the Route path.
+    #[inline]
+    pub fn route_owned(&self, request: &Request<'_>) -> OwnedDecision {
+        self.pipeline.decide_owned(request)
+    }
+
     /// The pipeline.
-    pub fn pipeline(&self) -> &Pipeline {
+    pub fn pipeline(&self) -> &Arc<Pipeline> {
         &self.pipeline
     }
 

@@ -302,7 +302,7 @@ proptest! {
             guard.cancel();
         }
 
-        let summary = |d: &nexus_core::Decision<'_>| {
+        let summary = |d: &nexus_core::Decision<&Pipeline>| {
             let mut candidates: Vec<String> =
                 d.scored_candidates().iter().map(|(b, _)| b.name().to_owned()).collect();
             candidates.sort();

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use nexus_core::{
-    BuildContext, Decision, Outcome, Reason, Reconciler, Request, RouteTicket, RoutingDecision,
-    RoutingIntent,
+    BuildContext, Decision, Outcome, Pipeline, Reason, Reconciler, Request, RouteTicket,
+    RoutingDecision, RoutingIntent,
 };
 use nexus_router::budget::BudgetReconciler;
 use nexus_router::quality::QualityReconciler;
@@ -42,7 +42,7 @@ fn request() -> Request<'static> {
     Request::new("m").input_tokens(1000).max_output_tokens(0)
 }
 
-fn fallback_of(decision: &Decision<'_>) -> Option<String> {
+fn fallback_of(decision: &Decision<&Pipeline>) -> Option<String> {
     match decision.kind() {
         RoutingDecision::Queue {
             fallback_backend, ..
@@ -68,7 +68,7 @@ fn cloud_in_flight(router: &Router) -> u32 {
 fn a_priced_fallback_is_offered_only_while_the_budget_can_pay_for_it() {
     let router = Router::from_toml("queue.toml", FLEET).unwrap();
     // Five requests queue while the first one's offer is still open.
-    let decisions: Vec<Decision<'_>> = (0..5).map(|_| router.route(&request())).collect();
+    let decisions: Vec<Decision<&Pipeline>> = (0..5).map(|_| router.route(&request())).collect();
     let offered: Vec<Option<String>> = decisions.iter().map(fallback_of).collect();
     assert_eq!(offered[0].as_deref(), Some("cloud"));
     assert!(

@@ -284,7 +284,7 @@ fn finishing_a_guard_updates_in_flight_and_latency() {
     let router = Router::from_toml("three.toml", THREE_HEALTHY).unwrap();
     let mut decision = router.route(&Request::new("llama3:70b"));
     let guard = decision.take_guard().unwrap();
-    let live = guard.backend().live();
+    let live = router.fleet().backend(guard.ticket().backend).live();
     assert_eq!(live.in_flight(), 1);
     guard.finish(
         Outcome::success(Duration::from_millis(250)).time_to_first_token(Duration::from_millis(40)),
@@ -295,7 +295,7 @@ fn finishing_a_guard_updates_in_flight_and_latency() {
     // Dropping a guard unfinished releases its slot too.
     let mut decision = router.route(&Request::new("llama3:70b"));
     let guard = decision.take_guard().unwrap();
-    let live = guard.backend().live();
+    let live = router.fleet().backend(guard.ticket().backend).live();
     drop(guard);
     assert_eq!(live.in_flight(), 0);
 }
