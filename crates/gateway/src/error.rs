@@ -160,14 +160,14 @@ impl GatewayError {
     ///     err.message(),
     ///     "the model `gpt4` is not served here; did you mean `gpt-4`? (GET /v1/models lists the served models and aliases)"
     /// );
-    /// assert_eq!(err.param(), Some("model"));
+    /// assert_eq!(err.param(), None); // as OpenAI answers it
     /// ```
     pub fn model_not_found(model: &str, closest: Option<&str>) -> Self {
         let hint = closest.map_or(String::new(), |c| format!("; did you mean `{c}`?"));
         let message = format!(
             "the model `{model}` is not served here{hint} (GET /v1/models lists the served models and aliases)"
         );
-        Self::new(ErrorCode::ModelNotFound, message).with_param("model")
+        Self::new(ErrorCode::ModelNotFound, message)
     }
 
     /// 429 `budget_exceeded`, with `x-should-retry: false`.
