@@ -1,0 +1,40 @@
+//! # nexus-gateway
+//!
+//! The building blocks of `nexus serve`, the OpenAI-compatible gateway that puts the Nexus
+//! routing pipeline in front of real traffic (see the "Wave 2" half of the design). The
+//! request path reads, decides, sends, streams and settles; this crate holds the parts of
+//! that path that do not depend on the router:
+//!
+//! - [`wire`]: reads an OpenAI request body into what routing needs
+//!   ([`wire::RequestSummary`]) and rewrites it for the upstream, byte for byte except
+//!   `model` and, for streams, `stream_options.include_usage`.
+//! - [`sse`]: inspects an upstream's server-sent events as they pass through: usage,
+//!   `[DONE]`, time to first token, malformed events; drops the usage chunk a client did
+//!   not ask for.
+//! - [`error`]: the one error type, answered in the OpenAI error shape with the statuses,
+//!   codes and retry headers that the official OpenAI clients understand.
+//! - [`upstream`]: the HTTP client for backends (HTTP/1.1, rustls with ring, the system's
+//!   root certificates).
+//!
+//! ```
+//! use nexus_gateway::wire::{Endpoint, RequestBody};
+//!
+//! let body = br#"{"model": "gpt-4", "messages": [{"role": "user", "content": "Hi"}], "stream": true}"#;
+//! let request = RequestBody::parse(Endpoint::ChatCompletions, body)?;
+//! assert_eq!(request.summary().model, "gpt-4");
+//! let upstream = request.rewrite("llama3:70b");
+//! assert_eq!(
+//!     std::str::from_utf8(&upstream)?,
+//!     r#"{"model": "llama3:70b", "messages": [{"role": "user", "content": "Hi"}], "stream": true,"stream_options":{"include_usage":true}}"#
+//! );
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod sse;
+pub mod upstream;
+pub mod wire;
+
+pub use error::{ErrorCode, GatewayError, RetryAdvice};
