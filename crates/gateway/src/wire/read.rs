@@ -79,13 +79,12 @@ pub struct RequestSummary<'a> {
 impl RequestSummary<'_> {
     /// The routing request for this body, with the tier mode the headers asked for.
     pub fn to_request(&self, tier_mode: TierMode) -> Request<'_> {
-        Request {
-            model: &self.model,
-            input_tokens: Some(self.input_tokens),
-            max_output_tokens: self.max_output_tokens,
-            features: self.features,
-            tier_mode,
-        }
+        let mut request = Request::new(&self.model)
+            .input_tokens(self.input_tokens)
+            .needs(self.features)
+            .tier_mode(tier_mode);
+        request.max_output_tokens = self.max_output_tokens;
+        request
     }
 }
 
