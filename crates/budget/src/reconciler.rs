@@ -359,18 +359,17 @@ impl Reconciler for BudgetReconciler {
     fn on_settle(&self, ticket: &RouteTicket, settlement: Settlement<'_>) {
         let reserved = usd_to_nanos(ticket.cost_estimate.cost_usd);
         match settlement {
-            Settlement::Finished(outcome) => {
+            Settlement::Finished { outcome, at_secs } => {
                 let actual = self.actual_cost(ticket, outcome.input_tokens, outcome.output_tokens);
                 if reserved == 0 && actual == 0 {
                     return;
                 }
-                let now = ticket.settled_at_secs(&settlement);
-                self.ledger.settle_at(reserved, actual, now);
+                self.ledger.settle_at(reserved, actual, at_secs);
                 if let (Some(journal), true) = (self.journal(), actual > 0) {
-                    journal.record(Month::from_unix_secs(now), actual);
+                    journal.record(Month::from_unix_secs(at_secs), actual);
                 }
             }
-            Settlement::Abandoned | Settlement::Cancelled => {
+            Settlement::Abandoned { .. } | Settlement::Cancelled => {
                 if reserved > 0 {
                     self.ledger.release(reserved);
                 }

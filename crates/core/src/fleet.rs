@@ -412,12 +412,14 @@ impl LiveState {
     }
 
     /// Folds a latency sample taken at `now_secs` into the EWMA (weight 0.2 for the new
-    /// sample); after [`LATENCY_MEMORY_SECS`] without samples it starts afresh.
+    /// sample); after [`LATENCY_MEMORY_SECS`] without samples it starts afresh. A sample
+    /// above [`Outcome::MAX_LATENCY`](crate::Outcome::MAX_LATENCY) counts as that much.
     pub fn record_latency(&self, latency: Duration, now_secs: u64) {
         let previous = self
             .latency_at_secs
             .swap(now_secs.max(1), Ordering::Relaxed);
         let stale = now_secs.saturating_sub(previous) > LATENCY_MEMORY_SECS;
+        let latency = latency.min(crate::Outcome::MAX_LATENCY);
         let sample = (latency.as_secs_f64() * 1000.0).max(0.001);
         // A lost update under contention would only drop one sample, but the CAS loop is
         // cheap and keeps the average exact.
@@ -944,6 +946,15 @@ mod tests {
         assert_eq!(live.latency_ewma_ms(1_001 + LATENCY_MEMORY_SECS + 1), None);
         live.record_latency(Duration::from_millis(500), 1_100);
         assert_eq!(live.latency_ewma_ms(1_100), Some(500.0));
+    }
+
+    #[test]
+    fn an_absurd_latency_counts_as_the_cap() {
+        let live = LiveState::new(BackendStatus::Healthy);
+        live.record_latency(Duration::from_secs(u64::MAX), 1_000);
+        assert_eq!(live.latency_ewma_ms(1_000), Some(3_600_000.0));
+        live.record_latency(Duration::MAX, 1_001);
+        assert_eq!(live.latency_ewma_ms(1_001), Some(3_600_000.0));
     }
 
     #[test]

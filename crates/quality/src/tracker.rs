@@ -231,7 +231,9 @@ impl QualityTracker {
         self.record_at(backend, self.now_secs(), success, latency, ttft);
     }
 
-    /// Records one outcome at `now_secs` (for replaying a log).
+    /// Records one outcome at `now_secs` (for replaying a log). A time to first token
+    /// above [`Outcome::MAX_LATENCY`](nexus_core::Outcome::MAX_LATENCY) counts as that
+    /// much, so that one absurd report cannot hold the average up for an hour.
     pub fn record_at(
         &self,
         backend: BackendId,
@@ -247,6 +249,7 @@ impl QualityTracker {
             q.ok_1h.add(now_secs, 1);
             q.ok_24h.add(now_secs, 1);
             if let Some(ttft) = ttft {
+                let ttft = ttft.min(nexus_core::Outcome::MAX_LATENCY);
                 q.ttft_count_1h.add(now_secs, 1);
                 q.ttft_ms_1h.add(
                     now_secs,
@@ -303,7 +306,7 @@ impl QualityTracker {
             CLOSED => Circuit::Closed,
             PROBING => Circuit::Probing { cause: cause(word) },
             _ => {
-                let reopen = opened_at(word) + self.settings.cooldown_secs;
+                let reopen = opened_at(word).saturating_add(self.settings.cooldown_secs);
                 if now_secs >= reopen {
                     Circuit::HalfOpen { cause: cause(word) }
                 } else {
@@ -325,7 +328,7 @@ impl QualityTracker {
         let cooldown = self.settings.cooldown_secs;
         q.circuit
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
-                (state(word) == OPEN && now_secs >= opened_at(word) + cooldown)
+                (state(word) == OPEN && now_secs >= opened_at(word).saturating_add(cooldown))
                     .then_some(word & !STATE_MASK | PROBING)
             })
             .is_ok()
