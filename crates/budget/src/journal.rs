@@ -119,7 +119,7 @@ async fn write_entries(
         let mut per_month: Vec<(Month, u64)> = Vec::new();
         for entry in &batch {
             match per_month.iter_mut().find(|(m, _)| *m == entry.month) {
-                Some((_, sum)) => *sum += entry.nanos,
+                Some((_, sum)) => *sum = sum.saturating_add(entry.nanos),
                 None => per_month.push((entry.month, entry.nanos)),
             }
         }
@@ -170,7 +170,9 @@ impl ReconciliationLoop {
         let month = self.ledger.month();
         if let Some(store) = &self.store {
             match store.month_total(month).await {
-                Ok(total) => self.ledger.fold_settled(total),
+                Ok(total) => {
+                    self.ledger.fold_settled(month, total);
+                }
                 Err(error) => tracing::warn!(%error, "reading settled spend failed"),
             }
         }
@@ -178,7 +180,7 @@ impl ReconciliationLoop {
             let mut external = 0u64;
             for source in &self.sources {
                 match source.month_to_date_usd(month).await {
-                    Ok(usd) => external += usd_to_nanos(usd),
+                    Ok(usd) => external = external.saturating_add(usd_to_nanos(usd)),
                     Err(error) => {
                         // Keep the last known external spend rather than forgetting it.
                         tracing::warn!(source = source.name(), %error, "spend source failed; keeping its last value");
@@ -186,7 +188,7 @@ impl ReconciliationLoop {
                     }
                 }
             }
-            self.ledger.set_external(external);
+            self.ledger.set_external(month, external);
         }
     }
 
@@ -235,7 +237,7 @@ impl Background {
             })?;
         let month = ledger.month();
         let settled = runtime.block_on(store.month_total(month))?;
-        ledger.fold_settled(settled);
+        ledger.fold_settled(month, settled);
 
         let (sender, receiver) = mpsc::unbounded_channel();
         let (journal, progress) = Journal::new(sender);

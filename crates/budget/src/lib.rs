@@ -25,14 +25,18 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod amount;
 mod journal;
 mod ledger;
 mod month;
 mod reconciler;
 mod store;
 
+pub use amount::{
+    check_limit_usd, nanos_to_usd, usd_to_nanos, MAX_LIMIT_USD, MIN_LIMIT_USD, NANOS_PER_USD,
+};
 pub use journal::{Journal, ReconciliationLoop, SpendSource};
-pub use ledger::{nanos_to_usd, usd_to_nanos, SpendLedger, SpendSnapshot, NANOS_PER_USD};
+pub use ledger::{SpendLedger, SpendSnapshot};
 pub use month::Month;
 pub use reconciler::{
     BudgetReconciler, BudgetSettings, HardLimitAction, COST_CAP, HARD_LIMIT_ALL, HARD_LIMIT_CLOUD,

@@ -12,7 +12,8 @@ use serde::Deserialize;
 
 use crate::journal::Background;
 use crate::{
-    nanos_to_usd, usd_to_nanos, Journal, Month, SpendLedger, SpendSource, SpendStore, StoreError,
+    check_limit_usd, nanos_to_usd, usd_to_nanos, Journal, SpendLedger, SpendSource, SpendStore,
+    StoreError,
 };
 
 /// Reason: the request's cost would take spend past the limit.
@@ -68,7 +69,8 @@ const fn default_interval() -> u64 {
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetSettings {
-    /// The monthly limit in USD (> 0).
+    /// The monthly limit in USD, from [`MIN_LIMIT_USD`](crate::MIN_LIMIT_USD) to
+    /// [`MAX_LIMIT_USD`](crate::MAX_LIMIT_USD).
     pub monthly_limit_usd: f64,
     /// Fraction of the limit, in (0, 1], where SoftLimit starts. Default 0.75.
     #[serde(default = "default_soft_limit")]
@@ -103,12 +105,7 @@ impl BudgetSettings {
 
     /// Checks the values; the error names the key and how to fix it.
     pub fn validate(&self) -> Result<(), String> {
-        if !(self.monthly_limit_usd.is_finite() && self.monthly_limit_usd > 0.0) {
-            return Err(format!(
-                "monthly_limit_usd must be a positive amount of USD, got {}",
-                self.monthly_limit_usd
-            ));
-        }
+        check_limit_usd("monthly_limit_usd", self.monthly_limit_usd)?;
         let soft = self.soft_limit_percent;
         if !(soft > 0.0 && soft <= 1.0) {
             let hint = if soft > 1.0 && soft <= 100.0 {
@@ -148,7 +145,8 @@ impl BudgetSettings {
 /// - **Cost cap.** A backend whose estimate exceeds the policy's `max_cost_per_request`
 ///   is excluded.
 /// - **Settlement.** Finishing the route guard replaces the reservation with the cost of
-///   the actual token usage and records it in the store; dropping it releases it.
+///   the actual token usage and records it in the store, under the month the ledger
+///   counted it in; dropping it releases it.
 #[derive(Debug)]
 pub struct BudgetReconciler {
     settings: BudgetSettings,
@@ -364,9 +362,11 @@ impl Reconciler for BudgetReconciler {
                 if reserved == 0 && actual == 0 {
                     return;
                 }
-                self.ledger.settle_at(reserved, actual, at_secs);
+                // The journal files the cost under the month the ledger counted it in,
+                // so that a restart loads what the ledger showed.
+                let month = self.ledger.settle_at(reserved, actual, at_secs);
                 if let (Some(journal), true) = (self.journal(), actual > 0) {
-                    journal.record(Month::from_unix_secs(at_secs), actual);
+                    journal.record(month, actual);
                 }
             }
             Settlement::Abandoned { .. } | Settlement::Cancelled => {
