@@ -235,7 +235,7 @@ impl SpendLedger {
         let external = self.external.swap(0, Ordering::AcqRel);
         let settled = self.settled.swap(target, Ordering::AcqRel);
         let delta = i128::from(target) - i128::from(settled) - i128::from(external);
-        self.add_total(i64::try_from(delta).unwrap_or(if delta < 0 { i64::MIN } else { i64::MAX }));
+        self.add_total(delta.clamp(i64::MIN.into(), i64::MAX.into()) as i64);
     }
 
     /// Adds `delta` to the total, saturating; a saturated total stays saturated.

@@ -89,6 +89,27 @@ fn nexus(args: &[&str]) -> Output {
 }
 
 #[test]
+fn nexus_check_exits_2_at_the_line_of_an_unenforceable_limit() {
+    let dir = std::env::temp_dir().join(format!("nexus-budget-amounts-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("huge-limit.toml");
+    let text = with_limit("2e10");
+    std::fs::write(&path, &text).unwrap();
+    let output = nexus(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.starts_with(&format!(
+            "{}:{}:1: [routing.budget]: `monthly_limit_usd` must be between",
+            path.display(),
+            line_of(&text, "monthly_limit_usd")
+        )),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn a_what_if_spend_past_the_largest_limit_exits_2() {
     for spent in ["3e10", "1e300"] {
         let output = nexus(&["route", "--model", "gpt-4o-mini", "--spent", spent]);
