@@ -248,7 +248,8 @@ async fn write_entries(
             }
             match receiver.recv().await {
                 Some(entry) => {
-                    *pending.entry(entry.month).or_default() += entry.nanos;
+                    let sum = pending.entry(entry.month).or_default();
+                    *sum = sum.saturating_add(entry.nanos);
                     last_seq = entry.seq;
                 }
                 None => break,
@@ -257,7 +258,8 @@ async fn write_entries(
         loop {
             match receiver.try_recv() {
                 Ok(entry) => {
-                    *pending.entry(entry.month).or_default() += entry.nanos;
+                    let sum = pending.entry(entry.month).or_default();
+                    *sum = sum.saturating_add(entry.nanos);
                     last_seq = entry.seq;
                 }
                 Err(mpsc::error::TryRecvError::Empty) => break,
@@ -352,7 +354,9 @@ impl ReconciliationLoop {
         let month = self.ledger.month();
         if let Some(store) = &self.store {
             match store.month_total(month).await {
-                Ok(total) => self.ledger.fold_settled(total),
+                Ok(total) => {
+                    self.ledger.fold_settled(month, total);
+                }
                 Err(error) => tracing::warn!(%error, "reading settled spend failed"),
             }
         }
@@ -360,7 +364,7 @@ impl ReconciliationLoop {
             let mut external = 0u64;
             for source in &self.sources {
                 match source.month_to_date_usd(month).await {
-                    Ok(usd) => external += usd_to_nanos(usd),
+                    Ok(usd) => external = external.saturating_add(usd_to_nanos(usd)),
                     Err(error) => {
                         // Keep the last known external spend rather than forgetting it.
                         tracing::warn!(source = source.name(), %error, "spend source failed; keeping its last value");
@@ -368,7 +372,7 @@ impl ReconciliationLoop {
                     }
                 }
             }
-            self.ledger.set_external(external);
+            self.ledger.set_external(month, external);
         }
     }
 
@@ -435,7 +439,7 @@ impl Background {
             .map_err(|e| failed("budget background runtime", e))?;
         let month = ledger.month();
         let settled = runtime.block_on(store.month_total(month))?;
-        ledger.fold_settled(settled);
+        ledger.fold_settled(month, settled);
 
         let (sender, receiver) = mpsc::unbounded_channel();
         let (journal, shared) = Journal::new(sender, store.location());

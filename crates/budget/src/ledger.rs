@@ -4,33 +4,28 @@
 //! limit is checked against (settled + external + reserved); a reservation is a
 //! compare-and-swap on it that fails when the request's cost would take it past the
 //! limit, so that however many requests decide at once the limit is never overrun by a
-//! reservation. No lock is taken on the decision path; the one mutex is taken once a
-//! month, when the month rolls over, to archive the closed month.
+//! reservation. No lock is taken on the decision path.
+//!
+//! Settling takes a read lock, shared with every other settlement, that only the
+//! month's rollover takes for writing (once a month): so a settled amount is counted in
+//! exactly one month, and the ledger can say which ([`SpendLedger::settle_at`]) for the
+//! journal to write it under the same month.
+//!
+//! Arithmetic saturates: an amount past the `i64` word (about $9.2 billion, nine times
+//! the largest limit) pins the total at its maximum, over every limit, until the month
+//! ends; nothing wraps and nothing panics.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use nexus_core::Clock;
 
-use crate::Month;
+use crate::{nanos_to_usd, usd_to_nanos, Month};
 
-/// Nano-dollars in one USD.
-pub const NANOS_PER_USD: f64 = 1e9;
-
-/// USD to nano-dollars, rounded to the nearest (negative and NaN amounts count as 0).
-pub fn usd_to_nanos(usd: f64) -> u64 {
-    if usd.is_nan() || usd <= 0.0 {
-        0
-    } else {
-        (usd * NANOS_PER_USD).round().min(u64::MAX as f64) as u64
-    }
-}
-
-/// Nano-dollars to USD.
-pub fn nanos_to_usd(nanos: u64) -> f64 {
-    nanos as f64 / NANOS_PER_USD
-}
+/// The total once an amount passed the ledger's range: it stays there until the month
+/// rolls over, rather than come back down below what was really spent.
+const SATURATED: i64 = i64::MAX;
 
 /// A point-in-time view of the ledger.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -59,8 +54,9 @@ pub struct SpendSnapshot {
 /// ledger.try_reserve(usd_to_nanos(0.6), Some(limit)).unwrap();
 /// // A second 60-cent request would pass the dollar: refused.
 /// assert!(ledger.try_reserve(usd_to_nanos(0.6), Some(limit)).is_err());
-/// // The first one cost 50 cents in the end.
-/// ledger.settle(usd_to_nanos(0.6), usd_to_nanos(0.5));
+/// // The first one cost 50 cents in the end, counted in November 2026.
+/// let month = ledger.settle(usd_to_nanos(0.6), usd_to_nanos(0.5));
+/// assert_eq!(month.to_string(), "2026-11");
 /// assert_eq!(ledger.snapshot().total_usd, 0.5);
 /// ```
 #[derive(Debug)]
@@ -74,6 +70,9 @@ pub struct SpendLedger {
     settled: AtomicU64,
     external: AtomicU64,
     reserved: AtomicU64,
+    /// Held for reading while an amount is filed under the current month, for writing
+    /// while the month changes; see the module docs.
+    month_gate: RwLock<()>,
     closed: Mutex<BTreeMap<Month, u64>>,
 }
 
@@ -89,6 +88,7 @@ impl SpendLedger {
             settled: AtomicU64::new(0),
             external: AtomicU64::new(0),
             reserved: AtomicU64::new(0),
+            month_gate: RwLock::new(()),
             closed: Mutex::new(BTreeMap::new()),
         }
     }
@@ -96,6 +96,10 @@ impl SpendLedger {
     /// The month the ledger is counting, after rolling over if the clock moved on.
     pub fn month(&self) -> Month {
         self.roll_over();
+        self.current_month()
+    }
+
+    fn current_month(&self) -> Month {
         Month::from_key(self.month.load(Ordering::Acquire))
     }
 
@@ -127,90 +131,120 @@ impl SpendLedger {
 
     /// Settled plus external spend of a closed month, or of the current one.
     pub fn month_spend(&self, month: Month) -> Option<f64> {
-        if month == self.month() {
-            let spend =
-                self.settled.load(Ordering::Acquire) + self.external.load(Ordering::Acquire);
-            return Some(nanos_to_usd(spend));
+        self.roll_over();
+        {
+            let _gate = self.read_gate();
+            if month == self.current_month() {
+                let spend = self
+                    .settled
+                    .load(Ordering::Acquire)
+                    .saturating_add(self.external.load(Ordering::Acquire));
+                return Some(nanos_to_usd(spend));
+            }
         }
         self.lock_closed().get(&month).map(|n| nanos_to_usd(*n))
     }
 
     /// Reserves `cost` nano-dollars for a request in flight. With a `limit`, refuses
     /// (returning the total it saw) when the reservation would take the total past it;
-    /// the check and the reservation are one atomic step.
+    /// the check and the reservation are one atomic step. A reservation of 0 is refused
+    /// only once the total is past the limit.
     #[inline]
     pub fn try_reserve(&self, cost: u64, limit: Option<u64>) -> Result<(), u64> {
         self.roll_over();
         let cost = to_i64(cost);
         match limit {
-            None => {
-                self.total.fetch_add(cost, Ordering::AcqRel);
-            }
+            None => self.add_total(cost),
             Some(limit) => {
                 let limit = to_i64(limit);
                 self.total
                     .fetch_update(Ordering::AcqRel, Ordering::Acquire, |total| {
-                        (total.saturating_add(cost) <= limit).then(|| total + cost)
+                        let next = total.saturating_add(cost);
+                        (next <= limit).then_some(next)
                     })
                     .map_err(|total| total.max(0) as u64)?;
             }
         }
-        self.reserved.fetch_add(cost as u64, Ordering::AcqRel);
+        add(&self.reserved, cost as u64);
         Ok(())
     }
 
     /// Releases a reservation without spending (the request was never served).
     pub fn release(&self, reserved: u64) {
-        self.reserved.fetch_sub(reserved, Ordering::AcqRel);
-        self.total.fetch_sub(to_i64(reserved), Ordering::AcqRel);
+        sub(&self.reserved, reserved);
+        self.add_total(-to_i64(reserved));
     }
 
-    /// Replaces a reservation with the actual cost of the served request.
-    pub fn settle(&self, reserved: u64, actual: u64) {
-        self.settle_at(reserved, actual, self.clock.now_secs());
+    /// Replaces a reservation with the actual cost of the served request; returns the
+    /// month the cost was counted in.
+    pub fn settle(&self, reserved: u64, actual: u64) -> Month {
+        self.settle_at(reserved, actual, self.clock.now_secs())
     }
 
-    /// [`settle`](Self::settle) at `now_secs` (when the caller knows the time).
-    pub fn settle_at(&self, reserved: u64, actual: u64, now_secs: u64) {
+    /// [`settle`](Self::settle) at `now_secs` (the time the request ended, read from a
+    /// clock). The cost is counted in the ledger's current month: the month of
+    /// `now_secs`, or a later one if the ledger already rolled over (a clock read just
+    /// before midnight by a request that settles just after another one rolled the
+    /// month). The month returned is the one the cost was counted in, so that whoever
+    /// persists it files it under the same month.
+    pub fn settle_at(&self, reserved: u64, actual: u64, now_secs: u64) -> Month {
         self.roll_over_at(now_secs);
-        // Settled first, then the total: a roll-over in between attributes the cost to
-        // the closing month and leaves the total consistent (see roll_over).
-        self.settled.fetch_add(actual, Ordering::AcqRel);
-        self.reserved.fetch_sub(reserved, Ordering::AcqRel);
-        self.total
-            .fetch_add(to_i64(actual) - to_i64(reserved), Ordering::AcqRel);
+        let _gate = self.read_gate();
+        add(&self.settled, actual);
+        sub(&self.reserved, reserved);
+        self.add_total(to_i64(actual) - to_i64(reserved));
+        self.current_month()
     }
 
-    /// Raises the settled spend of the current month to `nanos` if it is lower, e.g.
-    /// to the total a shared store holds (which includes other replicas' spend).
-    pub fn fold_settled(&self, nanos: u64) {
+    /// Raises the settled spend of `month` to `nanos` if it is lower, e.g. to the total
+    /// a shared store holds (which includes other replicas' spend). Ignored, returning
+    /// false, when `month` is no longer the current month: a total read for a month
+    /// that has just closed must not land in the new one.
+    pub fn fold_settled(&self, month: Month, nanos: u64) -> bool {
         self.roll_over();
+        let _gate = self.read_gate();
+        if month != self.current_month() {
+            return false;
+        }
         let previous = self.settled.fetch_max(nanos, Ordering::AcqRel);
         if nanos > previous {
-            self.total
-                .fetch_add(to_i64(nanos - previous), Ordering::AcqRel);
+            self.add_total(to_i64(nanos - previous));
         }
+        true
     }
 
-    /// Sets the spend reported by external sources for the current month.
-    pub fn set_external(&self, nanos: u64) {
+    /// Sets the spend reported by external sources for `month`; ignored, returning
+    /// false, when `month` is no longer the current month.
+    pub fn set_external(&self, month: Month, nanos: u64) -> bool {
         self.roll_over();
+        let _gate = self.read_gate();
+        if month != self.current_month() {
+            return false;
+        }
         let previous = self.external.swap(nanos, Ordering::AcqRel);
-        self.total
-            .fetch_add(to_i64(nanos) - to_i64(previous), Ordering::AcqRel);
+        self.add_total(to_i64(nanos) - to_i64(previous));
+        true
     }
 
     /// Sets the month-to-date spend (settled + external) to `usd`, keeping what is
     /// reserved: for a what-if decision (`nexus route --spent`).
     pub fn set_month_to_date(&self, usd: f64) {
         self.roll_over();
+        let _gate = self.read_gate();
         let target = usd_to_nanos(usd);
         let external = self.external.swap(0, Ordering::AcqRel);
         let settled = self.settled.swap(target, Ordering::AcqRel);
-        self.total.fetch_add(
-            to_i64(target) - to_i64(settled) - to_i64(external),
-            Ordering::AcqRel,
-        );
+        let delta = i128::from(target) - i128::from(settled) - i128::from(external);
+        self.add_total(delta.clamp(i64::MIN.into(), i64::MAX.into()) as i64);
+    }
+
+    /// Adds `delta` to the total, saturating; a saturated total stays saturated.
+    fn add_total(&self, delta: i64) {
+        let _ = self
+            .total
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |total| {
+                (total != SATURATED).then(|| total.saturating_add(delta))
+            });
     }
 
     /// Archives the month that ended and starts the new one from zero; reservations of
@@ -233,34 +267,72 @@ impl SpendLedger {
         if self.month.load(Ordering::Acquire) >= now {
             return;
         }
-        let mut closed = self.lock_closed();
+        // No settlement is filing an amount while the gate is held for writing.
+        let _gate = self
+            .month_gate
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         let current = self.month.load(Ordering::Acquire);
         if current >= now {
             return; // another thread rolled over while we waited
         }
         let settled = self.settled.swap(0, Ordering::AcqRel);
         let external = self.external.swap(0, Ordering::AcqRel);
-        self.total
-            .fetch_sub(to_i64(settled) + to_i64(external), Ordering::AcqRel);
-        *closed.entry(Month::from_key(current)).or_default() += settled + external;
+        let spend = settled.saturating_add(external);
+        let _ = self
+            .total
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |total| {
+                Some(if total == SATURATED {
+                    // Start the new month from what is in flight. Reservations made
+                    // meanwhile may be off by one request: a saturated month is past
+                    // any limit by billions already.
+                    to_i64(self.reserved.load(Ordering::Acquire))
+                } else {
+                    total.saturating_sub(to_i64(spend))
+                })
+            });
+        {
+            let mut closed = self.lock_closed();
+            let archived = closed.entry(Month::from_key(current)).or_default();
+            *archived = archived.saturating_add(spend);
+        }
         self.month.store(now, Ordering::Release);
         self.next_month_at.store(
             Month::from_key(now).next().start_unix_secs(),
             Ordering::Release,
         );
-        tracing::info!(closed = %Month::from_key(current), spend_usd = nanos_to_usd(settled + external), "budget month rolled over");
+        tracing::info!(closed = %Month::from_key(current), spend_usd = nanos_to_usd(spend), "budget month rolled over");
+    }
+
+    fn read_gate(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        // The gate guards no data: a panic elsewhere cannot leave anything torn.
+        self.month_gate
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn lock_closed(&self) -> std::sync::MutexGuard<'_, BTreeMap<Month, u64>> {
         // The map is only ever inserted into; a panic elsewhere cannot leave it torn.
-        self.closed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.closed.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 fn to_i64(nanos: u64) -> i64 {
     i64::try_from(nanos).unwrap_or(i64::MAX)
+}
+
+/// Saturating atomic addition.
+fn add(counter: &AtomicU64, nanos: u64) {
+    let _ = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+        Some(n.saturating_add(nanos))
+    });
+}
+
+/// Saturating atomic subtraction.
+fn sub(counter: &AtomicU64, nanos: u64) {
+    let _ = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+        Some(n.saturating_sub(nanos))
+    });
 }
 
 #[cfg(test)]
@@ -294,7 +366,7 @@ mod tests {
         let (clock, ledger) = ledger();
         ledger.try_reserve(500, None).unwrap();
         ledger.settle(500, 450);
-        ledger.set_external(1000);
+        ledger.set_external(ledger.month(), 1000);
         ledger.try_reserve(200, None).unwrap();
         assert_eq!(ledger.total_nanos(), 1650);
 
@@ -306,7 +378,7 @@ mod tests {
             Some(1450e-9)
         );
         // The request in flight settles in the new month.
-        ledger.settle(200, 180);
+        assert_eq!(ledger.settle(200, 180), Month::new(2026, 12).unwrap());
         assert_eq!(ledger.total_nanos(), 180);
         assert_eq!(
             ledger.month_spend(Month::new(2026, 12).unwrap()),
@@ -317,11 +389,40 @@ mod tests {
     #[test]
     fn folding_a_store_total_only_raises() {
         let (_, ledger) = ledger();
+        let month = ledger.month();
         ledger.settle(0, 100);
-        ledger.fold_settled(50);
+        assert!(ledger.fold_settled(month, 50));
         assert_eq!(ledger.total_nanos(), 100);
-        ledger.fold_settled(400);
+        assert!(ledger.fold_settled(month, 400));
         assert_eq!(ledger.total_nanos(), 400);
+    }
+
+    #[test]
+    fn a_settlement_is_counted_and_reported_in_the_ledgers_month() {
+        let (clock, ledger) = ledger();
+        let november = ledger.month();
+        let december = november.next();
+        let last_second = december.start_unix_secs() - 1;
+        clock.set_secs(december.start_unix_secs() + 1);
+        ledger.try_reserve(10, None).unwrap();
+        assert_eq!(ledger.month(), december);
+        // A clock read at 23:59:59 on the 30th, settled after the month rolled over:
+        // counted in December, and reported so.
+        assert_eq!(ledger.settle_at(10, 7, last_second), december);
+        assert_eq!(ledger.month_spend(december), Some(7e-9));
+        assert_eq!(ledger.month_spend(november), Some(0.0));
+    }
+
+    #[test]
+    fn totals_read_for_a_month_that_closed_do_not_land_in_the_next() {
+        let (clock, ledger) = ledger();
+        let november = ledger.month();
+        clock.set_secs(november.next().start_unix_secs());
+        assert!(!ledger.fold_settled(november, 5_000));
+        assert!(!ledger.set_external(november, 7_000));
+        assert_eq!(ledger.total_nanos(), 0);
+        assert!(ledger.set_external(november.next(), 7_000));
+        assert_eq!(ledger.total_nanos(), 7_000);
     }
 
     proptest::proptest! {
@@ -366,9 +467,44 @@ mod tests {
     fn month_to_date_overrides_settled_and_external() {
         let (_, ledger) = ledger();
         ledger.settle(0, 100);
-        ledger.set_external(50);
+        ledger.set_external(ledger.month(), 50);
         ledger.try_reserve(7, None).unwrap();
         ledger.set_month_to_date(1.5);
         assert_eq!(ledger.total_nanos(), 1_500_000_007);
+    }
+
+    #[test]
+    fn amounts_past_the_range_saturate_and_stay_over_every_limit_until_the_month_ends() {
+        let (clock, ledger) = ledger();
+        // Warn mode reserves without a limit: $5 billion twice would wrap an i64.
+        let five_billion = usd_to_nanos(5e9);
+        ledger.try_reserve(five_billion, None).unwrap();
+        ledger.try_reserve(five_billion, None).unwrap();
+        assert_eq!(ledger.total_nanos(), i64::MAX as u64);
+        // Releasing one does not bring the total back below what is really in flight.
+        ledger.release(five_billion);
+        assert_eq!(ledger.total_nanos(), i64::MAX as u64);
+        assert!(ledger.try_reserve(1, Some(usd_to_nanos(1e9))).is_err());
+        ledger.settle(five_billion, u64::MAX);
+        ledger.settle(0, u64::MAX);
+        assert_eq!(ledger.snapshot().settled_usd, nanos_to_usd(u64::MAX));
+        ledger.set_month_to_date(1e300);
+        ledger.set_month_to_date(0.0);
+        assert_eq!(ledger.total_nanos(), i64::MAX as u64);
+        // The next month starts from what is in flight: nothing.
+        clock.advance(Duration::from_secs(31 * 86_400));
+        assert_eq!(ledger.total_nanos(), 0);
+        assert!(ledger.try_reserve(1, Some(usd_to_nanos(1e9))).is_ok());
+    }
+
+    #[test]
+    fn a_what_if_spend_past_the_range_reads_as_over_the_largest_limit() {
+        let (_, ledger) = ledger();
+        ledger.set_month_to_date(3e10);
+        assert!(ledger.total_nanos() >= usd_to_nanos(crate::MAX_LIMIT_USD));
+        ledger.release(u64::MAX);
+        ledger.set_month_to_date(2.0);
+        ledger.release(u64::MAX);
+        assert_eq!(ledger.snapshot().reserved_usd, 0.0);
     }
 }

@@ -1,20 +1,22 @@
 //! # nexus-budget
 //!
 //! The `budget` stage and everything behind it: a cost model (prices per model per
-//! backend, in USD per million input and output tokens), a [`SpendLedger`] that never
-//! lets concurrent requests overrun the monthly limit, durable [`SpendStore`]s, and a
+//! backend, in USD per million input and output tokens), a [`SpendLedger`] whose
+//! reservations never let concurrent requests pass the monthly limit (exactly so when
+//! they bound their cost: see [`BudgetReconciler`]), durable [`SpendStore`]s, and a
 //! [`ReconciliationLoop`] that folds stored and external spend into the ledger.
 //!
 //! ## The money flow
 //! 1. A decision reads the ledger's month-to-date total (settled + external + reserved)
 //!    and sets the budget status; under a block action it excludes every backend whose
-//!    estimate would pass the limit.
-//! 2. When a backend is chosen, its estimated cost is **reserved** with one
+//!    reservation would pass the limit.
+//! 2. When a backend is chosen, the request's cost bound is **reserved** with one
 //!    compare-and-swap that fails if the total would pass the limit; the scheduler then
 //!    picks again. No lock, no I/O.
 //! 3. Finishing the route guard **settles**: the reservation is replaced by the cost of
-//!    the actual token usage, and the amount is queued to the [`Journal`], which writes
-//!    it to the store in batches. Dropping the guard releases the reservation.
+//!    the actual token usage, and the amount is queued to the [`Journal`] under the
+//!    month the ledger counted it in; the journal writes it to the store in batches.
+//!    Dropping the guard releases the reservation.
 //! 4. Every `reconciliation_interval_secs` the loop reads the store (spend settled by
 //!    other routers of the process that share it) and the [`SpendSource`]s (e.g. a
 //!    provider's billing API) into the ledger.
@@ -29,14 +31,18 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod amount;
 mod journal;
 mod ledger;
 mod month;
 mod reconciler;
 mod store;
 
+pub use amount::{
+    check_limit_usd, nanos_to_usd, usd_to_nanos, MAX_LIMIT_USD, MIN_LIMIT_USD, NANOS_PER_USD,
+};
 pub use journal::{Journal, JournalLag, ReconciliationLoop, SpendSource, DEFAULT_FLUSH_DEADLINE};
-pub use ledger::{nanos_to_usd, usd_to_nanos, SpendLedger, SpendSnapshot, NANOS_PER_USD};
+pub use ledger::{SpendLedger, SpendSnapshot};
 pub use month::Month;
 pub use reconciler::{
     BudgetReconciler, BudgetSettings, HardLimitAction, COST_CAP, HARD_LIMIT_ALL, HARD_LIMIT_CLOUD,

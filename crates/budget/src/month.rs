@@ -16,18 +16,28 @@ use std::fmt;
 pub struct Month(u32);
 
 impl Month {
-    /// The month `month` (1-12) of `year`.
+    /// The month `month` (1-12) of `year`; `None` for another month number or a year
+    /// past the keys' range (about 357 million).
     pub const fn new(year: u32, month: u32) -> Option<Self> {
         if month == 0 || month > 12 {
             return None;
         }
-        Some(Self(year * 12 + month - 1))
+        match year.checked_mul(12) {
+            Some(months) if months <= u32::MAX - 11 => Some(Self(months + month - 1)),
+            _ => None,
+        }
     }
 
-    /// The month containing `secs` seconds after the Unix epoch.
+    /// The month containing `secs` seconds after the Unix epoch (the last month keys
+    /// can hold, for seconds hundreds of millions of years away).
     pub const fn from_unix_secs(secs: u64) -> Self {
         let (year, month) = civil_from_days((secs / 86_400) as i64);
-        Self(year as u32 * 12 + month - 1)
+        let key = year as u64 * 12 + month as u64 - 1;
+        Self(if key > u32::MAX as u64 {
+            u32::MAX
+        } else {
+            key as u32
+        })
     }
 
     /// The year.
@@ -40,9 +50,9 @@ impl Month {
         self.0 % 12 + 1
     }
 
-    /// The month after.
+    /// The month after (the last month keys can hold is its own successor).
     pub const fn next(self) -> Self {
-        Self(self.0 + 1)
+        Self(self.0.saturating_add(1))
     }
 
     /// A compact key for storage: `year * 12 + month - 1`.
@@ -124,6 +134,18 @@ mod tests {
             (feb.next().start_unix_secs() - feb.start_unix_secs()) / 86_400,
             28
         );
+    }
+
+    #[test]
+    fn the_ends_of_time_saturate_instead_of_overflowing() {
+        let last = Month::from_unix_secs(u64::MAX);
+        assert_eq!(last.key(), u32::MAX);
+        assert_eq!(last.next(), last);
+        assert!(last.start_unix_secs() > 0);
+        assert_eq!(Month::new(u32::MAX, 1), None);
+        // The last second a clock of u64 nanoseconds can show.
+        let end_of_clock = u64::MAX / 1_000_000_000;
+        assert_eq!(Month::from_unix_secs(end_of_clock).to_string(), "2554-07");
     }
 
     #[test]

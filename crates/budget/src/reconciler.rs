@@ -6,17 +6,19 @@ use std::time::Duration;
 
 use nexus_core::{
     BackendSet, BudgetStatus, BuildContext, BuildError, Clock, ExplainContext, Explanation, Fleet,
-    Reason, ReconcileError, Reconciler, RouteTicket, RoutingIntent, Settlement, Verdict, Zone,
+    Offering, Reason, ReconcileError, Reconciler, RouteTicket, RoutingIntent, Settlement, Verdict,
+    Zone,
 };
 use serde::Deserialize;
 
 use crate::journal::Background;
 use crate::{
-    nanos_to_usd, usd_to_nanos, Journal, Month, SpendLedger, SpendSource, SpendStore, StoreError,
+    check_limit_usd, nanos_to_usd, usd_to_nanos, Journal, SpendLedger, SpendSource, SpendStore,
+    StoreError,
 };
 
 /// Reason: the request's cost would take spend past the limit.
-/// `values = [month-to-date spend incl. reserved, limit, cost]` in USD.
+/// `values = [month-to-date spend incl. reserved, limit, cost reserved]` in USD.
 pub const OVER_LIMIT: u16 = 1;
 /// Reason: hard limit reached, `block_cloud`. `values = [spend, limit, 0]`.
 pub const HARD_LIMIT_CLOUD: u16 = 2;
@@ -68,7 +70,8 @@ const fn default_interval() -> u64 {
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetSettings {
-    /// The monthly limit in USD (> 0).
+    /// The monthly limit in USD, from [`MIN_LIMIT_USD`](crate::MIN_LIMIT_USD) to
+    /// [`MAX_LIMIT_USD`](crate::MAX_LIMIT_USD).
     pub monthly_limit_usd: f64,
     /// Fraction of the limit, in (0, 1], where SoftLimit starts. Default 0.75.
     #[serde(default = "default_soft_limit")]
@@ -104,12 +107,7 @@ impl BudgetSettings {
 
     /// Checks the values; the error names the key and how to fix it.
     pub fn validate(&self) -> Result<(), String> {
-        if !(self.monthly_limit_usd.is_finite() && self.monthly_limit_usd > 0.0) {
-            return Err(format!(
-                "monthly_limit_usd must be a positive amount of USD, got {}",
-                self.monthly_limit_usd
-            ));
-        }
+        check_limit_usd("monthly_limit_usd", self.monthly_limit_usd)?;
         let soft = self.soft_limit_percent;
         if !(soft > 0.0 && soft <= 1.0) {
             let hint = if soft > 1.0 && soft <= 100.0 {
@@ -149,7 +147,31 @@ impl BudgetSettings {
 /// - **Cost cap.** A backend whose estimate exceeds the policy's `max_cost_per_request`
 ///   is excluded.
 /// - **Settlement.** Finishing the route guard replaces the reservation with the cost of
-///   the actual token usage and records it in the store; dropping it releases it.
+///   the actual token usage and records it in the store, under the month the ledger
+///   counted it in; dropping it releases it.
+///
+/// # What the limit guarantees
+///
+/// A request reserves the cost of its input bound
+/// ([`Request::max_input_tokens`](nexus_core::Request::max_input_tokens), else its
+/// `input_tokens`) and its estimated output (`max_output_tokens`, else half the input),
+/// and at least one nano-dollar on a priced backend. The true cost of a served request
+/// is always recorded, even when it is more than was reserved. Under a block action
+/// (`block_cloud`, `block_all`), with spend counted as settled + external + reserved:
+///
+/// 1. A request on a priced backend is admitted only if its reservation fits under the
+///    limit at that moment (one compare-and-swap): so once spend is at or over the
+///    limit, no request on a priced backend is admitted.
+/// 2. **Exact:** when every request's reservation is at least its actual cost (its
+///    input bound is at least the real input and it sets `max_output_tokens`, which
+///    the backend honours), spend never passes the limit.
+/// 3. **Otherwise** spend passes the limit by at most the sum of (actual − reserved)
+///    over the requests that were in flight the last time spend was at or under the
+///    limit: no request admitted after that point can add to the excess.
+///
+/// Spend this router does not reserve (external sources, other replicas' spend read
+/// from a shared store) can pass the limit too, and then stops admissions by rule 1.
+/// Under `warn` nothing is refused.
 #[derive(Debug)]
 pub struct BudgetReconciler {
     settings: BudgetSettings,
@@ -247,8 +269,9 @@ impl BudgetReconciler {
         dry_run: bool,
     ) -> Result<Self, StoreError> {
         if dry_run {
-            let (status, settled) = crate::store::read_for_dry_run(path, self.ledger.month())?;
-            self.ledger.fold_settled(settled);
+            let month = self.ledger.month();
+            let (status, settled) = crate::store::read_for_dry_run(path, month)?;
+            self.ledger.fold_settled(month, settled);
             self.store_status = Some(status);
             return Ok(self);
         }
@@ -292,6 +315,19 @@ impl BudgetReconciler {
         self.settings.hard_limit_action != HardLimitAction::Warn
     }
 
+    /// What a route reserved: see [`reservation`].
+    fn reserved_for(&self, ticket: &RouteTicket) -> u64 {
+        let estimate = &ticket.cost_estimate;
+        match self.fleet.model(ticket.model).offer(ticket.backend) {
+            Some(offer) => reservation(
+                offer,
+                estimate.max_input_tokens,
+                estimate.estimated_output_tokens,
+            ),
+            None => usd_to_nanos(estimate.cost_usd),
+        }
+    }
+
     /// The actual cost of a finished route: its token usage at the backend's prices,
     /// with the estimate standing in for usage the backend did not report.
     fn actual_cost(&self, ticket: &RouteTicket, input: Option<u32>, output: Option<u32>) -> u64 {
@@ -306,6 +342,17 @@ impl BudgetReconciler {
     }
 }
 
+/// What a request reserves on a backend, in nano-dollars: the cost of its input bound
+/// and estimated output, and at least one nano-dollar on a priced backend, so that a
+/// request whose estimate rounds to nothing is still refused once spend is at the limit.
+fn reservation(offer: &Offering, max_input_tokens: u32, output_tokens: u32) -> u64 {
+    if offer.is_free() {
+        0
+    } else {
+        usd_to_nanos(offer.cost_usd(max_input_tokens, output_tokens)).max(1)
+    }
+}
+
 impl Reconciler for BudgetReconciler {
     fn name(&self) -> &'static str {
         "budget"
@@ -317,8 +364,9 @@ impl Reconciler for BudgetReconciler {
         intent.raise_budget_status(status);
         let requirements = *intent.requirements();
         let constraints = *intent.constraints();
-        let (input, output) = (
+        let (input, max_input, output) = (
             requirements.input_tokens,
+            requirements.max_input_tokens,
             requirements.estimated_output_tokens,
         );
         let spend = nanos_to_usd(total);
@@ -329,13 +377,17 @@ impl Reconciler for BudgetReconciler {
             intent.warn(None, Reason::with(HARD_LIMIT_WARNING, [spend, limit, 0.0]));
         }
         // The usual case: below the soft limit, and even the dearest server of the model
-        // fits under the limit and the policy's cap. Nothing to visit.
-        let dearest = intent.model_entry().summary().max_cost_usd(input, output);
+        // fits under the limit and the policy's cap. Nothing to visit. (Below the soft
+        // limit the total is below the limit, so the one nano-dollar a priced request
+        // reserves at least always fits.)
+        let summary = intent.model_entry().summary();
         if status == BudgetStatus::Normal
             && constraints
                 .max_cost_per_request
-                .is_none_or(|cap| dearest <= cap)
-            && (!self.blocks() || total.saturating_add(usd_to_nanos(dearest)) <= self.limit)
+                .is_none_or(|cap| summary.max_cost_usd(input, output) <= cap)
+            && (!self.blocks()
+                || total.saturating_add(usd_to_nanos(summary.max_cost_usd(max_input, output)))
+                    <= self.limit)
         {
             return Ok(());
         }
@@ -345,7 +397,7 @@ impl Reconciler for BudgetReconciler {
         let cap_policy = Reason::policy_value(constraints.max_cost_policy);
         intent.visit_candidates(|candidate| {
             let cost_usd = candidate.offer().cost_usd(input, output);
-            let cost = usd_to_nanos(cost_usd);
+            let reserved = reservation(candidate.offer(), max_input, output);
             let is_cloud = cloud.contains(candidate.backend);
             if let Some(cap) = constraints
                 .max_cost_per_request
@@ -356,8 +408,11 @@ impl Reconciler for BudgetReconciler {
                 Verdict::Exclude(Reason::with(HARD_LIMIT_ALL, [spend, limit, 0.0]))
             } else if hard && action == HardLimitAction::BlockCloud && is_cloud {
                 Verdict::Exclude(Reason::with(HARD_LIMIT_CLOUD, [spend, limit, 0.0]))
-            } else if blocks && cost > 0 && total.saturating_add(cost) > self.limit {
-                Verdict::Exclude(Reason::with(OVER_LIMIT, [spend, limit, cost_usd]))
+            } else if blocks && reserved > 0 && total.saturating_add(reserved) > self.limit {
+                Verdict::Exclude(Reason::with(
+                    OVER_LIMIT,
+                    [spend, limit, nanos_to_usd(reserved)],
+                ))
             } else if status == BudgetStatus::SoftLimit && is_cloud {
                 Verdict::Scale(cloud_weight)
             } else {
@@ -368,38 +423,39 @@ impl Reconciler for BudgetReconciler {
     }
 
     fn on_route(&self, ticket: &RouteTicket) -> Result<(), Reason> {
-        let cost = usd_to_nanos(ticket.cost_estimate.cost_usd);
-        if cost == 0 {
+        let reserved = self.reserved_for(ticket);
+        if reserved == 0 {
             return Ok(());
         }
         let limit = self.blocks().then_some(self.limit);
-        self.ledger.try_reserve(cost, limit).map_err(|total| {
+        self.ledger.try_reserve(reserved, limit).map_err(|total| {
             Reason::with(
                 OVER_LIMIT,
                 [
                     nanos_to_usd(total),
                     self.settings.monthly_limit_usd,
-                    ticket.cost_estimate.cost_usd,
+                    nanos_to_usd(reserved),
                 ],
             )
         })
     }
 
     fn on_settle(&self, ticket: &RouteTicket, settlement: Settlement<'_>) {
-        let reserved = usd_to_nanos(ticket.cost_estimate.cost_usd);
+        let reserved = self.reserved_for(ticket);
         match settlement {
-            Settlement::Finished(outcome) => {
+            Settlement::Finished { outcome, at_secs } => {
                 let actual = self.actual_cost(ticket, outcome.input_tokens, outcome.output_tokens);
                 if reserved == 0 && actual == 0 {
                     return;
                 }
-                let now = ticket.settled_at_secs(&settlement);
-                self.ledger.settle_at(reserved, actual, now);
+                // The journal files the cost under the month the ledger counted it in,
+                // so that a restart loads what the ledger showed.
+                let month = self.ledger.settle_at(reserved, actual, at_secs);
                 if let (Some(journal), true) = (self.journal(), actual > 0) {
-                    journal.record(Month::from_unix_secs(now), actual);
+                    journal.record(month, actual);
                 }
             }
-            Settlement::Abandoned | Settlement::Cancelled => {
+            Settlement::Abandoned { .. } | Settlement::Cancelled => {
                 if reserved > 0 {
                     self.ledger.release(reserved);
                 }

@@ -29,6 +29,27 @@ impl Rng {
 
 #[test]
 fn concurrent_decisions_never_pass_the_limit_and_settle_exactly() {
+    decide_and_settle_concurrently(InputCount::Exact);
+}
+
+/// Requests whose input estimate is too low (as a gateway's estimate from text can be)
+/// but which give an upper bound: the backend reports up to the bound, the true cost is
+/// settled, and the limit still holds, because the bound is what was reserved.
+#[test]
+fn concurrent_requests_that_use_more_than_estimated_but_within_their_bound_never_pass_the_limit() {
+    decide_and_settle_concurrently(InputCount::UnderestimatedWithBound);
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum InputCount {
+    /// The request states its input exactly.
+    Exact,
+    /// The request states half its input as the estimate and all of it as the bound;
+    /// the backend reports anything from the estimate to the bound.
+    UnderestimatedWithBound,
+}
+
+fn decide_and_settle_concurrently(count: InputCount) {
     // Three priced cloud backends with different prices; $1 a month.
     let fleet = Arc::new(
         Fleet::new(
@@ -93,9 +114,21 @@ fn concurrent_decisions_never_pass_the_limit_and_settle_exactly() {
                 for _ in 0..DECISIONS_PER_THREAD {
                     let input = 200 + (rng.next() % 4_000) as u32;
                     let max_output = 50 + (rng.next() % 1_000) as u32;
-                    let request = Request::new("m")
-                        .input_tokens(input)
-                        .max_output_tokens(max_output);
+                    let (request, input) = match count {
+                        InputCount::Exact => (
+                            Request::new("m")
+                                .input_tokens(input)
+                                .max_output_tokens(max_output),
+                            input,
+                        ),
+                        InputCount::UnderestimatedWithBound => (
+                            Request::new("m")
+                                .input_tokens(input / 2)
+                                .max_input_tokens(input)
+                                .max_output_tokens(max_output),
+                            input / 2 + (rng.next() % u64::from(input / 2 + 1)) as u32,
+                        ),
+                    };
                     let mut decision = pipeline.decide(&request);
                     let total = budget.ledger().total_nanos();
                     assert!(

@@ -52,10 +52,15 @@ impl FakeClock {
         }
     }
 
-    /// Moves the clock forward by `by`.
+    /// Moves the clock forward by `by`, stopping at the end of time (`u64::MAX`
+    /// nanoseconds, in 2554) rather than wrapping to 1970.
     pub fn advance(&self, by: Duration) {
         let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
-        self.nanos.fetch_add(by, Ordering::SeqCst);
+        let _ = self
+            .nanos
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |now| {
+                Some(now.saturating_add(by))
+            });
     }
 
     /// Sets the clock to `secs` seconds after the Unix epoch.
@@ -74,5 +79,19 @@ impl Clock for FakeClock {
 impl<C: Clock + ?Sized> Clock for std::sync::Arc<C> {
     fn now_nanos(&self) -> u64 {
         (**self).now_nanos()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fake_clock_stops_at_the_end_of_time_instead_of_wrapping() {
+        let clock = FakeClock::at_secs(1_800_000_000);
+        clock.advance(Duration::from_secs(u64::MAX));
+        assert_eq!(clock.now_nanos(), u64::MAX);
+        clock.advance(Duration::MAX);
+        assert_eq!(clock.now_nanos(), u64::MAX);
     }
 }

@@ -252,6 +252,13 @@ impl ModelSpec {
     }
 }
 
+/// The highest price a model may have, in USD per million tokens: a dollar a token,
+/// hundreds of times the dearest API of today. At this price a request of `u32::MAX`
+/// input and output tokens costs under $8.6 billion, which budgets counting integer
+/// nano-dollars in an `i64` still hold, so that no price can make a cost infinite or
+/// overflow a ledger.
+pub const MAX_USD_PER_MTOK: f64 = 1e6;
+
 /// What is wrong with a set of [`BackendSpec`]s. `index` is the backend's position in
 /// the list (the n-th `[[backends]]` table, from 0).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -303,6 +310,22 @@ pub enum FleetError {
         /// What is wrong, as a sentence fragment with the fix.
         problem: &'static str,
     },
+    /// A price that is negative, not a number, or above [`MAX_USD_PER_MTOK`].
+    #[error("backend '{id}': model '{model}' has {key} = {price}; a price is USD per million tokens, from 0 (local servers) to {MAX_USD_PER_MTOK} (a dollar a token)")]
+    InvalidPrice {
+        /// The backend's id.
+        id: String,
+        /// The backend's index.
+        index: usize,
+        /// The model's index within the backend.
+        model_index: usize,
+        /// The model's name.
+        model: String,
+        /// The key: `input_usd_per_mtok` or `output_usd_per_mtok`.
+        key: &'static str,
+        /// The price given.
+        price: f64,
+    },
     /// More backends than the fleet can index.
     #[error("a fleet holds at most {max} backends; split the fleet across routers")]
     TooManyBackends {
@@ -319,7 +342,8 @@ impl FleetError {
             | FleetError::EmptyId { index }
             | FleetError::ZeroPriority { index, .. }
             | FleetError::ZeroConcurrency { index, .. }
-            | FleetError::InvalidModel { index, .. } => Some(*index),
+            | FleetError::InvalidModel { index, .. }
+            | FleetError::InvalidPrice { index, .. } => Some(*index),
             FleetError::TooManyBackends { .. } => None,
         }
     }
@@ -412,12 +436,14 @@ impl LiveState {
     }
 
     /// Folds a latency sample taken at `now_secs` into the EWMA (weight 0.2 for the new
-    /// sample); after [`LATENCY_MEMORY_SECS`] without samples it starts afresh.
+    /// sample); after [`LATENCY_MEMORY_SECS`] without samples it starts afresh. A sample
+    /// above [`Outcome::MAX_LATENCY`](crate::Outcome::MAX_LATENCY) counts as that much.
     pub fn record_latency(&self, latency: Duration, now_secs: u64) {
         let previous = self
             .latency_at_secs
             .swap(now_secs.max(1), Ordering::Relaxed);
         let stale = now_secs.saturating_sub(previous) > LATENCY_MEMORY_SECS;
+        let latency = latency.min(crate::Outcome::MAX_LATENCY);
         let sample = (latency.as_secs_f64() * 1000.0).max(0.001);
         // A lost update under contention would only drop one sample, but the CAS loop is
         // cheap and keeps the average exact.
@@ -718,11 +744,20 @@ impl Fleet {
                         "has context_window = 0; remove the key or give the window in tokens",
                     ));
                 }
-                let prices = [model.input_usd_per_mtok, model.output_usd_per_mtok];
-                if prices.iter().any(|p| !p.is_finite() || *p < 0.0) {
-                    return Err(invalid(
-                        "has a negative or non-finite price; prices are USD per million tokens, 0 for local servers",
-                    ));
+                for (key, price) in [
+                    ("input_usd_per_mtok", model.input_usd_per_mtok),
+                    ("output_usd_per_mtok", model.output_usd_per_mtok),
+                ] {
+                    if !(0.0..=MAX_USD_PER_MTOK).contains(&price) {
+                        return Err(FleetError::InvalidPrice {
+                            id: spec.id.clone(),
+                            index,
+                            model_index: model_index_in_backend,
+                            model: model.name.clone(),
+                            key,
+                            price,
+                        });
+                    }
                 }
                 let next = ModelId::new(model_offers.len() as u32);
                 let model_id = *model_index
@@ -929,7 +964,41 @@ mod tests {
             BackendSpec::new("a", "u").with_model(ModelSpec::new("m").with_prices(-1.0, 0.0))
         ])
         .unwrap_err();
-        assert!(negative.to_string().contains("negative"), "{negative}");
+        assert_eq!(
+            negative.to_string(),
+            "backend 'a': model 'm' has input_usd_per_mtok = -1; a price is USD per million tokens, from 0 (local servers) to 1000000 (a dollar a token)"
+        );
+        for price in [1e12, f64::INFINITY, f64::NAN] {
+            let error =
+                Fleet::new(vec![BackendSpec::new("a", "u")
+                    .with_model(ModelSpec::new("m").with_prices(0.0, price))])
+                .unwrap_err();
+            assert!(
+                matches!(
+                    error,
+                    FleetError::InvalidPrice {
+                        key: "output_usd_per_mtok",
+                        model_index: 0,
+                        ..
+                    }
+                ),
+                "{error}"
+            );
+        }
+        // The dearest allowed price keeps the dearest request finite and inside an
+        // i64 of nano-dollars.
+        let offer = Offering {
+            tier: 0,
+            context_window: None,
+            features: Features::NONE,
+            input_usd_per_mtok: MAX_USD_PER_MTOK,
+            output_usd_per_mtok: MAX_USD_PER_MTOK,
+        };
+        let dearest = offer.cost_usd(u32::MAX, u32::MAX) * 1e9;
+        assert!(
+            dearest.is_finite() && dearest < i64::MAX as f64,
+            "{dearest}"
+        );
     }
 
     #[test]
@@ -944,6 +1013,15 @@ mod tests {
         assert_eq!(live.latency_ewma_ms(1_001 + LATENCY_MEMORY_SECS + 1), None);
         live.record_latency(Duration::from_millis(500), 1_100);
         assert_eq!(live.latency_ewma_ms(1_100), Some(500.0));
+    }
+
+    #[test]
+    fn an_absurd_latency_counts_as_the_cap() {
+        let live = LiveState::new(BackendStatus::Healthy);
+        live.record_latency(Duration::from_secs(u64::MAX), 1_000);
+        assert_eq!(live.latency_ewma_ms(1_000), Some(3_600_000.0));
+        live.record_latency(Duration::MAX, 1_001);
+        assert_eq!(live.latency_ewma_ms(1_001), Some(3_600_000.0));
     }
 
     #[test]

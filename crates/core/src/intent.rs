@@ -557,6 +557,7 @@ pub(crate) fn cost_estimate(
 ) -> CostEstimate {
     CostEstimate {
         input_tokens: requirements.input_tokens,
+        max_input_tokens: requirements.max_input_tokens,
         estimated_output_tokens: requirements.estimated_output_tokens,
         cost_usd: offer.map_or(0.0, |o| {
             o.cost_usd(

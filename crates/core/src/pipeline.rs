@@ -1336,13 +1336,19 @@ impl<P: PipelineRef> RouteGuard<P> {
     }
     /// Reports how the request went: updates the backend's in-flight count and latency
     /// average, and lets stages settle (the budget with the actual cost, quality with
-    /// the outcome).
+    /// the outcome). The settlement's time is the pipeline's clock now, whatever
+    /// latency the outcome reports.
     pub fn finish(mut self, outcome: Outcome) {
+        let at_secs = self.pipeline.clock.now_secs();
         if outcome.success {
-            let now = self.ticket.settled_at_secs(&Settlement::Finished(&outcome));
-            self.backend().live().record_latency(outcome.latency, now);
+            self.backend()
+                .live()
+                .record_latency(outcome.latency, at_secs);
         }
-        self.settle(Settlement::Finished(&outcome));
+        self.settle(Settlement::Finished {
+            outcome: &outcome,
+            at_secs,
+        });
     }
 
     /// Withdraws the route before any request was sent (a dry run): releases what was
@@ -1364,6 +1370,9 @@ impl<P: PipelineRef> RouteGuard<P> {
 
 impl<P: PipelineRef> Drop for RouteGuard<P> {
     fn drop(&mut self) {
-        self.settle(Settlement::Abandoned);
+        if !self.settled {
+            let at_secs = self.pipeline.clock.now_secs();
+            self.settle(Settlement::Abandoned { at_secs });
+        }
     }
 }

@@ -94,17 +94,6 @@ pub struct RouteTicket {
     pub id: u64,
 }
 
-impl RouteTicket {
-    /// When a settlement happens, to the second, without reading a clock: the decision's
-    /// time plus the request's latency (the decision's time for an unfinished route).
-    pub fn settled_at_secs(&self, settlement: &Settlement<'_>) -> u64 {
-        match settlement {
-            Settlement::Finished(outcome) => self.decided_at_secs + outcome.latency.as_secs(),
-            Settlement::Abandoned | Settlement::Cancelled => self.decided_at_secs,
-        }
-    }
-}
-
 /// How a request ended, as reported by the caller.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Outcome {
@@ -121,6 +110,12 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// The longest latency or time to first token that averages count: longer reports
+    /// count as this much. An hour is far beyond any generation a backend serves in one
+    /// response; a longer report is a hung connection or a caller's bug, and one such
+    /// sample must not dominate a backend's average for long.
+    pub const MAX_LATENCY: Duration = Duration::from_secs(3_600);
+
     /// A success after `latency`.
     pub const fn success(latency: Duration) -> Self {
         Self {
@@ -158,15 +153,40 @@ impl Outcome {
 }
 
 /// How a routed request ended, for [`Reconciler::on_settle`].
+///
+/// The time of a settlement is read from the pipeline's clock when the guard is
+/// finished or dropped, once for every stage: never derived from what the caller
+/// reports (a latency of a month must not move spend into next month), so that every
+/// stage files the same request under the same second.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Settlement<'a> {
     /// The caller finished the guard with this outcome.
-    Finished(&'a Outcome),
+    Finished {
+        /// What the caller reported.
+        outcome: &'a Outcome,
+        /// When the guard was finished, in seconds since the Unix epoch.
+        at_secs: u64,
+    },
     /// The guard was dropped unfinished: count it as a failure, release what was reserved.
-    Abandoned,
+    Abandoned {
+        /// When the guard was dropped, in seconds since the Unix epoch.
+        at_secs: u64,
+    },
     /// The route was withdrawn before any request was sent (a later stage vetoed it, or
     /// the caller cancelled a dry run): release what was reserved, record nothing.
     Cancelled,
+}
+
+impl Settlement<'_> {
+    /// When the request ended, for the settlements that record something.
+    pub const fn at_secs(&self) -> Option<u64> {
+        match self {
+            Settlement::Finished { at_secs, .. } | Settlement::Abandoned { at_secs } => {
+                Some(*at_secs)
+            }
+            Settlement::Cancelled => None,
+        }
+    }
 }
 
 /// One policy stage of the routing pipeline.

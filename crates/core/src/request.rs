@@ -171,6 +171,12 @@ pub struct Request<'a> {
     pub model: &'a str,
     /// Input tokens, when known; counts as 0 otherwise.
     pub input_tokens: Option<u32>,
+    /// An upper bound of the input tokens, when the caller cannot count them exactly
+    /// but can bound them: the prompt's length in bytes is one, since tokenizers do not
+    /// make tokens of less than a byte. The budget reserves at this bound (so that the
+    /// limit holds however the estimate errs), while cost estimates, caps and context
+    /// checks use `input_tokens`. Ignored when below `input_tokens`.
+    pub max_input_tokens: Option<u32>,
     /// The client's cap on output tokens.
     pub max_output_tokens: Option<u32>,
     /// Features the request needs.
@@ -188,6 +194,7 @@ impl<'a> Request<'a> {
         Self {
             model,
             input_tokens: None,
+            max_input_tokens: None,
             max_output_tokens: None,
             features: Features::NONE,
             tier_mode: TierMode::Strict,
@@ -198,6 +205,12 @@ impl<'a> Request<'a> {
     /// Sets the input token count.
     pub const fn input_tokens(mut self, tokens: u32) -> Self {
         self.input_tokens = Some(tokens);
+        self
+    }
+
+    /// Sets the upper bound of the input tokens; see [`Request::max_input_tokens`].
+    pub const fn max_input_tokens(mut self, tokens: u32) -> Self {
+        self.max_input_tokens = Some(tokens);
         self
     }
 
@@ -227,11 +240,16 @@ impl<'a> Request<'a> {
     }
 
     /// The derived requirements: input counts as 0 when unknown; the estimated output is
-    /// the output cap when given, otherwise half the input.
+    /// the output cap when given, otherwise half the input; the input bound is the
+    /// larger of `max_input_tokens` and the input.
     pub const fn requirements(&self) -> RequestRequirements {
         let input = match self.input_tokens {
             Some(n) => n,
             None => 0,
+        };
+        let max_input = match self.max_input_tokens {
+            Some(n) if n > input => n,
+            _ => input,
         };
         let output = match self.max_output_tokens {
             Some(n) => n,
@@ -239,6 +257,7 @@ impl<'a> Request<'a> {
         };
         RequestRequirements {
             input_tokens: input,
+            max_input_tokens: max_input,
             estimated_output_tokens: output,
             features: self.features,
             tier_mode: self.tier_mode,
@@ -251,6 +270,9 @@ impl<'a> Request<'a> {
 pub struct RequestRequirements {
     /// Input tokens (0 when unknown).
     pub input_tokens: u32,
+    /// The upper bound of the input tokens the budget reserves for: at least
+    /// `input_tokens`.
+    pub max_input_tokens: u32,
     /// Output tokens the request is expected to produce.
     pub estimated_output_tokens: u32,
     /// Needed features.
@@ -307,6 +329,9 @@ impl TokenTier {
 pub struct CostEstimate {
     /// Input tokens counted.
     pub input_tokens: u32,
+    /// The upper bound of the input tokens (at least `input_tokens`): what a budget
+    /// reserves for, with `estimated_output_tokens`.
+    pub max_input_tokens: u32,
     /// Output tokens expected.
     pub estimated_output_tokens: u32,
     /// Cost in USD at the backend's prices.
@@ -342,6 +367,23 @@ mod tests {
             .max_output_tokens(99)
             .requirements();
         assert_eq!(r.estimated_output_tokens, 99);
+    }
+
+    #[test]
+    fn the_input_bound_is_never_below_the_input() {
+        let r = Request::new("m").input_tokens(100).requirements();
+        assert_eq!(r.max_input_tokens, 100);
+        let r = Request::new("m")
+            .input_tokens(100)
+            .max_input_tokens(400)
+            .requirements();
+        assert_eq!((r.input_tokens, r.max_input_tokens), (100, 400));
+        assert_eq!(r.estimated_output_tokens, 50, "estimated from the input");
+        let r = Request::new("m")
+            .input_tokens(100)
+            .max_input_tokens(10)
+            .requirements();
+        assert_eq!(r.max_input_tokens, 100);
     }
 
     #[test]

@@ -258,20 +258,19 @@ impl Reconciler for QualityReconciler {
     }
 
     fn on_settle(&self, ticket: &RouteTicket, settlement: Settlement<'_>) {
-        let now = ticket.settled_at_secs(&settlement);
         match settlement {
-            Settlement::Finished(outcome) => self.tracker.record_route_at(
+            Settlement::Finished { outcome, at_secs } => self.tracker.record_route_at(
                 ticket.backend,
                 ticket.id,
-                now,
+                at_secs,
                 outcome.success,
                 outcome.latency,
                 outcome.time_to_first_token,
             ),
-            Settlement::Abandoned => self.tracker.record_route_at(
+            Settlement::Abandoned { at_secs } => self.tracker.record_route_at(
                 ticket.backend,
                 ticket.id,
-                now,
+                at_secs,
                 false,
                 std::time::Duration::ZERO,
                 None,

@@ -250,6 +250,9 @@ impl QualityTracker {
 
     /// Records one outcome at `now_secs` (for replaying a log). An outcome that belongs
     /// to no route never ends a probe in flight; see [`record_route_at`](Self::record_route_at).
+    /// A time to first token above [`Outcome::MAX_LATENCY`](nexus_core::Outcome::MAX_LATENCY)
+    /// counts as that much, so that one absurd report cannot hold the average up for an
+    /// hour.
     pub fn record_at(
         &self,
         backend: BackendId,
@@ -283,6 +286,7 @@ impl QualityTracker {
             q.ok_1h.add(now_secs, 1);
             q.ok_24h.add(now_secs, 1);
             if let Some(ttft) = ttft {
+                let ttft = ttft.min(nexus_core::Outcome::MAX_LATENCY);
                 q.ttft_count_1h.add(now_secs, 1);
                 q.ttft_ms_1h.add(
                     now_secs,
@@ -342,7 +346,7 @@ impl QualityTracker {
             CLOSED => Circuit::Closed,
             PROBING => Circuit::Probing { cause: cause(word) },
             _ => {
-                let reopen = opened_at(word) + self.settings.cooldown_secs;
+                let reopen = opened_at(word).saturating_add(self.settings.cooldown_secs);
                 if now_secs >= reopen {
                     Circuit::HalfOpen { cause: cause(word) }
                 } else {
@@ -369,7 +373,7 @@ impl QualityTracker {
         let claimed = q
             .circuit
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
-                (state(word) == OPEN && now_secs >= opened_at(word) + cooldown)
+                (state(word) == OPEN && now_secs >= opened_at(word).saturating_add(cooldown))
                     .then_some(word & !STATE_MASK | PROBING)
             })
             .is_ok();

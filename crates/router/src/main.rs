@@ -85,8 +85,17 @@ struct RouteArgs {
 }
 
 fn parse_usd(text: &str) -> Result<f64, String> {
+    // Spend past the largest limit the budget enforces is over every limit: a larger
+    // amount would only test the ledger's arithmetic, not a decision.
+    #[cfg(feature = "budget")]
+    const MAX_USD: f64 = nexus_router::budget::MAX_LIMIT_USD;
+    #[cfg(not(feature = "budget"))]
+    const MAX_USD: f64 = f64::MAX;
     match text.parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        Ok(v) if (0.0..=MAX_USD).contains(&v) => Ok(v),
+        Ok(v) if v.is_finite() && v > MAX_USD => Err(format!(
+            "'{text}' is more than ${MAX_USD}, the largest monthly limit the budget enforces; --spent {MAX_USD} is already at or over every limit"
+        )),
         _ => Err(format!(
             "'{text}' is not an amount of USD (a number of 0 or more)"
         )),

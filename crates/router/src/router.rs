@@ -391,6 +391,11 @@ fn fleet_error(source: &Source<'_>, e: &FleetError) -> ConfigError {
         FleetError::InvalidModel { model_index, .. } => {
             path.extend([Seg::Key("models"), Seg::Index(*model_index)]);
         }
+        FleetError::InvalidPrice {
+            model_index, key, ..
+        } => {
+            path.extend([Seg::Key("models"), Seg::Index(*model_index), Seg::Key(key)]);
+        }
         _ => {}
     }
     source.error(&path, e.to_string(), None)

@@ -120,7 +120,9 @@ impl MemoryStore {
 #[async_trait]
 impl SpendStore for MemoryStore {
     async fn add(&self, month: Month, nanos: u64) -> Result<(), StoreError> {
-        *self.months_map().entry(month).or_default() += nanos;
+        let mut months = self.months_map();
+        let total = months.entry(month).or_default();
+        *total = total.saturating_add(nanos);
         Ok(())
     }
 
