@@ -65,11 +65,16 @@ const fn default_interval() -> u64 {
 }
 
 /// The `[routing.budget]` settings.
+///
+/// Every key is optional: without a monthly limit the stage only enforces policies'
+/// `max_cost_per_request` and reports Normal, which is what the default pipeline runs
+/// when a config has no `[routing.budget]` table ([`Default`]).
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetSettings {
-    /// The monthly limit in USD (> 0).
-    pub monthly_limit_usd: f64,
+    /// The monthly limit in USD (> 0); none: no monthly limit, per-request caps only.
+    #[serde(default)]
+    pub monthly_limit_usd: Option<f64>,
     /// Fraction of the limit, in (0, 1], where SoftLimit starts. Default 0.75.
     #[serde(default = "default_soft_limit")]
     pub soft_limit_percent: f64,
@@ -92,7 +97,17 @@ impl BudgetSettings {
     /// Settings with a limit and every default.
     pub fn new(monthly_limit_usd: f64) -> Self {
         Self {
-            monthly_limit_usd,
+            monthly_limit_usd: Some(monthly_limit_usd),
+            ..Self::default()
+        }
+    }
+}
+
+impl Default for BudgetSettings {
+    /// No monthly limit (only per-request caps are enforced) and every other default.
+    fn default() -> Self {
+        Self {
+            monthly_limit_usd: None,
             soft_limit_percent: default_soft_limit(),
             hard_limit_action: HardLimitAction::default(),
             soft_limit_cloud_weight: default_cloud_weight(),
@@ -100,14 +115,17 @@ impl BudgetSettings {
             reconciliation_interval_secs: default_interval(),
         }
     }
+}
 
+impl BudgetSettings {
     /// Checks the values; the error names the key and how to fix it.
     pub fn validate(&self) -> Result<(), String> {
-        if !(self.monthly_limit_usd.is_finite() && self.monthly_limit_usd > 0.0) {
-            return Err(format!(
-                "monthly_limit_usd must be a positive amount of USD, got {}",
-                self.monthly_limit_usd
-            ));
+        if let Some(limit) = self.monthly_limit_usd {
+            if !(limit.is_finite() && limit > 0.0) {
+                return Err(format!(
+                    "monthly_limit_usd must be a positive amount of USD, got {limit}"
+                ));
+            }
         }
         let soft = self.soft_limit_percent;
         if !(soft > 0.0 && soft <= 1.0) {
@@ -146,7 +164,9 @@ impl BudgetSettings {
 ///   with a compare-and-swap that fails if concurrent requests got there first, in
 ///   which case the scheduler picks again.
 /// - **Cost cap.** A backend whose estimate exceeds the policy's `max_cost_per_request`
-///   is excluded.
+///   is excluded, with or without a monthly limit.
+/// - **No monthly limit** (`monthly_limit_usd` unset): the status stays Normal, nothing
+///   is blocked for spend, and spend is still counted.
 /// - **Settlement.** Finishing the route guard replaces the reservation with the cost of
 ///   the actual token usage and records it in the store; dropping it releases it.
 #[derive(Debug)]
@@ -174,9 +194,17 @@ impl BudgetReconciler {
                 cloud.insert(backend.id());
             }
         }
+        // Without a monthly limit, thresholds no total reaches (totals fit in an i64).
+        let (limit, soft) = match settings.monthly_limit_usd {
+            Some(limit) => (
+                usd_to_nanos(limit),
+                usd_to_nanos(limit * settings.soft_limit_percent),
+            ),
+            None => (u64::MAX, u64::MAX),
+        };
         Ok(Self {
-            limit: usd_to_nanos(settings.monthly_limit_usd),
-            soft: usd_to_nanos(settings.monthly_limit_usd * settings.soft_limit_percent),
+            limit,
+            soft,
             settings,
             fleet,
             ledger: Arc::new(SpendLedger::new(clock)),
@@ -203,21 +231,14 @@ impl BudgetReconciler {
     }
 
     /// Builds the stage from `[routing.budget]`; the factory registered as `"budget"`.
+    /// Without the table, the stage enforces per-request caps only.
     /// With `store = "path"`, spend is kept in a [`RedbStore`](crate::RedbStore) there.
     pub fn from_context(ctx: &BuildContext<'_>) -> Result<Box<dyn Reconciler>, BuildError> {
         let invalid = |message: String| BuildError::InvalidSettings {
             kind: ctx.kind.to_owned(),
             message,
         };
-        let Some(settings) = ctx.settings else {
-            return Err(invalid(
-                "the budget stage needs a [routing.budget] table with monthly_limit_usd".to_owned(),
-            ));
-        };
-        let settings: BudgetSettings = settings
-            .clone()
-            .try_into()
-            .map_err(|e: toml::de::Error| invalid(e.message().to_owned()))?;
+        let settings: BudgetSettings = ctx.settings()?;
         let store = settings.store.clone();
         let stage =
             Self::new(Arc::clone(ctx.fleet), settings, Arc::clone(ctx.clock)).map_err(invalid)?;
@@ -259,8 +280,15 @@ impl BudgetReconciler {
         }
     }
 
+    /// Whether spend can exclude backends: there is a limit and its action blocks.
     fn blocks(&self) -> bool {
-        self.settings.hard_limit_action != HardLimitAction::Warn
+        self.settings.monthly_limit_usd.is_some()
+            && self.settings.hard_limit_action != HardLimitAction::Warn
+    }
+
+    /// The monthly limit in USD for reasons (infinite without one; never reported then).
+    fn limit_usd(&self) -> f64 {
+        self.settings.monthly_limit_usd.unwrap_or(f64::INFINITY)
     }
 
     /// The actual cost of a finished route: its token usage at the backend's prices,
@@ -293,7 +321,7 @@ impl Reconciler for BudgetReconciler {
             requirements.estimated_output_tokens,
         );
         let spend = nanos_to_usd(total);
-        let limit = self.settings.monthly_limit_usd;
+        let limit = self.limit_usd();
         let action = self.settings.hard_limit_action;
         let hard = status == BudgetStatus::HardLimit;
         if hard && action == HardLimitAction::Warn && !intent.is_explaining() {
@@ -349,7 +377,7 @@ impl Reconciler for BudgetReconciler {
                 OVER_LIMIT,
                 [
                     nanos_to_usd(total),
-                    self.settings.monthly_limit_usd,
+                    self.limit_usd(),
                     ticket.cost_estimate.cost_usd,
                 ],
             )

@@ -21,12 +21,14 @@
 #![warn(missing_docs)]
 
 mod config;
+mod enforcement;
 mod report;
 mod router;
 
 pub use config::{
     Config, ConfigError, ConfigWarning, RoutingConfig, EXAMPLE_CONFIG, EXAMPLE_CONFIG_NAME,
 };
+pub use enforcement::POLICY_KEY_STAGES;
 pub use report::{CandidateReport, CostReport, DecisionReport, FixReport, RejectionReport};
 pub use router::{Router, RouterBuilder, WithBuiltins, DEFAULT_PIPELINE};
 

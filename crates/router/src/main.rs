@@ -210,11 +210,16 @@ fn print_budget(router: &Router) {
         |p| format!("kept in {}", p.display()),
     );
     let snapshot = budget.ledger().snapshot();
+    let limit = match settings.monthly_limit_usd {
+        Some(limit) => format!(
+            "${limit} a month, soft limit at {}%, {} at the limit",
+            settings.soft_limit_percent * 100.0,
+            settings.hard_limit_action.as_str(),
+        ),
+        None => "no monthly limit (per-request caps only)".to_owned(),
+    };
     println!(
-        "  budget: ${} a month, soft limit at {}%, {} at the limit; {} spent in {} ({store})",
-        settings.monthly_limit_usd,
-        settings.soft_limit_percent * 100.0,
-        settings.hard_limit_action.as_str(),
+        "  budget: {limit}; {} spent in {} ({store})",
         format_args!("${:.2}", snapshot.total_usd),
         snapshot.month,
     );

@@ -233,12 +233,9 @@ impl RouterBuilder {
 
         let kinds: Vec<String> = match &routing.pipeline {
             Some(kinds) => kinds.clone(),
-            // The budget stage needs its [routing.budget] table: without one, the default
-            // pipeline leaves it out instead of failing.
             None => DEFAULT_PIPELINE
                 .iter()
                 .filter(|k| self.registry.contains(k))
-                .filter(|k| **k != "budget" || routing.stages.contains_key("budget"))
                 .map(|k| (*k).to_owned())
                 .collect(),
         };
@@ -262,14 +259,13 @@ impl RouterBuilder {
                 ));
             }
         }
-        for kind in routing.stages.keys() {
-            if !kinds.contains(kind) {
-                warnings.push(source.warning(
-                    &[Seg::Key("routing"), Seg::Key(kind)],
-                    format!("[routing.{kind}] is ignored: '{kind}' is not in the pipeline; add it to [routing] pipeline"),
-                ));
-            }
-        }
+        crate::enforcement::check(
+            source,
+            &self.registry,
+            &kinds,
+            policies.policies(),
+            routing.stages.keys(),
+        )?;
         if !kinds.iter().any(|k| k == "analyzer") {
             warnings.push(source.warning(
                 &[Seg::Key("routing"), Seg::Key("pipeline")],
