@@ -19,6 +19,74 @@ pub const EXAMPLE_CONFIG: &str = include_str!("example.toml");
 /// The name the built-in example is reported under.
 pub const EXAMPLE_CONFIG_NAME: &str = "<built-in example>";
 
+/// The largest config file read, in bytes (4 MiB): far above any real fleet, and a
+/// bound on what a wrong path (a log, a disk image) costs before it is refused.
+pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Reads the config file at `path`: a regular file of at most [`MAX_CONFIG_BYTES`] in
+/// UTF-8. A FIFO or a device (`/dev/zero`) is refused before it is opened, since
+/// reading one could block or never end.
+pub(crate) fn read_config_file(path: &std::path::Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    let name = path.display().to_string();
+    let error = |message: String, help: &str| ConfigError {
+        file: name.clone(),
+        position: None,
+        message,
+        help: Some(help.to_owned()),
+    };
+    let cannot_read = |e: std::io::Error| {
+        error(
+            format!("cannot read the config file: {e}"),
+            "check the path given to --config",
+        )
+    };
+    let metadata = std::fs::metadata(path).map_err(cannot_read)?;
+    if !metadata.is_file() {
+        let what = if metadata.is_dir() {
+            "a directory"
+        } else {
+            "not a regular file (a pipe, socket or device)"
+        };
+        return Err(error(
+            format!("the config path is {what}"),
+            "give --config a TOML file",
+        ));
+    }
+    let too_large = || {
+        error(
+            format!("the config file is larger than {MAX_CONFIG_BYTES} bytes (4 MiB), the most nexus reads"),
+            "check the path: a routing config is a few kilobytes",
+        )
+    };
+    if metadata.len() > MAX_CONFIG_BYTES {
+        return Err(too_large());
+    }
+    // The file may grow between the check and the read: read one byte past the cap.
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(cannot_read)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(too_large());
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = e.utf8_error().valid_up_to();
+        let bytes = e.as_bytes();
+        // The prefix is valid UTF-8, so its line and column are those of the bad byte.
+        let prefix = std::str::from_utf8(&bytes[..valid]).unwrap_or_default();
+        ConfigError {
+            file: name.clone(),
+            position: Some(Source::new(&name, prefix).line_col(valid)),
+            message: format!(
+                "the file is not valid UTF-8: byte 0x{:02x} at byte offset {valid}",
+                bytes[valid]
+            ),
+            help: Some("save the file as UTF-8".to_owned()),
+        }
+    })
+}
+
 /// The keys of `[routing]` other than stage settings.
 pub(crate) const ROUTING_KEYS: [&str; 5] =
     ["pipeline", "aliases", "fallbacks", "policies", "on_error"];
@@ -73,15 +141,34 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = printable(&self.file);
+        let message = printable(&self.message);
         match self.position {
-            Some((line, column)) => write!(f, "{}:{line}:{column}: {}", self.file, self.message)?,
-            None => write!(f, "{}: {}", self.file, self.message)?,
+            Some((line, column)) => write!(f, "{file}:{line}:{column}: {message}")?,
+            None => write!(f, "{file}: {message}")?,
         }
         if let Some(help) = &self.help {
-            write!(f, "\n  help: {help}")?;
+            write!(f, "\n  help: {}", printable(help))?;
         }
         Ok(())
     }
+}
+
+/// `text` with control characters (terminal escapes among them) written as escapes, so
+/// that a message quoting the config cannot drive the terminal it is printed on; line
+/// breaks stay.
+pub(crate) fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(|c| c.is_control() && c != '\n') {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| match c {
+            '\n' => "\n".to_owned(),
+            c if c.is_control() => c.escape_default().to_string(),
+            c => c.to_string(),
+        })
+        .collect::<String>()
+        .into()
 }
 
 /// Something valid but probably not meant, located in its file.
@@ -97,13 +184,11 @@ pub struct ConfigWarning {
 
 impl fmt::Display for ConfigWarning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = printable(&self.file);
+        let message = printable(&self.message);
         match self.position {
-            Some((line, column)) => write!(
-                f,
-                "{}:{line}:{column}: warning: {}",
-                self.file, self.message
-            ),
-            None => write!(f, "{}: warning: {}", self.file, self.message),
+            Some((line, column)) => write!(f, "{file}:{line}:{column}: warning: {message}"),
+            None => write!(f, "{file}: warning: {message}"),
         }
     }
 }
@@ -134,10 +219,18 @@ impl<'a> Source<'a> {
         }
     }
 
-    /// Parses the text into a [`Config`], or a located error with a suggestion.
+    /// Parses the text into a [`Config`], or a located error with a suggestion; a value
+    /// of the wrong type is named by its key, with the type it takes.
     pub(crate) fn parse(&self) -> Result<Config, ConfigError> {
         toml::from_str(self.text).map_err(|e| {
-            let (message, help) = with_suggestion(e.message());
+            let key = e.span().and_then(|s| self.key_path_at(s.start));
+            let (message, help) = match key
+                .as_deref()
+                .and_then(|key| type_error(key, e.message()).map(|m| (key, m)))
+            {
+                Some((key, (message, help))) => (format!("{key}: {message}"), Some(help)),
+                None => with_suggestion(e.message()),
+            };
             ConfigError {
                 file: self.name.to_owned(),
                 position: e.span().map(|s| self.line_col(s.start)),
@@ -145,6 +238,67 @@ impl<'a> Source<'a> {
                 help,
             }
         })
+    }
+
+    fn document(&self) -> Option<&toml_edit::ImDocument<&'a str>> {
+        self.document
+            .get_or_init(|| toml_edit::ImDocument::parse(self.text).ok())
+            .as_ref()
+    }
+
+    /// The dotted path (`backends[1].priority`) of the innermost value at `offset`.
+    pub(crate) fn key_path_at(&self, offset: usize) -> Option<String> {
+        fn in_value(value: &toml_edit::Value, offset: usize, path: String) -> Option<String> {
+            if !value.span().is_some_and(|s| s.contains(&offset)) {
+                return None;
+            }
+            let inner = match value {
+                toml_edit::Value::Array(array) => array
+                    .iter()
+                    .enumerate()
+                    .find_map(|(i, v)| in_value(v, offset, format!("{path}[{i}]"))),
+                toml_edit::Value::InlineTable(table) => table
+                    .iter()
+                    .find_map(|(k, v)| in_value(v, offset, join(&path, k))),
+                _ => None,
+            };
+            Some(inner.unwrap_or(path))
+        }
+        fn in_table(table: &toml_edit::Table, offset: usize, path: &str) -> Option<String> {
+            table.iter().find_map(|(key, item)| {
+                let path = join(path, key);
+                match item {
+                    toml_edit::Item::Value(value) => in_value(value, offset, path),
+                    toml_edit::Item::Table(table) => in_table(table, offset, &path),
+                    toml_edit::Item::ArrayOfTables(array) => array
+                        .iter()
+                        .enumerate()
+                        .find_map(|(i, table)| in_table(table, offset, &format!("{path}[{i}]"))),
+                    toml_edit::Item::None => None,
+                }
+            })
+        }
+        fn join(path: &str, key: &str) -> String {
+            if path.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{path}.{key}")
+            }
+        }
+        in_table(self.document()?.as_table(), offset, "")
+    }
+
+    /// Whether every step of `path` exists in the document.
+    pub(crate) fn contains(&self, path: &[Seg<'_>]) -> bool {
+        let Some(document) = self.document() else {
+            return false;
+        };
+        let mut item = Some(Node::Item(document.as_item()));
+        for seg in path {
+            let Some(node) = item else { return false };
+            item = node.step(*seg).0;
+        }
+        item.is_some()
     }
 
     /// 1-based line and column of a byte offset.
@@ -160,10 +314,7 @@ impl<'a> Source<'a> {
 
     /// The position of the deepest part of `path` that exists in the document.
     pub(crate) fn locate(&self, path: &[Seg<'_>]) -> Option<(usize, usize)> {
-        let document = self
-            .document
-            .get_or_init(|| toml_edit::ImDocument::parse(self.text).ok())
-            .as_ref()?;
+        let document = self.document()?;
         let mut best: Option<Range<usize>> = None;
         let mut item = Some(Node::Item(document.as_item()));
         for seg in path {
@@ -184,10 +335,56 @@ impl<'a> Source<'a> {
         message: impl Into<String>,
         help: Option<String>,
     ) -> ConfigError {
+        let (message, help) = match help {
+            Some(help) => (message.into(), Some(help)),
+            None => split_fix(message.into()),
+        };
         ConfigError {
             file: self.name.to_owned(),
             position: self.locate(path),
-            message: message.into(),
+            message,
+            help,
+        }
+    }
+
+    /// A stage's `[routing.<kind>]` error, at the key it is about: the key its message
+    /// starts with (the convention of `BuildError::InvalidSettings`) or the unknown
+    /// field it names; else at the table.
+    pub(crate) fn settings_error(&self, kind: &str, message: &str) -> ConfigError {
+        let message = message.trim();
+        let mut path = vec![Seg::Key("routing"), Seg::Key(kind)];
+        let lead = message.split([' ', ':', ',']).next().unwrap_or_default();
+        let lead_path = parse_path(lead);
+        let mut key = None;
+        let mut rest = message;
+        if !lead_path.is_empty() && self.contains(&[&path[..], &lead_path[..]].concat()) {
+            path.extend(lead_path);
+            key = Some(lead);
+            // "key: what" is a prefix; "key is ..." is a sentence that keeps its subject.
+            if let Some(after) = message[lead.len()..].strip_prefix(": ") {
+                rest = after;
+            }
+        }
+        let (mut text, help) = match key.and_then(|key| type_error(key, rest)) {
+            Some((text, help)) => (text, Some(help)),
+            None => match with_suggestion(rest) {
+                (text, None) => split_fix(text),
+                found => found,
+            },
+        };
+        if let Some(field) = rest
+            .strip_prefix("unknown field `")
+            .and_then(|t| t.split('`').next())
+        {
+            path.push(Seg::Key(field));
+        }
+        if rest.len() != message.len() {
+            text = format!("{}: {text}", key.unwrap_or_default());
+        }
+        ConfigError {
+            file: self.name.to_owned(),
+            position: self.locate(&path),
+            message: format!("[routing.{kind}]: {text}"),
             help,
         }
     }
@@ -242,6 +439,35 @@ impl<'d> Node<'d> {
     }
 }
 
+/// Errors of the engine's crates read "what is wrong; how to fix it": the fix becomes
+/// the `help:` line.
+fn split_fix(message: String) -> (String, Option<String>) {
+    match message.rsplit_once("; ") {
+        Some((what, fix)) if !what.is_empty() && !fix.is_empty() => {
+            (what.to_owned(), Some(fix.to_owned()))
+        }
+        _ => (message, None),
+    }
+}
+
+/// `a.b[0].c` as steps; empty for an empty text.
+fn parse_path(text: &str) -> Vec<Seg<'_>> {
+    let mut path = Vec::new();
+    for part in text.split('.').filter(|p| !p.is_empty()) {
+        let mut pieces = part.split('[');
+        if let Some(key) = pieces.next().filter(|k| !k.is_empty()) {
+            path.push(Seg::Key(key));
+        }
+        for index in pieces {
+            match index.strip_suffix(']').and_then(|i| i.parse().ok()) {
+                Some(i) => path.push(Seg::Index(i)),
+                None => return Vec::new(),
+            }
+        }
+    }
+    path
+}
+
 fn first_key_span(table: &toml_edit::Table) -> Option<Range<usize>> {
     table
         .iter()
@@ -250,9 +476,16 @@ fn first_key_span(table: &toml_edit::Table) -> Option<Range<usize>> {
 }
 
 /// Adds "did you mean" to serde's "unknown field `x`, expected one of `a`, `b`" and
-/// "unknown variant" messages.
+/// "unknown variant" messages, and what to add to "missing field" ones.
 pub(crate) fn with_suggestion(message: &str) -> (String, Option<String>) {
     let message = message.trim().to_owned();
+    if let Some(field) = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next())
+    {
+        let help = format!("add `{field} = ...` to this table; it has no default");
+        return (message, Some(help));
+    }
     for kind in ["unknown field", "unknown variant"] {
         let Some(rest) = message.strip_prefix(kind) else {
             continue;
@@ -275,6 +508,54 @@ pub(crate) fn with_suggestion(message: &str) -> (String, Option<String>) {
         return (message, Some(help));
     }
     (message, None)
+}
+
+/// What a serde type name means in a config, and a value of it.
+fn describe_type(expected: &str) -> Option<(&'static str, &'static str)> {
+    Some(match expected {
+        "u8" => ("a whole number from 0 to 255", "3"),
+        "u16" => ("a whole number from 0 to 65535", "8"),
+        "u32" => ("a whole number from 0 to 4294967295", "8"),
+        "u64" | "usize" => ("a whole number of 0 or more", "60"),
+        "i8" | "i16" | "i32" | "i64" | "isize" => ("a whole number", "1"),
+        "f32" | "f64" => ("a number", "0.5"),
+        "a boolean" => ("true or false", "true"),
+        "a string" | "a borrowed string" | "path string" => ("a string in quotes", "\"...\""),
+        "a sequence" => ("an array", "[\"...\"]"),
+        "a map" => ("a table", "{ ... }"),
+        s if s.starts_with("struct ") => ("a table", "{ ... }"),
+        _ => return None,
+    })
+}
+
+/// serde's "invalid type: string \"x\", expected u32" for the value of `key` (a dotted
+/// path), as "expected <what it takes>, found <what was there>" and a help line with an
+/// example; `None` for other messages.
+pub(crate) fn type_error(key: &str, message: &str) -> Option<(String, String)> {
+    let message = message.trim();
+    let name = key.rsplit('.').next().unwrap_or(key);
+    let name = name.split('[').next().unwrap_or(name);
+    // toml's words for a value of a choice (a zone, an action) that is not a string.
+    if message == "wanted string or table" {
+        return Some((
+            "expected one of its names in quotes".to_owned(),
+            format!("{name} takes a string in quotes, e.g. {name} = \"...\"; see docs/configuration.md for its values"),
+        ));
+    }
+    let rest = message
+        .strip_prefix("invalid type: ")
+        .or_else(|| message.strip_prefix("invalid value: "))?;
+    let (found, expected) = rest.rsplit_once(", expected ")?;
+    match describe_type(expected) {
+        Some((what, example)) => Some((
+            format!("expected {what}, found {found}"),
+            format!("{name} takes {what}, e.g. {name} = {example}"),
+        )),
+        None => Some((
+            format!("expected {expected}, found {found}"),
+            format!("{name} takes {expected}"),
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -24,9 +24,11 @@ mod config;
 mod enforcement;
 mod report;
 mod router;
+mod validate;
 
 pub use config::{
     Config, ConfigError, ConfigWarning, RoutingConfig, EXAMPLE_CONFIG, EXAMPLE_CONFIG_NAME,
+    MAX_CONFIG_BYTES,
 };
 pub use enforcement::POLICY_KEY_STAGES;
 pub use report::{CandidateReport, CostReport, DecisionReport, FixReport, RejectionReport};

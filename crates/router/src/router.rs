@@ -128,17 +128,12 @@ impl RouterBuilder {
         &self.registry
     }
 
-    /// Loads the config file at `path`.
+    /// Loads the config file at `path`: a regular file of at most
+    /// [`MAX_CONFIG_BYTES`](crate::MAX_CONFIG_BYTES), in UTF-8.
     pub fn load_file(&self, path: impl AsRef<Path>) -> Result<Router, ConfigError> {
         let path = path.as_ref();
-        let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: name.clone(),
-            position: None,
-            message: format!("cannot read the config file: {e}"),
-            help: Some("check the path given to --config".to_owned()),
-        })?;
-        self.load_str(&name, &text)
+        let text = crate::config::read_config_file(path)?;
+        self.load_str(&path.display().to_string(), &text)
     }
 
     /// Loads the built-in example config.
@@ -155,6 +150,7 @@ impl RouterBuilder {
 
     fn build(&self, source: &Source<'_>, config: Config) -> Result<Router, ConfigError> {
         let mut warnings = Vec::new();
+        crate::validate::check(source, &config)?;
         let routing = config.routing;
 
         let fleet = Fleet::new(config.backends).map_err(|e| fleet_error(source, &e))?;
@@ -310,13 +306,7 @@ impl RouterBuilder {
                     }),
                 ),
                 nexus_core::BuildError::InvalidSettings { message, .. } => {
-                    let (message, help) = crate::config::with_suggestion(message);
-                    let field = message.split('`').nth(1).filter(|_| message.contains('`'));
-                    let mut path = vec![Seg::Key("routing"), Seg::Key(kind)];
-                    if let Some(field) = field {
-                        path.push(Seg::Key(field));
-                    }
-                    source.error(&path, format!("[routing.{kind}]: {message}"), help)
+                    source.settings_error(kind, message)
                 }
                 _ => source.error(&[Seg::Key("routing"), Seg::Key(kind)], e.to_string(), None),
             })?;

@@ -101,7 +101,7 @@ fn check_on_a_broken_config_exits_2_with_file_line_column() {
     let path = dir.join("broken.toml");
     std::fs::write(
         &path,
-        "[[backends]]\nid = \"a\"\nurl = \"u\"\nzone = \"clod\"\n",
+        "[[backends]]\nid = \"a\"\nurl = \"http://127.0.0.1:1\"\nzone = \"clod\"\n",
     )
     .unwrap();
     let output = nexus(&["check", "--config", path.to_str().unwrap()]);
