@@ -179,3 +179,17 @@ fn check_into_a_reader_that_stops_early_exits_quietly() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_requested_name_with_terminal_escapes_is_printed_escaped() {
+    let name = "x\u{1b}[2Jy";
+    let output = nexus(&["route", "--model", name]);
+    assert_eq!(output.status.code(), Some(0));
+    let text = stdout(&output);
+    assert!(text.starts_with("REJECT x\\u{1b}[2Jy"), "{text:?}");
+    assert!(!text.contains('\u{1b}'), "{text:?}");
+    let output = nexus(&["route", "--model", name, "--format", "json"]);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(json["requested_model"], name);
+    assert!(!stdout(&output).contains('\u{1b}'));
+}
