@@ -229,7 +229,10 @@ impl<'a> Source<'a> {
                 .and_then(|key| type_error(key, e.message()).map(|m| (key, m)))
             {
                 Some((key, (message, help))) => (format!("{key}: {message}"), Some(help)),
-                None => with_suggestion(e.message()),
+                None => match with_suggestion(e.message()) {
+                    (message, None) => syntax_error(&message),
+                    found => found,
+                },
             };
             ConfigError {
                 file: self.name.to_owned(),
@@ -508,6 +511,23 @@ pub(crate) fn with_suggestion(message: &str) -> (String, Option<String>) {
         return (message, Some(help));
     }
     (message, None)
+}
+
+/// A TOML syntax error on one line, with the usual fix.
+fn syntax_error(message: &str) -> (String, Option<String>) {
+    let message = message.trim().replace('\n', ", ");
+    let help = if message.starts_with("invalid string") {
+        "put the value in double quotes, e.g. id = \"gpu-box\""
+    } else if message.starts_with("invalid basic string") {
+        "end the string with a double quote on the same line"
+    } else if message.starts_with("duplicate key") {
+        "a key may appear once in a table: remove or rename one of them"
+    } else if message.starts_with("invalid table header") {
+        "write a table header as [name] or [[name]] on a line of its own"
+    } else {
+        "compare with the keys and values described in docs/configuration.md"
+    };
+    (message, Some(help.to_owned()))
 }
 
 /// What a serde type name means in a config, and a value of it.

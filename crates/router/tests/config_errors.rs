@@ -319,6 +319,24 @@ const MALFORMED: &[Malformed] = &[
         help: "zone takes a string in quotes",
     },
     Malformed {
+        extra: "[[backends]]\nid = x\n",
+        line_with: "id = x",
+        message: "invalid string, expected `\"`, `'`",
+        help: "put the value in double quotes",
+    },
+    Malformed {
+        extra: "[[backends]]\nid = \"x\nurl = \"http://127.0.0.1:1\"\n",
+        line_with: "id = ",
+        message: "invalid basic string",
+        help: "end the string with a double quote",
+    },
+    Malformed {
+        extra: "[[backends]]\nid = \"x\"\nid = \"y\"\n",
+        line_with: "id = \"y\"",
+        message: "duplicate key `id`",
+        help: "a key may appear once in a table",
+    },
+    Malformed {
         extra: "[[backends]]\nid = \"x\"\n",
         line_with: "[[backends]]",
         message: "missing field `url`",
