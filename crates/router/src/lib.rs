@@ -25,6 +25,7 @@ mod enforcement;
 mod report;
 mod router;
 mod validate;
+mod wording;
 
 pub use config::{
     Config, ConfigError, ConfigWarning, RoutingConfig, EXAMPLE_CONFIG, EXAMPLE_CONFIG_NAME,

@@ -317,7 +317,7 @@ impl DecisionReport {
             );
         }
         // The requested name comes from a client: never replay its escapes on a terminal.
-        match crate::config::printable(&out) {
+        match crate::wording::printable(&out) {
             std::borrow::Cow::Borrowed(_) => out,
             std::borrow::Cow::Owned(escaped) => escaped,
         }
