@@ -93,3 +93,28 @@ pub(crate) fn check(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stage_missing_from_the_build_says_which_feature_brings_it() {
+        let text = "[[routing.policies]]\nmodel_pattern = \"m\"\nprivacy = \"restricted\"\n";
+        let source = Source::new("f.toml", text);
+        // Core's registry alone: no privacy stage compiled in.
+        let err = check(
+            &source,
+            &Registry::new(),
+            &["analyzer".to_owned()],
+            &[TrafficPolicy::new("m").privacy(Privacy::Restricted)],
+            std::iter::empty::<&str>(),
+        )
+        .unwrap_err();
+        assert_eq!(err.position, Some((3, 1)));
+        assert_eq!(
+            err.help.as_deref(),
+            Some("this build has no 'privacy' stage (the `privacy` feature of nexus-router): build with it, or remove privacy")
+        );
+    }
+}
