@@ -43,7 +43,7 @@ pub fn nanos_to_usd(nanos: u64) -> f64 {
 /// use nexus_budget::check_limit_usd;
 /// assert!(check_limit_usd("monthly_limit_usd", 1000.0).is_ok());
 /// let error = check_limit_usd("monthly_limit_usd", 2e10).unwrap_err();
-/// assert!(error.starts_with("`monthly_limit_usd` must be between $0.000001 and $1000000000"));
+/// assert!(error.starts_with("monthly_limit_usd must be between $0.000001 and $1000000000"));
 /// ```
 pub fn check_limit_usd(key: &str, usd: f64) -> Result<(), String> {
     if (MIN_LIMIT_USD..=MAX_LIMIT_USD).contains(&usd) {
@@ -57,7 +57,7 @@ pub fn check_limit_usd(key: &str, usd: f64) -> Result<(), String> {
         ""
     };
     Err(format!(
-        "`{key}` must be between ${MIN_LIMIT_USD} and ${MAX_LIMIT_USD}, the limits the budget enforces exactly, got {}{hint}",
+        "{key} must be between ${MIN_LIMIT_USD} and ${MAX_LIMIT_USD}, the limits the budget enforces exactly, got {}{hint}",
         Readable(usd)
     ))
 }
@@ -99,7 +99,7 @@ mod tests {
             let error = check_limit_usd("monthly_limit_usd", usd).unwrap_err();
             assert!(
                 error.starts_with(
-                    "`monthly_limit_usd` must be between $0.000001 and $1000000000, the limits the budget enforces exactly, got "
+                    "monthly_limit_usd must be between $0.000001 and $1000000000, the limits the budget enforces exactly, got "
                 ),
                 "{error}"
             );

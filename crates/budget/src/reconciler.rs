@@ -67,12 +67,18 @@ const fn default_interval() -> u64 {
 }
 
 /// The `[routing.budget]` settings.
+///
+/// Every key is optional: without a monthly limit the stage only enforces policies'
+/// `max_cost_per_request` and reports Normal, which is what the default pipeline runs
+/// when a config has no `[routing.budget]` table ([`Default`]).
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetSettings {
     /// The monthly limit in USD, from [`MIN_LIMIT_USD`](crate::MIN_LIMIT_USD) to
-    /// [`MAX_LIMIT_USD`](crate::MAX_LIMIT_USD).
-    pub monthly_limit_usd: f64,
+    /// [`MAX_LIMIT_USD`](crate::MAX_LIMIT_USD); none: no monthly limit, per-request caps
+    /// only.
+    #[serde(default)]
+    pub monthly_limit_usd: Option<f64>,
     /// Fraction of the limit, in (0, 1], where SoftLimit starts. Default 0.75.
     #[serde(default = "default_soft_limit")]
     pub soft_limit_percent: f64,
@@ -96,7 +102,17 @@ impl BudgetSettings {
     /// Settings with a limit and every default.
     pub fn new(monthly_limit_usd: f64) -> Self {
         Self {
-            monthly_limit_usd,
+            monthly_limit_usd: Some(monthly_limit_usd),
+            ..Self::default()
+        }
+    }
+}
+
+impl Default for BudgetSettings {
+    /// No monthly limit (only per-request caps are enforced) and every other default.
+    fn default() -> Self {
+        Self {
+            monthly_limit_usd: None,
             soft_limit_percent: default_soft_limit(),
             hard_limit_action: HardLimitAction::default(),
             soft_limit_cloud_weight: default_cloud_weight(),
@@ -104,10 +120,14 @@ impl BudgetSettings {
             reconciliation_interval_secs: default_interval(),
         }
     }
+}
 
+impl BudgetSettings {
     /// Checks the values; the error names the key and how to fix it.
     pub fn validate(&self) -> Result<(), String> {
-        check_limit_usd("monthly_limit_usd", self.monthly_limit_usd)?;
+        if let Some(limit) = self.monthly_limit_usd {
+            check_limit_usd("monthly_limit_usd", limit)?;
+        }
         let soft = self.soft_limit_percent;
         if !(soft > 0.0 && soft <= 1.0) {
             let hint = if soft > 1.0 && soft <= 100.0 {
@@ -145,7 +165,9 @@ impl BudgetSettings {
 ///   with a compare-and-swap that fails if concurrent requests got there first, in
 ///   which case the scheduler picks again.
 /// - **Cost cap.** A backend whose estimate exceeds the policy's `max_cost_per_request`
-///   is excluded.
+///   is excluded, with or without a monthly limit.
+/// - **No monthly limit** (`monthly_limit_usd` unset): the status stays Normal, nothing
+///   is blocked for spend, and spend is still counted.
 /// - **Settlement.** Finishing the route guard replaces the reservation with the cost of
 ///   the actual token usage and records it in the store, under the month the ledger
 ///   counted it in; dropping it releases it.
@@ -198,9 +220,17 @@ impl BudgetReconciler {
                 cloud.insert(backend.id());
             }
         }
+        // Without a monthly limit, thresholds no total reaches (totals fit in an i64).
+        let (limit, soft) = match settings.monthly_limit_usd {
+            Some(limit) => (
+                usd_to_nanos(limit),
+                usd_to_nanos(limit * settings.soft_limit_percent),
+            ),
+            None => (u64::MAX, u64::MAX),
+        };
         Ok(Self {
-            limit: usd_to_nanos(settings.monthly_limit_usd),
-            soft: usd_to_nanos(settings.monthly_limit_usd * settings.soft_limit_percent),
+            limit,
+            soft,
             settings,
             fleet,
             ledger: Arc::new(SpendLedger::new(clock)),
@@ -228,21 +258,14 @@ impl BudgetReconciler {
     }
 
     /// Builds the stage from `[routing.budget]`; the factory registered as `"budget"`.
+    /// Without the table, the stage enforces per-request caps only.
     /// With `store = "path"`, spend is kept in a [`RedbStore`](crate::RedbStore) there.
     pub fn from_context(ctx: &BuildContext<'_>) -> Result<Box<dyn Reconciler>, BuildError> {
         let invalid = |message: String| BuildError::InvalidSettings {
             kind: ctx.kind.to_owned(),
             message,
         };
-        let Some(settings) = ctx.settings else {
-            return Err(invalid(
-                "the budget stage needs a [routing.budget] table with monthly_limit_usd".to_owned(),
-            ));
-        };
-        let settings: BudgetSettings = settings
-            .clone()
-            .try_into()
-            .map_err(|e: toml::de::Error| invalid(e.message().to_owned()))?;
+        let settings: BudgetSettings = ctx.settings()?;
         let store = settings.store.as_deref().map(|p| ctx.resolve_path(p));
         let stage =
             Self::new(Arc::clone(ctx.fleet), settings, Arc::clone(ctx.clock)).map_err(invalid)?;
@@ -311,8 +334,15 @@ impl BudgetReconciler {
         }
     }
 
+    /// Whether spend can exclude backends: there is a limit and its action blocks.
     fn blocks(&self) -> bool {
-        self.settings.hard_limit_action != HardLimitAction::Warn
+        self.settings.monthly_limit_usd.is_some()
+            && self.settings.hard_limit_action != HardLimitAction::Warn
+    }
+
+    /// The monthly limit in USD for reasons (infinite without one; never reported then).
+    fn limit_usd(&self) -> f64 {
+        self.settings.monthly_limit_usd.unwrap_or(f64::INFINITY)
     }
 
     /// What a route reserved: see [`reservation`].
@@ -370,7 +400,7 @@ impl Reconciler for BudgetReconciler {
             requirements.estimated_output_tokens,
         );
         let spend = nanos_to_usd(total);
-        let limit = self.settings.monthly_limit_usd;
+        let limit = self.limit_usd();
         let action = self.settings.hard_limit_action;
         let hard = status == BudgetStatus::HardLimit;
         if hard && action == HardLimitAction::Warn && !intent.is_explaining() {
@@ -433,7 +463,7 @@ impl Reconciler for BudgetReconciler {
                 OVER_LIMIT,
                 [
                     nanos_to_usd(total),
-                    self.settings.monthly_limit_usd,
+                    self.limit_usd(),
                     nanos_to_usd(reserved),
                 ],
             )

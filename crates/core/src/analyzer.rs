@@ -109,6 +109,32 @@ pub enum RoutesError {
         /// The closest served model name.
         suggestion: Option<String>,
     },
+    /// An empty list of fallbacks, which would do nothing.
+    #[error(
+        "the fallbacks of '{model}' are an empty list; list at least one model, or remove the line"
+    )]
+    EmptyFallbacks {
+        /// The model.
+        model: String,
+    },
+    /// A fallback that is (or resolves to) the model it is a fallback of.
+    #[error("'{model}' lists '{target}' as a fallback, which {}; remove it", if .model == .target { "is itself".to_owned() } else { format!("resolves to '{}' itself", .model) })]
+    SelfFallback {
+        /// The model.
+        model: String,
+        /// The fallback.
+        target: String,
+    },
+    /// Two fallbacks of one model that are (or resolve to) the same model.
+    #[error("fallback '{target}' of '{model}' {} as '{first}' before it, so it is never tried; list each fallback once", if .target == .first { "is listed twice, the same" } else { "resolves to the same model" })]
+    DuplicateFallback {
+        /// The model whose fallbacks they are.
+        model: String,
+        /// The later fallback.
+        target: String,
+        /// The earlier one.
+        first: String,
+    },
 }
 
 fn suggestion_text(suggestion: &Option<String>) -> String {
@@ -127,7 +153,10 @@ impl RoutesError {
             | RoutesError::UnknownTarget { alias, .. }
             | RoutesError::AliasHidesModel { alias } => alias,
             RoutesError::UnknownFallbackKey { model, .. }
-            | RoutesError::UnknownFallback { model, .. } => model,
+            | RoutesError::UnknownFallback { model, .. }
+            | RoutesError::EmptyFallbacks { model }
+            | RoutesError::SelfFallback { model, .. }
+            | RoutesError::DuplicateFallback { model, .. } => model,
         }
     }
 
@@ -135,7 +164,11 @@ impl RoutesError {
     pub fn is_fallback(&self) -> bool {
         matches!(
             self,
-            RoutesError::UnknownFallbackKey { .. } | RoutesError::UnknownFallback { .. }
+            RoutesError::UnknownFallbackKey { .. }
+                | RoutesError::UnknownFallback { .. }
+                | RoutesError::EmptyFallbacks { .. }
+                | RoutesError::SelfFallback { .. }
+                | RoutesError::DuplicateFallback { .. }
         )
     }
 }
@@ -256,13 +289,36 @@ impl ModelRoutes {
                     suggestion,
                 });
             };
+            if targets.is_empty() {
+                return Err(RoutesError::EmptyFallbacks {
+                    model: model.clone(),
+                });
+            }
             let mut list = Vec::with_capacity(targets.len());
+            let mut seen: Vec<(ModelId, &str)> = Vec::with_capacity(targets.len());
             for target in targets {
                 let chain = resolve(target).ok_or_else(|| RoutesError::UnknownFallback {
                     model: model.clone(),
                     target: target.clone(),
                     suggestion: closest(target, model_names()).map(str::to_owned),
                 })?;
+                // A fallback the plan would skip is a mistake in the config: say so.
+                if let Some(resolved) = chain.last().and_then(|last| served(last)) {
+                    if resolved == model_id {
+                        return Err(RoutesError::SelfFallback {
+                            model: model.clone(),
+                            target: target.clone(),
+                        });
+                    }
+                    if let Some((_, first)) = seen.iter().find(|(m, _)| *m == resolved) {
+                        return Err(RoutesError::DuplicateFallback {
+                            model: model.clone(),
+                            target: target.clone(),
+                            first: (*first).to_owned(),
+                        });
+                    }
+                    seen.push((resolved, target));
+                }
                 list.push(chain);
             }
             resolved_fallbacks.insert(model_id, list);
@@ -463,6 +519,48 @@ mod tests {
             "mistral forbids fallbacks: {plan:?}"
         );
         assert_eq!(plan.attempts()[1].constraints.privacy, Privacy::Restricted);
+    }
+
+    #[test]
+    fn fallbacks_that_would_be_skipped_are_errors() {
+        let f = fleet();
+        let routes = |aliases: &[(&str, &str)], list: &[&str]| {
+            let fallbacks = BTreeMap::from([(
+                "llama3:70b".to_owned(),
+                list.iter().map(|s| (*s).to_owned()).collect(),
+            )]);
+            ModelRoutes::new(
+                &f,
+                &PolicySet::default(),
+                &super::tests::aliases(aliases),
+                &fallbacks,
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            routes(&[], &[]),
+            Err("the fallbacks of 'llama3:70b' are an empty list; list at least one model, or remove the line".to_owned())
+        );
+        assert_eq!(
+            routes(&[], &["llama3:70b"]),
+            Err(
+                "'llama3:70b' lists 'llama3:70b' as a fallback, which is itself; remove it"
+                    .to_owned()
+            )
+        );
+        assert_eq!(
+            routes(&[("big", "llama3:70b")], &["big"]),
+            Err("'llama3:70b' lists 'big' as a fallback, which resolves to 'llama3:70b' itself; remove it".to_owned())
+        );
+        assert_eq!(
+            routes(&[], &["qwen2:72b", "mistral:7b", "qwen2:72b"]),
+            Err("fallback 'qwen2:72b' of 'llama3:70b' is listed twice, the same as 'qwen2:72b' before it, so it is never tried; list each fallback once".to_owned())
+        );
+        assert!(routes(&[("q", "qwen2:72b")], &["qwen2:72b", "q"])
+            .unwrap_err()
+            .contains("resolves to the same model as 'qwen2:72b'"));
+        assert_eq!(routes(&[], &["qwen2:72b", "mistral:7b"]), Ok(()));
     }
 
     #[test]

@@ -80,18 +80,49 @@ impl BuildContext<'_> {
     }
 
     /// The settings deserialized into `T`, or `T::default()` when the section is absent.
+    ///
+    /// An error about one key starts with the key's path (`load_wait_ms: invalid type:
+    /// ...`), the convention of [`BuildError::InvalidSettings`], so that it is reported
+    /// at that key's line.
     pub fn settings<T: DeserializeOwned + Default>(&self) -> Result<T, BuildError> {
         match self.settings {
             None => Ok(T::default()),
-            Some(value) => {
-                value
-                    .clone()
-                    .try_into()
-                    .map_err(|e: toml::de::Error| BuildError::InvalidSettings {
+            Some(value) => serde_path_to_error::deserialize(value.clone()).map_err(
+                |e: serde_path_to_error::Error<toml::de::Error>| {
+                    use serde_path_to_error::Segment;
+                    let message = e.inner().message().trim();
+                    let mut segments: Vec<&Segment> = e
+                        .path()
+                        .iter()
+                        .filter(|s| !matches!(s, Segment::Unknown))
+                        .collect();
+                    // serde names an unknown field itself: the path is its table's.
+                    if message.starts_with("unknown field") {
+                        segments.pop();
+                    }
+                    let mut path = String::new();
+                    for segment in segments {
+                        match segment {
+                            Segment::Seq { index } => path.push_str(&format!("[{index}]")),
+                            Segment::Map { key } | Segment::Enum { variant: key } => {
+                                if !path.is_empty() {
+                                    path.push('.');
+                                }
+                                path.push_str(key);
+                            }
+                            Segment::Unknown => {}
+                        }
+                    }
+                    BuildError::InvalidSettings {
                         kind: self.kind.to_owned(),
-                        message: e.message().to_owned(),
-                    })
-            }
+                        message: if path.is_empty() {
+                            message.to_owned()
+                        } else {
+                            format!("{path}: {message}")
+                        },
+                    }
+                },
+            ),
         }
     }
 }
@@ -105,7 +136,9 @@ pub enum BuildError {
     InvalidSettings {
         /// The stage kind.
         kind: String,
-        /// What is wrong, and how to fix it.
+        /// What is wrong, and how to fix it. When it is about one key, the message starts
+        /// with that key's path (`soft_limit_percent is a fraction ...`,
+        /// `redis.url: invalid type ...`), so that config errors point at its line.
         message: String,
     },
     /// No factory is registered under the name.

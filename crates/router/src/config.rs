@@ -13,11 +13,81 @@ use std::ops::Range;
 use nexus_core::{BackendSpec, ErrorPolicy, TrafficPolicy};
 use serde::Deserialize;
 
+use crate::wording::{printable, split_fix, syntax_error, type_error, with_suggestion};
+
 /// The built-in example: two local servers and a cloud API, a restricted policy.
 pub const EXAMPLE_CONFIG: &str = include_str!("example.toml");
 
 /// The name the built-in example is reported under.
 pub const EXAMPLE_CONFIG_NAME: &str = "<built-in example>";
+
+/// The largest config file read, in bytes (4 MiB): far above any real fleet, and a
+/// bound on what a wrong path (a log, a disk image) costs before it is refused.
+pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Reads the config file at `path`: a regular file of at most [`MAX_CONFIG_BYTES`] in
+/// UTF-8. A FIFO or a device (`/dev/zero`) is refused before it is opened, since
+/// reading one could block or never end.
+pub(crate) fn read_config_file(path: &std::path::Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    let name = path.display().to_string();
+    let error = |message: String, help: &str| ConfigError {
+        file: name.clone(),
+        position: None,
+        message,
+        help: Some(help.to_owned()),
+    };
+    let cannot_read = |e: std::io::Error| {
+        error(
+            format!("cannot read the config file: {e}"),
+            "check the path given to --config",
+        )
+    };
+    let metadata = std::fs::metadata(path).map_err(cannot_read)?;
+    if !metadata.is_file() {
+        let what = if metadata.is_dir() {
+            "a directory"
+        } else {
+            "not a regular file (a pipe, socket or device)"
+        };
+        return Err(error(
+            format!("the config path is {what}"),
+            "give --config a TOML file",
+        ));
+    }
+    let too_large = || {
+        error(
+            format!("the config file is larger than {MAX_CONFIG_BYTES} bytes (4 MiB), the most nexus reads"),
+            "check the path: a routing config is a few kilobytes",
+        )
+    };
+    if metadata.len() > MAX_CONFIG_BYTES {
+        return Err(too_large());
+    }
+    // The file may grow between the check and the read: read one byte past the cap.
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(cannot_read)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(too_large());
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = e.utf8_error().valid_up_to();
+        let bytes = e.as_bytes();
+        // The prefix is valid UTF-8, so its line and column are those of the bad byte.
+        let prefix = std::str::from_utf8(&bytes[..valid]).unwrap_or_default();
+        ConfigError {
+            file: name.clone(),
+            position: Some(Source::new(&name, prefix).line_col(valid)),
+            message: format!(
+                "the file is not valid UTF-8: byte 0x{:02x} at byte offset {valid}",
+                bytes[valid]
+            ),
+            help: Some("save the file as UTF-8".to_owned()),
+        }
+    })
+}
 
 /// The keys of `[routing]` other than stage settings.
 pub(crate) const ROUTING_KEYS: [&str; 5] =
@@ -73,12 +143,14 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = printable(&self.file);
+        let message = printable(&self.message);
         match self.position {
-            Some((line, column)) => write!(f, "{}:{line}:{column}: {}", self.file, self.message)?,
-            None => write!(f, "{}: {}", self.file, self.message)?,
+            Some((line, column)) => write!(f, "{file}:{line}:{column}: {message}")?,
+            None => write!(f, "{file}: {message}")?,
         }
         if let Some(help) = &self.help {
-            write!(f, "\n  help: {help}")?;
+            write!(f, "\n  help: {}", printable(help))?;
         }
         Ok(())
     }
@@ -97,13 +169,11 @@ pub struct ConfigWarning {
 
 impl fmt::Display for ConfigWarning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = printable(&self.file);
+        let message = printable(&self.message);
         match self.position {
-            Some((line, column)) => write!(
-                f,
-                "{}:{line}:{column}: warning: {}",
-                self.file, self.message
-            ),
-            None => write!(f, "{}: warning: {}", self.file, self.message),
+            Some((line, column)) => write!(f, "{file}:{line}:{column}: warning: {message}"),
+            None => write!(f, "{file}: warning: {message}"),
         }
     }
 }
@@ -134,10 +204,21 @@ impl<'a> Source<'a> {
         }
     }
 
-    /// Parses the text into a [`Config`], or a located error with a suggestion.
+    /// Parses the text into a [`Config`], or a located error with a suggestion; a value
+    /// of the wrong type is named by its key, with the type it takes.
     pub(crate) fn parse(&self) -> Result<Config, ConfigError> {
         toml::from_str(self.text).map_err(|e| {
-            let (message, help) = with_suggestion(e.message());
+            let key = e.span().and_then(|s| self.key_path_at(s.start));
+            let (message, help) = match key
+                .as_deref()
+                .and_then(|key| type_error(key, e.message()).map(|m| (key, m)))
+            {
+                Some((key, (message, help))) => (format!("{key}: {message}"), Some(help)),
+                None => match with_suggestion(e.message()) {
+                    (message, None) => syntax_error(&message),
+                    found => found,
+                },
+            };
             ConfigError {
                 file: self.name.to_owned(),
                 position: e.span().map(|s| self.line_col(s.start)),
@@ -145,6 +226,67 @@ impl<'a> Source<'a> {
                 help,
             }
         })
+    }
+
+    fn document(&self) -> Option<&toml_edit::ImDocument<&'a str>> {
+        self.document
+            .get_or_init(|| toml_edit::ImDocument::parse(self.text).ok())
+            .as_ref()
+    }
+
+    /// The dotted path (`backends[1].priority`) of the innermost value at `offset`.
+    pub(crate) fn key_path_at(&self, offset: usize) -> Option<String> {
+        fn in_value(value: &toml_edit::Value, offset: usize, path: String) -> Option<String> {
+            if !value.span().is_some_and(|s| s.contains(&offset)) {
+                return None;
+            }
+            let inner = match value {
+                toml_edit::Value::Array(array) => array
+                    .iter()
+                    .enumerate()
+                    .find_map(|(i, v)| in_value(v, offset, format!("{path}[{i}]"))),
+                toml_edit::Value::InlineTable(table) => table
+                    .iter()
+                    .find_map(|(k, v)| in_value(v, offset, join(&path, k))),
+                _ => None,
+            };
+            Some(inner.unwrap_or(path))
+        }
+        fn in_table(table: &toml_edit::Table, offset: usize, path: &str) -> Option<String> {
+            table.iter().find_map(|(key, item)| {
+                let path = join(path, key);
+                match item {
+                    toml_edit::Item::Value(value) => in_value(value, offset, path),
+                    toml_edit::Item::Table(table) => in_table(table, offset, &path),
+                    toml_edit::Item::ArrayOfTables(array) => array
+                        .iter()
+                        .enumerate()
+                        .find_map(|(i, table)| in_table(table, offset, &format!("{path}[{i}]"))),
+                    toml_edit::Item::None => None,
+                }
+            })
+        }
+        fn join(path: &str, key: &str) -> String {
+            if path.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{path}.{key}")
+            }
+        }
+        in_table(self.document()?.as_table(), offset, "")
+    }
+
+    /// Whether every step of `path` exists in the document.
+    pub(crate) fn contains(&self, path: &[Seg<'_>]) -> bool {
+        let Some(document) = self.document() else {
+            return false;
+        };
+        let mut item = Some(Node::Item(document.as_item()));
+        for seg in path {
+            let Some(node) = item else { return false };
+            item = node.step(*seg).0;
+        }
+        item.is_some()
     }
 
     /// 1-based line and column of a byte offset.
@@ -160,10 +302,7 @@ impl<'a> Source<'a> {
 
     /// The position of the deepest part of `path` that exists in the document.
     pub(crate) fn locate(&self, path: &[Seg<'_>]) -> Option<(usize, usize)> {
-        let document = self
-            .document
-            .get_or_init(|| toml_edit::ImDocument::parse(self.text).ok())
-            .as_ref()?;
+        let document = self.document()?;
         let mut best: Option<Range<usize>> = None;
         let mut item = Some(Node::Item(document.as_item()));
         for seg in path {
@@ -184,10 +323,58 @@ impl<'a> Source<'a> {
         message: impl Into<String>,
         help: Option<String>,
     ) -> ConfigError {
+        let (message, help) = match help {
+            Some(help) => (message.into(), Some(help)),
+            None => split_fix(message.into()),
+        };
         ConfigError {
             file: self.name.to_owned(),
             position: self.locate(path),
-            message: message.into(),
+            message,
+            help,
+        }
+    }
+
+    /// A stage's `[routing.<kind>]` error, at the key it is about: the key its message
+    /// starts with (the convention of `BuildError::InvalidSettings`) or the unknown
+    /// field it names; else at the table.
+    pub(crate) fn settings_error(&self, kind: &str, message: &str) -> ConfigError {
+        let message = message.trim();
+        let mut path = vec![Seg::Key("routing"), Seg::Key(kind)];
+        // The message leads with the key it is about, bare or in backticks.
+        let lead_raw = message.split([' ', ':', ',']).next().unwrap_or_default();
+        let lead = lead_raw.trim_matches('`');
+        let lead_path = parse_path(lead);
+        let mut key = None;
+        let mut rest = message;
+        if !lead_path.is_empty() && self.contains(&[&path[..], &lead_path[..]].concat()) {
+            path.extend(lead_path);
+            key = Some(lead);
+            // "key: what" is a prefix; "key is ..." is a sentence that keeps its subject.
+            if let Some(after) = message[lead_raw.len()..].strip_prefix(": ") {
+                rest = after;
+            }
+        }
+        let (mut text, help) = match key.and_then(|key| type_error(key, rest)) {
+            Some((text, help)) => (text, Some(help)),
+            None => match with_suggestion(rest) {
+                (text, None) => split_fix(text),
+                found => found,
+            },
+        };
+        if let Some(field) = rest
+            .strip_prefix("unknown field `")
+            .and_then(|t| t.split('`').next())
+        {
+            path.push(Seg::Key(field));
+        }
+        if rest.len() != message.len() {
+            text = format!("{}: {text}", key.unwrap_or_default());
+        }
+        ConfigError {
+            file: self.name.to_owned(),
+            position: self.locate(&path),
+            message: format!("[routing.{kind}]: {text}"),
             help,
         }
     }
@@ -242,39 +429,29 @@ impl<'d> Node<'d> {
     }
 }
 
+/// `a.b[0].c` as steps; empty for an empty text.
+fn parse_path(text: &str) -> Vec<Seg<'_>> {
+    let mut path = Vec::new();
+    for part in text.split('.').filter(|p| !p.is_empty()) {
+        let mut pieces = part.split('[');
+        if let Some(key) = pieces.next().filter(|k| !k.is_empty()) {
+            path.push(Seg::Key(key));
+        }
+        for index in pieces {
+            match index.strip_suffix(']').and_then(|i| i.parse().ok()) {
+                Some(i) => path.push(Seg::Index(i)),
+                None => return Vec::new(),
+            }
+        }
+    }
+    path
+}
+
 fn first_key_span(table: &toml_edit::Table) -> Option<Range<usize>> {
     table
         .iter()
         .filter_map(|(k, _)| table.key(k).and_then(|k| k.span()))
         .min_by_key(|r| r.start)
-}
-
-/// Adds "did you mean" to serde's "unknown field `x`, expected one of `a`, `b`" and
-/// "unknown variant" messages.
-pub(crate) fn with_suggestion(message: &str) -> (String, Option<String>) {
-    let message = message.trim().to_owned();
-    for kind in ["unknown field", "unknown variant"] {
-        let Some(rest) = message.strip_prefix(kind) else {
-            continue;
-        };
-        let mut quoted = rest.split('`').skip(1).step_by(2);
-        let Some(given) = quoted.next() else { break };
-        let expected: Vec<&str> = quoted.collect();
-        let help = match nexus_core::closest(given, expected.iter().copied()) {
-            Some(best) => format!("did you mean `{best}`?"),
-            None if !expected.is_empty() => format!(
-                "use one of {}",
-                expected
-                    .iter()
-                    .map(|e| format!("`{e}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            None => "remove it".to_owned(),
-        };
-        return (message, Some(help));
-    }
-    (message, None)
 }
 
 #[cfg(test)]

@@ -21,12 +21,17 @@
 #![warn(missing_docs)]
 
 mod config;
+mod enforcement;
 mod report;
 mod router;
+mod validate;
+mod wording;
 
 pub use config::{
     Config, ConfigError, ConfigWarning, RoutingConfig, EXAMPLE_CONFIG, EXAMPLE_CONFIG_NAME,
+    MAX_CONFIG_BYTES,
 };
+pub use enforcement::POLICY_KEY_STAGES;
 pub use report::{CandidateReport, CostReport, DecisionReport, FixReport, RejectionReport};
 pub use router::{Router, RouterBuilder, WithBuiltins, DEFAULT_PIPELINE};
 

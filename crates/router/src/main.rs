@@ -2,8 +2,12 @@
 //!
 //! Without `--config` it uses the built-in example config, so that it does something
 //! useful on a fresh checkout. Exit codes: 0 for a valid config or any decision, 2 for
-//! a bad config or bad arguments.
+//! a bad config or bad arguments, 1 when the output cannot be written. A reader that
+//! stops early (`nexus check | head -1`) ends the command quietly with 0, as ripgrep
+//! does: output is written through handles that report a closed pipe instead of the
+//! print macros, which panic on one.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -123,6 +127,36 @@ fn config_name(config: &ConfigArg) -> String {
     )
 }
 
+/// `println!` into a `String`, which cannot fail.
+macro_rules! outln {
+    ($out:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
+
+/// Writes `text` to stdout: success also when the reader has gone (a closed pipe),
+/// exit code 1 with a message for any other failure (a full disk).
+fn print_out(text: &str) -> ExitCode {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            print_err(&format!("nexus: cannot write the output: {e}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes a line to stderr; if stderr itself is gone there is nowhere left to say so.
+fn print_err(text: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -135,17 +169,18 @@ fn check(config: &ConfigArg) -> ExitCode {
     let router = match load(config) {
         Ok(router) => router,
         Err(error) => {
-            eprintln!("{error}");
+            print_err(&error.to_string());
             return ExitCode::from(2);
         }
     };
     for warning in router.warnings() {
-        eprintln!("{warning}");
+        print_err(&warning.to_string());
     }
+    let mut out = String::new();
     let pipeline = router.pipeline();
     let fleet = pipeline.fleet();
-    println!("{}: ok", config_name(config));
-    println!("  backends: {}", fleet.len());
+    outln!(out, "{}: ok", config_name(config));
+    outln!(out, "  backends: {}", fleet.len());
     for backend in fleet.backends() {
         let zone = match backend.configured_zone() {
             Some(zone) => zone.to_string(),
@@ -156,7 +191,8 @@ fn check(config: &ConfigArg) -> ExitCode {
             .iter()
             .map(|m| fleet.model(*m).name())
             .collect();
-        println!(
+        outln!(
+            out,
             "    {:<16} {:<20} priority {}, max {} at once, {}; serves {}",
             backend.name(),
             zone,
@@ -166,7 +202,7 @@ fn check(config: &ConfigArg) -> ExitCode {
             models.join(", "),
         );
     }
-    println!("  models: {}", fleet.models().len());
+    outln!(out, "  models: {}", fleet.models().len());
     let mut names: Vec<&str> = pipeline.routes().names().collect();
     names.sort_unstable();
     for name in names {
@@ -184,10 +220,10 @@ fn check(config: &ConfigArg) -> ExitCode {
                 Some(rest) if !rest.is_empty() => format!(" (fallbacks: {})", rest.join(", ")),
                 _ => String::new(),
             };
-            println!("    {}{fallbacks}", chain.join(" -> "));
+            outln!(out, "    {}{fallbacks}", chain.join(" -> "));
         }
     }
-    println!("  policies: {}", pipeline.policies().len());
+    outln!(out, "  policies: {}", pipeline.policies().len());
     for (i, policy) in pipeline.policies().policies().iter().enumerate() {
         let mut parts = vec![policy.privacy.as_str().to_owned()];
         if let Some(tier) = policy.min_tier {
@@ -199,21 +235,26 @@ fn check(config: &ConfigArg) -> ExitCode {
         if !policy.fallback_allowed {
             parts.push("no fallbacks".to_owned());
         }
-        println!("    #{i} {:<16} {}", policy.model_pattern, parts.join(", "));
+        outln!(
+            out,
+            "    #{i} {:<16} {}",
+            policy.model_pattern,
+            parts.join(", ")
+        );
     }
     let stages: Vec<String> = pipeline
         .stages()
         .iter()
         .map(|s| format!("{} ({})", s.reconciler().name(), s.error_policy().as_str()))
         .collect();
-    println!("  pipeline: {}", stages.join(" -> "));
-    print_budget(&router);
-    ExitCode::SUCCESS
+    outln!(out, "  pipeline: {}", stages.join(" -> "));
+    print_budget(&mut out, &router);
+    print_out(&out)
 }
 
 /// The budget's settings and where its spend stands, for `check`.
 #[cfg(feature = "budget")]
-fn print_budget(router: &Router) {
+fn print_budget(out: &mut String, router: &Router) {
     let Some(budget) = router
         .pipeline()
         .stage_of::<nexus_router::budget::BudgetReconciler>()
@@ -225,11 +266,17 @@ fn print_budget(router: &Router) {
         .store_status()
         .map_or_else(|| "in memory".to_owned(), ToString::to_string);
     let snapshot = budget.ledger().snapshot();
-    println!(
-        "  budget: ${} a month, soft limit at {}%, {} at the limit; {} spent in {} ({store})",
-        settings.monthly_limit_usd,
-        settings.soft_limit_percent * 100.0,
-        settings.hard_limit_action.as_str(),
+    let limit = match settings.monthly_limit_usd {
+        Some(limit) => format!(
+            "${limit} a month, soft limit at {}%, {} at the limit",
+            settings.soft_limit_percent * 100.0,
+            settings.hard_limit_action.as_str(),
+        ),
+        None => "no monthly limit (per-request caps only)".to_owned(),
+    };
+    outln!(
+        out,
+        "  budget: {limit}; {} spent in {} ({store})",
         format_args!("${:.2}", snapshot.total_usd),
         snapshot.month,
     );
@@ -237,7 +284,7 @@ fn print_budget(router: &Router) {
 
 /// Without the budget feature there is nothing to print.
 #[cfg(not(feature = "budget"))]
-fn print_budget(_router: &Router) {}
+fn print_budget(_out: &mut String, _router: &Router) {}
 
 /// Why the budget's spend so far could not be read, if it could not.
 #[cfg(feature = "budget")]
@@ -259,19 +306,19 @@ fn route(args: &RouteArgs) -> ExitCode {
     let router = match load(&args.config) {
         Ok(router) => router,
         Err(error) => {
-            eprintln!("{error}");
+            print_err(&error.to_string());
             return ExitCode::from(2);
         }
     };
     if let Some(path) = &args.outcomes {
         if let Err(error) = replay_outcomes(&router, path) {
-            eprintln!("{error}");
+            print_err(&error.to_string());
             return ExitCode::from(2);
         }
     }
     if let Some(spent) = args.spent {
         if !set_spent(&router, spent) {
-            eprintln!("warning: --spent has no effect: the pipeline has no budget stage; add [routing.budget]");
+            print_err("warning: --spent has no effect: the pipeline has no budget stage; add \"budget\" to [routing] pipeline");
         }
     }
     let mut request = Request::new(&args.model)
@@ -296,10 +343,9 @@ fn route(args: &RouteArgs) -> ExitCode {
     }
     let report = DecisionReport::new(&args.model, &decision);
     match args.format {
-        Format::Json => println!("{}", report.to_json()),
-        Format::Text => print!("{}", report.to_text()),
+        Format::Json => print_out(&format!("{}\n", report.to_json())),
+        Format::Text => print_out(&report.to_text()),
     }
-    ExitCode::SUCCESS
 }
 
 /// Sets the month-to-date spend of the budget stage; false when there is none.

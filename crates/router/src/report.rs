@@ -204,7 +204,7 @@ impl DecisionReport {
         serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
     }
 
-    /// The report as a readable explanation.
+    /// The report as a readable explanation, with control characters escaped.
     pub fn to_text(&self) -> String {
         let mut out = String::new();
         let via = if self.alias_chain.len() > 1 {
@@ -316,6 +316,10 @@ impl DecisionReport {
                 fix.reconciler, fix.suggested_action
             );
         }
-        out
+        // The requested name comes from a client: never replay its escapes on a terminal.
+        match crate::wording::printable(&out) {
+            std::borrow::Cow::Borrowed(_) => out,
+            std::borrow::Cow::Owned(escaped) => escaped,
+        }
     }
 }

@@ -140,17 +140,13 @@ impl RouterBuilder {
         &self.registry
     }
 
-    /// Loads the config file at `path`. Relative paths in it (the budget's `store`)
-    /// are relative to the file's folder.
+    /// Loads the config file at `path`: a regular file of at most
+    /// [`MAX_CONFIG_BYTES`](crate::MAX_CONFIG_BYTES), in UTF-8. Relative paths in it
+    /// (the budget's `store`) are relative to the file's folder.
     pub fn load_file(&self, path: impl AsRef<Path>) -> Result<Router, ConfigError> {
         let path = path.as_ref();
         let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: name.clone(),
-            position: None,
-            message: format!("cannot read the config file: {e}"),
-            help: Some("check the path given to --config".to_owned()),
-        })?;
+        let text = crate::config::read_config_file(path)?;
         // Absolute, so that a later change of working directory changes nothing.
         let dir: Option<PathBuf> = path
             .canonicalize()
@@ -182,6 +178,7 @@ impl RouterBuilder {
         config_dir: Option<&Path>,
     ) -> Result<Router, ConfigError> {
         let mut warnings = Vec::new();
+        crate::validate::check(source, &config)?;
         let routing = config.routing;
 
         let fleet = Fleet::new(config.backends).map_err(|e| fleet_error(source, &e))?;
@@ -260,12 +257,9 @@ impl RouterBuilder {
 
         let kinds: Vec<String> = match &routing.pipeline {
             Some(kinds) => kinds.clone(),
-            // The budget stage needs its [routing.budget] table: without one, the default
-            // pipeline leaves it out instead of failing.
             None => DEFAULT_PIPELINE
                 .iter()
                 .filter(|k| self.registry.contains(k))
-                .filter(|k| **k != "budget" || routing.stages.contains_key("budget"))
                 .map(|k| (*k).to_owned())
                 .collect(),
         };
@@ -289,14 +283,13 @@ impl RouterBuilder {
                 ));
             }
         }
-        for kind in routing.stages.keys() {
-            if !kinds.contains(kind) {
-                warnings.push(source.warning(
-                    &[Seg::Key("routing"), Seg::Key(kind)],
-                    format!("[routing.{kind}] is ignored: '{kind}' is not in the pipeline; add it to [routing] pipeline"),
-                ));
-            }
-        }
+        crate::enforcement::check(
+            source,
+            &self.registry,
+            &kinds,
+            policies.policies(),
+            routing.stages.keys(),
+        )?;
         if !kinds.iter().any(|k| k == "analyzer") {
             warnings.push(source.warning(
                 &[Seg::Key("routing"), Seg::Key("pipeline")],
@@ -343,13 +336,7 @@ impl RouterBuilder {
                     }),
                 ),
                 nexus_core::BuildError::InvalidSettings { message, .. } => {
-                    let (message, help) = crate::config::with_suggestion(message);
-                    let field = message.split('`').nth(1).filter(|_| message.contains('`'));
-                    let mut path = vec![Seg::Key("routing"), Seg::Key(kind)];
-                    if let Some(field) = field {
-                        path.push(Seg::Key(field));
-                    }
-                    source.error(&path, format!("[routing.{kind}]: {message}"), help)
+                    source.settings_error(kind, message)
                 }
                 _ => source.error(&[Seg::Key("routing"), Seg::Key(kind)], e.to_string(), None),
             })?;

@@ -110,18 +110,19 @@ fn the_cost_estimate_and_token_tier_are_reported() {
 fn a_soft_limit_given_as_a_percentage_is_a_config_error_with_its_line() {
     let config = FLEET.replace("soft_limit_percent = 0.75", "soft_limit_percent = 75");
     let err = Router::from_toml("budget.toml", &config).unwrap_err();
+    // At the key, not at the table's header.
     let line = config
         .lines()
-        .position(|l| l.starts_with("[routing.budget]"))
+        .position(|l| l.starts_with("soft_limit_percent"))
         .unwrap()
         + 1;
-    assert_eq!(err.position.map(|p| p.0), Some(line));
+    assert_eq!(err.position, Some((line, 1)));
     assert!(
-        err.message.contains(
-            "soft_limit_percent is a fraction of the limit in (0, 1], got 75; did you mean 0.75?"
-        ),
+        err.message
+            .contains("soft_limit_percent is a fraction of the limit in (0, 1], got 75"),
         "{err}"
     );
+    assert_eq!(err.help.as_deref(), Some("did you mean 0.75?"));
 }
 
 #[test]

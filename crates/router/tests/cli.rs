@@ -101,7 +101,7 @@ fn check_on_a_broken_config_exits_2_with_file_line_column() {
     let path = dir.join("broken.toml");
     std::fs::write(
         &path,
-        "[[backends]]\nid = \"a\"\nurl = \"u\"\nzone = \"clod\"\n",
+        "[[backends]]\nid = \"a\"\nurl = \"http://127.0.0.1:1\"\nzone = \"clod\"\n",
     )
     .unwrap();
     let output = nexus(&["check", "--config", path.to_str().unwrap()]);
@@ -139,4 +139,57 @@ fn bad_arguments_exit_2() {
             .code(),
         Some(2)
     );
+}
+
+#[test]
+fn check_into_a_reader_that_stops_early_exits_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    // Far more output than a pipe buffers, so that nexus is still writing when the
+    // reader goes.
+    let mut config = String::new();
+    for i in 0..3000 {
+        config.push_str(&format!(
+            "[[backends]]\nid = \"backend-{i}\"\nurl = \"http://127.0.0.1:{}\"\nzone = \"local\"\nmodels = [{{ name = \"model-{i}\" }}]\n",
+            10_000 + i
+        ));
+    }
+    let dir = std::env::temp_dir().join(format!("nexus-cli-pipe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("big.toml");
+    std::fs::write(&path, config).unwrap();
+    {
+        let args = ["check", "--config", path.to_str().unwrap()];
+        let mut child = Command::new(env!("CARGO_BIN_EXE_nexus"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        // The reader is dropped here: `nexus check | head -1`.
+        assert!(first.contains(": ok"), "{first}");
+        let output = child.wait_with_output().unwrap();
+        let stderr = stderr(&output);
+        assert_eq!(output.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_requested_name_with_terminal_escapes_is_printed_escaped() {
+    let name = "x\u{1b}[2Jy";
+    let output = nexus(&["route", "--model", name]);
+    assert_eq!(output.status.code(), Some(0));
+    let text = stdout(&output);
+    assert!(text.starts_with("REJECT x\\u{1b}[2Jy"), "{text:?}");
+    assert!(!text.contains('\u{1b}'), "{text:?}");
+    let output = nexus(&["route", "--model", name, "--format", "json"]);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(json["requested_model"], name);
+    assert!(!stdout(&output).contains('\u{1b}'));
 }

@@ -204,7 +204,7 @@ fn strict_with_no_qualifying_backend_rejects_with_a_tier_reason_for_every_backen
 fn features_and_context_windows_exclude_with_their_own_reasons() {
     let config = [
         backend("no-vision", Some("local"), "m", 1),
-        "[[backends]]\nid = \"vision\"\nurl = \"u\"\nzone = \"local\"\n[[backends.models]]\nname = \"m\"\nvision = true\ncontext_window = 2048\n\n".to_owned(),
+        "[[backends]]\nid = \"vision\"\nurl = \"http://127.0.0.1:1\"\nzone = \"local\"\n[[backends.models]]\nname = \"m\"\nvision = true\ncontext_window = 2048\n\n".to_owned(),
     ]
     .concat();
     let report_vision = report(&config, Request::new("m").needs(Features::VISION));

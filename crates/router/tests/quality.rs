@@ -158,9 +158,10 @@ fn quality_settings_are_validated_at_load() {
     let err = Router::from_toml("quality.toml", &config).unwrap_err();
     assert!(
         err.message
-            .contains("`max_error_rate` is a fraction in (0, 1], got 50; did you mean 0.5?"),
+            .contains("max_error_rate` is a fraction in (0, 1], got 50"),
         "{err}"
     );
+    assert_eq!(err.help.as_deref(), Some("did you mean 0.5?"), "{err}");
     // At the key's line, not the table's.
     let line = 1 + config
         .lines()
