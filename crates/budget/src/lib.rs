@@ -26,6 +26,8 @@
 #![warn(missing_docs)]
 
 mod journal;
+#[cfg(feature = "redis")]
+pub mod lease;
 mod ledger;
 mod month;
 mod reconciler;
