@@ -306,11 +306,6 @@ impl Allowance {
         })
     }
 
-    /// The largest cost refused for want of lease since the last take.
-    pub(crate) fn largest_refused(&self) -> u64 {
-        self.largest_refused.load(Ordering::Relaxed)
-    }
-
     /// The largest cost refused for want of lease since the last call.
     pub(crate) fn take_largest_refused(&self) -> u64 {
         self.largest_refused.swap(0, Ordering::AcqRel)

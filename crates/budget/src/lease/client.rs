@@ -177,6 +177,8 @@ impl LeaseClient {
             retry_at: None,
             backoff: Duration::ZERO,
             warned_at: None,
+            need: 0,
+            need_until: None,
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -270,6 +272,11 @@ struct Task {
     retry_at: Option<Instant>,
     backoff: Duration,
     warned_at: Option<Instant>,
+    /// The largest request refused recently, and until when it counts: a refusal asks
+    /// for a lease that fits it for one heartbeat period (while others may give back
+    /// theirs), not only for the next call.
+    need: u64,
+    need_until: Option<Instant>,
 }
 
 impl Task {
@@ -311,8 +318,8 @@ impl Task {
         if server_now_ms >= i128::from(current.month.next().start_unix_secs() * 1000) {
             return true;
         }
+        let refused = self.need(now);
         let allowance = &self.shared.allowance;
-        let refused = allowance.largest_refused();
         if self.state.below_low_water(allowance, refused)
             && (!current.starved || since(self.last_attempt) >= STARVED_RETRY)
         {
@@ -320,6 +327,20 @@ impl Task {
         }
         let interval = Duration::from_millis(self.settings.settle_interval_ms);
         since(self.last_attempt) >= interval && self.state.has_unsent(allowance)
+    }
+
+    /// The recent need, after taking in the refusals since the last call.
+    fn need(&mut self, now: Instant) -> u64 {
+        let refused = self.shared.allowance.take_largest_refused();
+        if refused > 0 {
+            self.need = self.need.max(refused);
+            self.need_until = Some(now + self.settings.lease_ttl() / 6);
+        }
+        if self.need_until.is_some_and(|until| now >= until) {
+            self.need = 0;
+            self.need_until = None;
+        }
+        self.need
     }
 
     fn now_ms(&self) -> u64 {
@@ -354,9 +375,10 @@ impl Task {
         let timeout = Duration::from_millis(self.settings.timeout_ms);
         let shared = Arc::clone(&self.shared);
         let allowance = &shared.allowance;
+        let need = if release { 0 } else { self.need(started) };
         let result = match self.connection() {
             Ok(mut connection) => {
-                let request = self.state.prepare(allowance, release, server_now);
+                let request = self.state.prepare(allowance, need, release, server_now);
                 match tokio::time::timeout(timeout, self.script.call(&mut connection, &request))
                     .await
                 {
@@ -377,6 +399,10 @@ impl Task {
                     .state
                     .apply(allowance, reply, sent_ms, received_ms, release);
                 self.last_answer = Some(Instant::now());
+                if allowance.left() >= i64::try_from(self.need).unwrap_or(i64::MAX) {
+                    self.need = 0;
+                    self.need_until = None;
+                }
                 self.retry_at = None;
                 self.backoff = Duration::ZERO;
                 if let Some(ledger) = &self.ledger {

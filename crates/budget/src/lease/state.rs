@@ -124,15 +124,20 @@ impl LeaseState {
     }
 
     /// The next call: gives back what is left above the lease size (everything when
-    /// `release`), sends every month's unconfirmed spend, asks for a top-up.
+    /// `release`), sends every month's unconfirmed spend, asks for a top-up that fits
+    /// `need` (the largest request refused recently).
     pub(crate) fn prepare(
         &mut self,
         allowance: &Allowance,
+        need: u64,
         release: bool,
         now_override_ms: Option<u64>,
     ) -> SyncRequest<'_> {
         self.collect(allowance);
-        let need = allowance.take_largest_refused();
+        if release {
+            // No draw from here on: what is given back must stay given back.
+            allowance.set_deadline(0);
+        }
         let mut returned = 0;
         if let Some(current) = &mut self.current {
             let keep = if release {

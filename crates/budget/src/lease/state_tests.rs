@@ -110,7 +110,12 @@ impl World {
         if !r.alive || now < r.blocked_until_ms {
             return;
         }
-        let request = r.state.prepare(&r.allowance, false, Some(now));
+        let request = r.state.prepare(
+            &r.allowance,
+            r.allowance.take_largest_refused(),
+            false,
+            Some(now),
+        );
         let reply = self.book.sync(&request, 0);
         r.state.apply(&r.allowance, reply, now, now, false);
         r.last_sync_ms = now;
@@ -269,7 +274,12 @@ fn a_lease_lost_while_cut_off_is_taken_back_from_the_allowance() {
     );
     world.now_ms += 2 * TTL_MS;
     let r = &mut world.replicas[0];
-    let request = r.state.prepare(&r.allowance, false, Some(world.now_ms));
+    let request = r.state.prepare(
+        &r.allowance,
+        r.allowance.take_largest_refused(),
+        false,
+        Some(world.now_ms),
+    );
     let reply = world.book.sync(&request, 0);
     let applied = r
         .state
@@ -291,11 +301,21 @@ fn a_lost_answer_is_made_good_by_the_next_one() {
     r.allowance.try_draw(300, now / 1000).unwrap();
     r.allowance.settle(300, 250, now / 1000);
     // The call reaches Redis, the answer does not.
-    let request = r.state.prepare(&r.allowance, false, Some(now));
+    let request = r.state.prepare(
+        &r.allowance,
+        r.allowance.take_largest_refused(),
+        false,
+        Some(now),
+    );
     let _ = world.book.sync(&request, 0);
     // The retry sends the same cumulative: counted once; the grant of the lost answer
     // shows up in the lease and reaches the allowance.
-    let request = r.state.prepare(&r.allowance, false, Some(now));
+    let request = r.state.prepare(
+        &r.allowance,
+        r.allowance.take_largest_refused(),
+        false,
+        Some(now),
+    );
     let reply = world.book.sync(&request, 0);
     r.state.apply(&r.allowance, reply, now, now, false);
     let month = Month::from_unix_secs(now / 1000);
@@ -311,7 +331,12 @@ fn a_month_change_in_the_same_second_as_a_draw_keeps_the_draw_in_its_month() {
     // The first answer makes our clock look in step with Redis's...
     world.now_ms = boundary_ms - 800;
     let r = &mut world.replicas[0];
-    let request = r.state.prepare(&r.allowance, false, Some(world.now_ms));
+    let request = r.state.prepare(
+        &r.allowance,
+        r.allowance.take_largest_refused(),
+        false,
+        Some(world.now_ms),
+    );
     let reply = world.book.sync(&request, 0);
     r.state
         .apply(&r.allowance, reply, world.now_ms, world.now_ms, false);
@@ -320,7 +345,12 @@ fn a_month_change_in_the_same_second_as_a_draw_keeps_the_draw_in_its_month() {
     let second = local_ms / 1000;
     r.allowance.try_draw(70, second).unwrap();
     world.now_ms = boundary_ms + 100;
-    let request = r.state.prepare(&r.allowance, false, Some(world.now_ms));
+    let request = r.state.prepare(
+        &r.allowance,
+        r.allowance.take_largest_refused(),
+        false,
+        Some(world.now_ms),
+    );
     let reply = world.book.sync(&request, 0);
     assert_eq!(reply.month, november.next());
     let applied = r
@@ -336,7 +366,12 @@ fn a_month_change_in_the_same_second_as_a_draw_keeps_the_draw_in_its_month() {
     // The November request settles into November, and leaves December's lease alone.
     r.allowance.settle(70, 60, second);
     assert_eq!(r.allowance.left(), december_lease);
-    let request = r.state.prepare(&r.allowance, false, Some(world.now_ms));
+    let request = r.state.prepare(
+        &r.allowance,
+        r.allowance.take_largest_refused(),
+        false,
+        Some(world.now_ms),
+    );
     let reply = world.book.sync(&request, 0);
     r.state
         .apply(&r.allowance, reply, local_ms, local_ms, false);
