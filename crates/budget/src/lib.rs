@@ -33,6 +33,8 @@
 
 mod amount;
 mod journal;
+#[cfg(feature = "redis")]
+pub mod lease;
 mod ledger;
 mod month;
 mod reconciler;
