@@ -1,4 +1,4 @@
-//! `nexus`: check a routing config, or ask where a request would go and why.
+//! `nexus`: check a routing config, ask where a request would go and why, or serve.
 //!
 //! Without `--config` it uses the built-in example config, so that it does something
 //! useful on a fresh checkout. Exit codes: 0 for a valid config or any decision, 2 for
