@@ -193,14 +193,23 @@ fn check(config: &ConfigArg) -> ExitCode {
             .collect();
         outln!(
             out,
-            "    {:<16} {:<20} priority {}, max {} at once, {}; serves {}",
+            "    {:<16} {:<20} {}, priority {}, max {} at once, {}; serves {}",
             backend.name(),
             zone,
+            backend.kind(),
             backend.priority(),
             backend.max_concurrency(),
             backend.live().status(),
             models.join(", "),
         );
+        if let Some(var) = backend.api_key_env() {
+            // Whether the variable is set, never its value.
+            let state = match std::env::var_os(var) {
+                Some(value) if !value.is_empty() => "set",
+                _ => "not set: requests to it go without a key",
+            };
+            outln!(out, "    {:<16} api key from ${var} ({state})", "");
+        }
     }
     outln!(out, "  models: {}", fleet.models().len());
     let mut names: Vec<&str> = pipeline.routes().names().collect();
@@ -249,6 +258,38 @@ fn check(config: &ConfigArg) -> ExitCode {
         .collect();
     outln!(out, "  pipeline: {}", stages.join(" -> "));
     print_budget(&mut out, &router);
+    let server = router.server();
+    outln!(
+        out,
+        "  serve: listen {}, queue {} ms (at most {}), {} attempt{} per request, bodies up to {} bytes",
+        server.listen,
+        server.queue_timeout_ms,
+        server.max_queued,
+        server.max_attempts,
+        if server.max_attempts == 1 { "" } else { "s" },
+        server.max_body_bytes,
+    );
+    outln!(
+        out,
+        "    timeouts: connect {} ms, first byte {} ms, idle stream {} ms, request body {} ms; shutdown grace {} s",
+        server.connect_timeout_ms,
+        server.first_byte_timeout_ms,
+        server.idle_timeout_ms,
+        server.body_read_timeout_ms,
+        server.shutdown_grace_secs,
+    );
+    let health = router.health();
+    match health.interval() {
+        Some(_) => outln!(
+            out,
+            "  health: every {} s, {} ms timeout, unhealthy after {} failed check{}",
+            health.interval_secs,
+            health.timeout_ms,
+            health.unhealthy_after,
+            if health.unhealthy_after == 1 { "" } else { "s" },
+        ),
+        None => outln!(out, "  health: checks off (interval_secs = 0)"),
+    }
     print_out(&out)
 }
 

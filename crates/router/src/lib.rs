@@ -25,6 +25,7 @@ mod config;
 mod enforcement;
 mod report;
 mod router;
+mod serving;
 mod validate;
 mod wording;
 
@@ -35,6 +36,7 @@ pub use config::{
 pub use enforcement::POLICY_KEY_STAGES;
 pub use report::{CandidateReport, CostReport, DecisionReport, FixReport, RejectionReport};
 pub use router::{Router, RouterBuilder, WithBuiltins, DEFAULT_PIPELINE};
+pub use serving::{HealthConfig, ServerConfig};
 
 #[cfg(feature = "budget")]
 pub use nexus_budget as budget;
