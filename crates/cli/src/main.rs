@@ -32,6 +32,20 @@ enum Command {
     },
     /// Decide where a request would go and explain the decision.
     Route(RouteArgs),
+    /// Serve the OpenAI-compatible gateway: every request is routed through the pipeline.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The address to listen on, over [server] listen (default 127.0.0.1:8800).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    log_level: tracing::Level,
 }
 
 #[derive(Debug, Args)]
@@ -162,6 +176,106 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Route(args) => route(&args),
+        Command::Serve(args) => serve(&args),
+    }
+}
+
+/// `nexus serve`: builds the router (outside any async runtime: the budget's store runs
+/// its own), serves until SIGTERM or Ctrl-C, drains, then drops the router so that the
+/// spend journal is flushed before the process exits.
+fn serve(args: &ServeArgs) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_max_level(args.log_level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let builder = Router::builder();
+    let loaded = match &args.config.config {
+        Some(path) => builder.load_file(path),
+        None => builder.load_example(),
+    };
+    let router = match loaded {
+        Ok(router) => router,
+        Err(error) => {
+            print_err(&error.to_string());
+            return ExitCode::from(2);
+        }
+    };
+    for warning in router.warnings() {
+        print_err(&warning.to_string());
+    }
+    let listen = args.listen.unwrap_or_else(|| router.server().listen_addr());
+    let gateway = match nexus_gateway::Gateway::new(router) {
+        Ok(gateway) => gateway,
+        Err(error) => {
+            print_err(&format!("nexus: {error}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("nexus-serve")
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            print_err(&format!("nexus: cannot start the async runtime: {error}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    let name = config_name(&args.config);
+    let served = runtime.block_on(async {
+        let listener = match tokio::net::TcpListener::bind(listen).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                return Err(format!(
+                    "nexus: cannot listen on {listen}: {error}; choose another address with --listen or [server] listen"
+                ))
+            }
+        };
+        let local = listener.local_addr().map_or(listen, |a| a);
+        // The line scripts (and the tests) wait for; printed once the socket is bound.
+        print_err(&format!(
+            "nexus: serving {name} on http://{local} (OpenAI base URL http://{local}/v1)"
+        ));
+        nexus_gateway::serve(gateway, listener, shutdown_signal())
+            .await
+            .map_err(|error| format!("nexus: serving failed: {error}"))
+    });
+    // Tasks still running (connections past the grace, health checks) end here, which
+    // settles their route guards; then the router is dropped and the journal flushed.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    match served {
+        Ok(()) => {
+            print_err("nexus: stopped");
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            print_err(&message);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C (SIGINT).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
     }
 }
 
