@@ -14,7 +14,8 @@ use crate::Gateway;
 ///    [`crate::health`](crate#modules)), then a check every `[health] interval_secs`;
 /// 2. on `shutdown`: stop accepting, let requests in flight finish (streams included)
 ///    for up to `[server] shutdown_grace_secs`, then return. Connections still open
-///    then are dropped, which settles their route guards (as a client disconnect).
+///    then live in their own tasks until the runtime shuts down, which drops them and
+///    so settles their route guards (as a client disconnect).
 ///
 /// Dropping the gateway (and so the router) after this returns flushes the budget's
 /// spend journal, bounded by its flush deadline. The router's budget store starts its
