@@ -10,8 +10,8 @@ use crate::Gateway;
 
 /// Serves `gateway` on `listener` until `shutdown` completes, then drains:
 ///
-/// 1. one round of health checks before the first request is accepted (see
-///    [`crate::health`](crate#modules)), then a check every `[health] interval_secs`;
+/// 1. one round of health checks before the first request is accepted (a backend
+///    that fails it is unhealthy at once), then a check every `[health] interval_secs`;
 /// 2. on `shutdown`: stop accepting, let requests in flight finish (streams included)
 ///    for up to `[server] shutdown_grace_secs`, then return. Connections still open
 ///    then live in their own tasks until the runtime shuts down, which drops them and

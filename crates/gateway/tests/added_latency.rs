@@ -20,18 +20,31 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[index.min(sorted.len() - 1)]
 }
 
-async fn series(client: &reqwest::Client, url: &str, n: usize) -> Vec<Duration> {
+async fn once(client: &reqwest::Client, url: &str, body: &serde_json::Value) -> Duration {
+    let started = Instant::now();
+    let answer = client.post(url).json(body).send().await.expect("an answer");
+    assert_eq!(answer.status(), 200);
+    answer.bytes().await.expect("a body");
+    started.elapsed()
+}
+
+/// `n` requests to each URL, alternating, so that both series see the same moments of a
+/// shared machine; each series sorted.
+async fn series(
+    client: &reqwest::Client,
+    direct: &str,
+    gateway: &str,
+    n: usize,
+) -> (Vec<Duration>, Vec<Duration>) {
     let body = chat_body("m", false);
-    let mut times = Vec::with_capacity(n);
+    let (mut d, mut g) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for _ in 0..n {
-        let started = Instant::now();
-        let answer = client.post(url).json(&body).send().await.expect("an answer");
-        assert_eq!(answer.status(), 200);
-        answer.bytes().await.expect("a body");
-        times.push(started.elapsed());
+        d.push(once(client, direct, &body).await);
+        g.push(once(client, gateway, &body).await);
     }
-    times.sort_unstable();
-    times
+    d.sort_unstable();
+    g.sort_unstable();
+    (d, g)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,13 +66,11 @@ async fn added_latency_median_and_p99() {
     let direct_url = format!("{}/chat/completions", mock.base_url());
     let gateway_url = served.url("/v1/chat/completions");
     // Warm both paths (connections, allocator, caches).
-    series(&client, &direct_url, 200).await;
-    series(&client, &gateway_url, 200).await;
-    println!("{n} sequential non-streamed chat requests per series, one keep-alive connection");
+    series(&client, &direct_url, &gateway_url, 200).await;
+    println!("{n} sequential non-streamed chat requests per series, direct and through the gateway alternating, keep-alive connections");
     println!("run  direct p50  direct p99  gateway p50  gateway p99  added p50  added p99");
     for run in 1..=2 {
-        let direct = series(&client, &direct_url, n).await;
-        let gateway = series(&client, &gateway_url, n).await;
+        let (direct, gateway) = series(&client, &direct_url, &gateway_url, n).await;
         let us = |d: Duration| d.as_secs_f64() * 1e6;
         let (d50, d99) = (percentile(&direct, 0.5), percentile(&direct, 0.99));
         let (g50, g99) = (percentile(&gateway, 0.5), percentile(&gateway, 0.99));
