@@ -40,7 +40,7 @@ enum Command {
 struct ServeArgs {
     #[command(flatten)]
     config: ConfigArg,
-    /// The address to listen on, over [server] listen (default 127.0.0.1:8800).
+    /// The address to listen on, over `[server] listen` (default 127.0.0.1:8800).
     #[arg(long, value_name = "ADDR")]
     listen: Option<std::net::SocketAddr>,
     /// Log level: error, warn, info, debug or trace.

@@ -15,7 +15,7 @@ async fn refused(
     assert_eq!(answer.status(), status, "{code}");
     let headers = answer.headers().clone();
     assert!(headers.get("x-request-id").is_some());
-    let body: Value = answer.json().await.unwrap();
+    let body: Value = answer.json().await.expect("a JSON error body");
     assert_eq!(body["error"]["code"], code, "{body}");
     for key in ["message", "type", "code", "param"] {
         assert!(body["error"].get(key).is_some(), "{key}: {body}");
