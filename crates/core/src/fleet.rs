@@ -84,6 +84,35 @@ impl fmt::Display for BackendStatus {
     }
 }
 
+/// The protocol a backend speaks, which tells a gateway how to check its health.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// An OpenAI-compatible server: vLLM, llama.cpp, LM Studio, OpenAI and every
+    /// OpenAI-compatible cloud API.
+    #[default]
+    Openai,
+    /// Ollama: its OpenAI-compatible routes for traffic, `/api/tags` and `/api/ps` for
+    /// health and the models it has loaded.
+    Ollama,
+}
+
+impl BackendKind {
+    /// The kind as written in config.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Openai => "openai",
+            BackendKind::Ollama => "ollama",
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 const fn default_priority() -> u32 {
     1
 }
@@ -100,6 +129,13 @@ pub struct BackendSpec {
     pub id: String,
     /// Where the backend listens, e.g. `http://127.0.0.1:11434`.
     pub url: String,
+    /// The protocol it speaks (`type` in config); default `openai`.
+    #[serde(default, rename = "type")]
+    pub kind: BackendKind,
+    /// The environment variable that holds its API key, sent to it (and only to it) as
+    /// `Authorization: Bearer`; the key itself never appears in config.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
     /// Where it runs; a missing zone is treated as [`Zone::Cloud`].
     #[serde(default)]
     pub zone: Option<Zone>,
@@ -134,6 +170,8 @@ impl BackendSpec {
         Self {
             id: id.into(),
             url: url.into(),
+            kind: BackendKind::Openai,
+            api_key_env: None,
             zone: None,
             priority: default_priority(),
             tier: None,
@@ -141,6 +179,18 @@ impl BackendSpec {
             status: BackendStatus::Healthy,
             models: Vec::new(),
         }
+    }
+
+    /// Sets the protocol it speaks.
+    pub fn with_kind(mut self, kind: BackendKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// Sets the environment variable that holds its API key.
+    pub fn with_api_key_env(mut self, var: impl Into<String>) -> Self {
+        self.api_key_env = Some(var.into());
+        self
     }
 
     /// Sets the zone.
@@ -482,6 +532,8 @@ pub struct Backend {
     id: BackendId,
     name: Arc<str>,
     url: Box<str>,
+    kind: BackendKind,
+    api_key_env: Option<Box<str>>,
     zone: Option<Zone>,
     priority: u32,
     tier: Option<u8>,
@@ -509,6 +561,16 @@ impl Backend {
     /// Its URL.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The protocol it speaks.
+    pub fn kind(&self) -> BackendKind {
+        self.kind
+    }
+
+    /// The environment variable that holds its API key, if it has one.
+    pub fn api_key_env(&self) -> Option<&str> {
+        self.api_key_env.as_deref()
     }
 
     /// The zone as configured (`None` when missing).
@@ -788,6 +850,8 @@ impl Fleet {
                 id,
                 name: spec.id.as_str().into(),
                 url: spec.url.into(),
+                kind: spec.kind,
+                api_key_env: spec.api_key_env.map(Into::into),
                 zone: spec.zone,
                 priority: spec.priority,
                 tier: spec.tier,

@@ -57,8 +57,8 @@ pub use analyzer::{
 };
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use fleet::{
-    Backend, BackendSpec, BackendStatus, Fleet, FleetError, LiveState, ModelEntry, ModelSpec,
-    OfferSummary, Offering, Zone, LATENCY_MEMORY_SECS, MAX_USD_PER_MTOK,
+    Backend, BackendKind, BackendSpec, BackendStatus, Fleet, FleetError, LiveState, ModelEntry,
+    ModelSpec, OfferSummary, Offering, Zone, LATENCY_MEMORY_SECS, MAX_USD_PER_MTOK,
 };
 pub use id::{BackendId, ModelId};
 pub use intent::{BudgetStatus, Candidate, QueueCause, RoutingIntent, Scratch, Selection, Verdict};

@@ -130,6 +130,9 @@ pub enum RetryAdvice {
 #[error("{message}")]
 pub struct GatewayError {
     code: ErrorCode,
+    /// A status other than the code's own (413 for a body over the limit, 404 for an
+    /// unknown path), when the case is a bad request of a more precise kind.
+    status: Option<StatusCode>,
     message: String,
     param: Option<String>,
     retry: RetryAdvice,
@@ -145,6 +148,7 @@ impl GatewayError {
         };
         GatewayError {
             code,
+            status: None,
             message: message.into(),
             param: None,
             retry,
@@ -222,6 +226,33 @@ impl GatewayError {
     /// 502 `upstream_error`.
     pub fn upstream_error(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::UpstreamError, message)
+    }
+
+    /// 413 `invalid_request`: the body is larger than `limit` bytes.
+    ///
+    /// ```
+    /// let err = nexus_gateway::GatewayError::body_too_large(1024);
+    /// assert_eq!(err.status(), 413);
+    /// assert_eq!(err.code().as_str(), "invalid_request");
+    /// ```
+    pub fn body_too_large(limit: usize) -> Self {
+        Self::invalid_request(
+            format!("the request body is larger than {limit} bytes, the most this gateway reads ([server] max_body_bytes)"),
+            None,
+        )
+        .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+    }
+
+    /// Answers with `status` instead of the code's own.
+    #[must_use]
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    /// The HTTP status answered.
+    pub fn status(&self) -> StatusCode {
+        self.status.unwrap_or(self.code.status())
     }
 
     /// The decision object (`nexus route --format json`), answered under `error.nexus`.
@@ -346,7 +377,7 @@ impl From<WireError> for GatewayError {
 
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
-        let mut response = (self.code.status(), self.body()).into_response();
+        let mut response = (self.status(), self.body()).into_response();
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,

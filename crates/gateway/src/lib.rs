@@ -1,9 +1,12 @@
 //! # nexus-gateway
 //!
-//! The building blocks of `nexus serve`, the OpenAI-compatible gateway that puts the Nexus
-//! routing pipeline in front of real traffic (see the "Wave 2" half of the design). The
-//! request path reads, decides, sends, streams and settles; this crate holds the parts of
-//! that path that do not depend on the router:
+//! `nexus serve`, the OpenAI-compatible gateway that puts the Nexus routing pipeline in
+//! front of real traffic (see the "Wave 2" half of the design): a [`Gateway`] over a
+//! [`Router`](nexus_router::Router) gives an axum app, and [`serve`] runs it with health
+//! checks and a graceful shutdown. The request path is a short list of named phases over
+//! one per-request context (read -> decide -> send -> stream -> settle, see the `proxy`
+//! and `relay` modules); the queue, the health checker and the metrics have a module
+//! each. The parts of the path that do not depend on the router are public:
 //!
 //! - [`wire`]: reads an OpenAI request body into what routing needs
 //!   ([`wire::RequestSummary`]) and rewrites it for the upstream, byte for byte except
@@ -32,9 +35,19 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod endpoints;
 pub mod error;
+mod gateway;
+mod health;
+mod metrics;
+mod proxy;
+mod queue;
+mod relay;
+mod serve;
 pub mod sse;
 pub mod upstream;
 pub mod wire;
 
 pub use error::{ErrorCode, GatewayError, RetryAdvice};
+pub use gateway::{BuildError, Gateway};
+pub use serve::serve;

@@ -1,7 +1,8 @@
-//! `tests/openai_client.py`, the script that will drive `nexus serve` with the official
-//! OpenAI Python client, runs here against the mock upstream: its success paths (models,
-//! chat, streams with and without usage, completions, embeddings, a 404) are checked
-//! against the real library now, and the refusals once the gateway answers them. Where
+//! `tests/openai_client.py`, the script that drives `nexus serve` with the official
+//! OpenAI Python client (`crates/cli/tests/openai_python_client.rs`, refusals included),
+//! runs here against the bare mock upstream: the mock itself must satisfy the real
+//! library on its success paths (models, chat, streams with and without usage,
+//! completions, embeddings, a 404), or the gateway's run would test the mock. Where
 //! python3 or the `openai` package is missing the test says so and passes, except under
 //! CI (`CI` set), where `.ci/run` installs the package and a skip would hide a gap.
 

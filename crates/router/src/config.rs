@@ -103,6 +103,12 @@ pub struct Config {
     /// The `[routing]` table.
     #[serde(default)]
     pub routing: RoutingConfig,
+    /// The `[server]` table, read by `nexus serve`.
+    #[serde(default)]
+    pub server: crate::ServerConfig,
+    /// The `[health]` table, read by `nexus serve`.
+    #[serde(default)]
+    pub health: crate::HealthConfig,
 }
 
 /// The `[routing]` table.

@@ -3,8 +3,9 @@
 //! The facade of the Nexus control plane. It turns a TOML configuration into a
 //! [`Fleet`](nexus_core::Fleet) and a [`Pipeline`](nexus_core::Pipeline) of stages drawn
 //! from a [`Registry`](nexus_core::Registry) (built-ins plus whatever you register),
-//! renders decisions for people and machines ([`DecisionReport`]), and ships the `nexus`
-//! command-line tool. Each policy crate is re-exported behind a feature of its name.
+//! and renders decisions for people and machines ([`DecisionReport`]); the `nexus`
+//! command-line tool lives in `nexus-cli`, so that embedding this crate never compiles
+//! a web server. Each policy crate is re-exported behind a feature of its name.
 //!
 //! ```
 //! use nexus_core::{Request, RoutingDecision};
@@ -24,6 +25,7 @@ mod config;
 mod enforcement;
 mod report;
 mod router;
+mod serving;
 mod validate;
 mod wording;
 
@@ -34,6 +36,7 @@ pub use config::{
 pub use enforcement::POLICY_KEY_STAGES;
 pub use report::{CandidateReport, CostReport, DecisionReport, FixReport, RejectionReport};
 pub use router::{Router, RouterBuilder, WithBuiltins, DEFAULT_PIPELINE};
+pub use serving::{HealthConfig, ServerConfig};
 
 #[cfg(feature = "budget")]
 pub use nexus_budget as budget;

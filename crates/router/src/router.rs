@@ -13,6 +13,7 @@ use crate::config::{
     Config, ConfigError, ConfigWarning, Seg, Source, EXAMPLE_CONFIG, EXAMPLE_CONFIG_NAME,
     ROUTING_KEYS,
 };
+use crate::serving::{HealthConfig, ServerConfig};
 
 /// The built-in stage kinds in their default order. The default pipeline is those of
 /// them compiled into this build.
@@ -179,7 +180,9 @@ impl RouterBuilder {
     ) -> Result<Router, ConfigError> {
         let mut warnings = Vec::new();
         crate::validate::check(source, &config)?;
+        crate::serving::check(source, &config)?;
         let routing = config.routing;
+        let (server, health) = (config.server, config.health);
 
         let fleet = Fleet::new(config.backends).map_err(|e| fleet_error(source, &e))?;
         if fleet.is_empty() {
@@ -364,6 +367,8 @@ impl RouterBuilder {
         Ok(Router {
             pipeline: Arc::new(pipeline),
             warnings,
+            server,
+            health,
         })
     }
 }
@@ -393,6 +398,8 @@ fn fleet_error(source: &Source<'_>, e: &FleetError) -> ConfigError {
 pub struct Router {
     pipeline: Arc<Pipeline>,
     warnings: Vec<ConfigWarning>,
+    server: ServerConfig,
+    health: HealthConfig,
 }
 
 impl Router {
@@ -439,6 +446,16 @@ impl Router {
     /// The fleet.
     pub fn fleet(&self) -> &Arc<Fleet> {
         self.pipeline.fleet()
+    }
+
+    /// The `[server]` settings, for a gateway.
+    pub fn server(&self) -> &ServerConfig {
+        &self.server
+    }
+
+    /// The `[health]` settings, for a gateway.
+    pub fn health(&self) -> &HealthConfig {
+        &self.health
     }
 
     /// What looked wrong in the config but did not stop it loading.

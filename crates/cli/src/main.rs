@@ -1,4 +1,4 @@
-//! `nexus`: check a routing config, or ask where a request would go and why.
+//! `nexus`: check a routing config, ask where a request would go and why, or serve.
 //!
 //! Without `--config` it uses the built-in example config, so that it does something
 //! useful on a fresh checkout. Exit codes: 0 for a valid config or any decision, 2 for
@@ -32,6 +32,20 @@ enum Command {
     },
     /// Decide where a request would go and explain the decision.
     Route(RouteArgs),
+    /// Serve the OpenAI-compatible gateway: every request is routed through the pipeline.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The address to listen on, over `[server] listen` (default 127.0.0.1:8800).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    log_level: tracing::Level,
 }
 
 #[derive(Debug, Args)]
@@ -162,6 +176,106 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Route(args) => route(&args),
+        Command::Serve(args) => serve(&args),
+    }
+}
+
+/// `nexus serve`: builds the router (outside any async runtime: the budget's store runs
+/// its own), serves until SIGTERM or Ctrl-C, drains, then drops the router so that the
+/// spend journal is flushed before the process exits.
+fn serve(args: &ServeArgs) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_max_level(args.log_level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let builder = Router::builder();
+    let loaded = match &args.config.config {
+        Some(path) => builder.load_file(path),
+        None => builder.load_example(),
+    };
+    let router = match loaded {
+        Ok(router) => router,
+        Err(error) => {
+            print_err(&error.to_string());
+            return ExitCode::from(2);
+        }
+    };
+    for warning in router.warnings() {
+        print_err(&warning.to_string());
+    }
+    let listen = args.listen.unwrap_or_else(|| router.server().listen_addr());
+    let gateway = match nexus_gateway::Gateway::new(router) {
+        Ok(gateway) => gateway,
+        Err(error) => {
+            print_err(&format!("nexus: {error}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("nexus-serve")
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            print_err(&format!("nexus: cannot start the async runtime: {error}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    let name = config_name(&args.config);
+    let served = runtime.block_on(async {
+        let listener = match tokio::net::TcpListener::bind(listen).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                return Err(format!(
+                    "nexus: cannot listen on {listen}: {error}; choose another address with --listen or [server] listen"
+                ))
+            }
+        };
+        let local = listener.local_addr().map_or(listen, |a| a);
+        // The line scripts (and the tests) wait for; printed once the socket is bound.
+        print_err(&format!(
+            "nexus: serving {name} on http://{local} (OpenAI base URL http://{local}/v1)"
+        ));
+        nexus_gateway::serve(gateway, listener, shutdown_signal())
+            .await
+            .map_err(|error| format!("nexus: serving failed: {error}"))
+    });
+    // Tasks still running (connections past the grace, health checks) end here, which
+    // settles their route guards; then the router is dropped and the journal flushed.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    match served {
+        Ok(()) => {
+            print_err("nexus: stopped");
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            print_err(&message);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C (SIGINT).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
     }
 }
 
@@ -193,14 +307,23 @@ fn check(config: &ConfigArg) -> ExitCode {
             .collect();
         outln!(
             out,
-            "    {:<16} {:<20} priority {}, max {} at once, {}; serves {}",
+            "    {:<16} {:<20} {}, priority {}, max {} at once, {}; serves {}",
             backend.name(),
             zone,
+            backend.kind(),
             backend.priority(),
             backend.max_concurrency(),
             backend.live().status(),
             models.join(", "),
         );
+        if let Some(var) = backend.api_key_env() {
+            // Whether the variable is set, never its value.
+            let state = match std::env::var_os(var) {
+                Some(value) if !value.is_empty() => "set",
+                _ => "not set: requests to it go without a key",
+            };
+            outln!(out, "    {:<16} api key from ${var} ({state})", "");
+        }
     }
     outln!(out, "  models: {}", fleet.models().len());
     let mut names: Vec<&str> = pipeline.routes().names().collect();
@@ -249,6 +372,38 @@ fn check(config: &ConfigArg) -> ExitCode {
         .collect();
     outln!(out, "  pipeline: {}", stages.join(" -> "));
     print_budget(&mut out, &router);
+    let server = router.server();
+    outln!(
+        out,
+        "  serve: listen {}, queue {} ms (at most {}), {} attempt{} per request, bodies up to {} bytes",
+        server.listen,
+        server.queue_timeout_ms,
+        server.max_queued,
+        server.max_attempts,
+        if server.max_attempts == 1 { "" } else { "s" },
+        server.max_body_bytes,
+    );
+    outln!(
+        out,
+        "    timeouts: connect {} ms, first byte {} ms, idle stream {} ms, request body {} ms; shutdown grace {} s",
+        server.connect_timeout_ms,
+        server.first_byte_timeout_ms,
+        server.idle_timeout_ms,
+        server.body_read_timeout_ms,
+        server.shutdown_grace_secs,
+    );
+    let health = router.health();
+    match health.interval() {
+        Some(_) => outln!(
+            out,
+            "  health: every {} s, {} ms timeout, unhealthy after {} failed check{}",
+            health.interval_secs,
+            health.timeout_ms,
+            health.unhealthy_after,
+            if health.unhealthy_after == 1 { "" } else { "s" },
+        ),
+        None => outln!(out, "  health: checks off (interval_secs = 0)"),
+    }
     print_out(&out)
 }
 

@@ -1,0 +1,234 @@
+//! The axum handlers: thin functions over the shared [`Gateway`] state. Proxied
+//! endpoints hand over to [`crate::proxy`]; the rest answer from the router's state.
+
+use std::any::Any;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use nexus_core::BackendStatus;
+use nexus_router::DecisionReport;
+use serde_json::{json, Value};
+
+use crate::proxy::{self, Exchange};
+use crate::wire::{Endpoint, RequestBody};
+use crate::{Gateway, GatewayError};
+
+/// `POST /v1/chat/completions`.
+pub(crate) async fn chat_completions(
+    State(gateway): State<Gateway>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    proxy::handle(gateway, Endpoint::ChatCompletions, headers, body).await
+}
+
+/// `POST /v1/completions`.
+pub(crate) async fn completions(
+    State(gateway): State<Gateway>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    proxy::handle(gateway, Endpoint::Completions, headers, body).await
+}
+
+/// `POST /v1/embeddings`.
+pub(crate) async fn embeddings(
+    State(gateway): State<Gateway>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    proxy::handle(gateway, Endpoint::Embeddings, headers, body).await
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// `GET /v1/models`: every served model and every alias, in OpenAI's list shape.
+pub(crate) async fn models(State(gateway): State<Gateway>) -> Response {
+    let pipeline = gateway.router().pipeline();
+    let mut names: Vec<&str> = pipeline.routes().names().collect();
+    names.sort_unstable();
+    let data: Vec<Value> = names
+        .into_iter()
+        .map(|name| {
+            let mut entry =
+                json!({"id": name, "object": "model", "created": 0, "owned_by": "nexus"});
+            if let Some(plan) = pipeline.routes().plan(name) {
+                let chain: Vec<&str> = plan.alias_chain().collect();
+                if chain.len() > 1 {
+                    entry["nexus_alias_of"] = json!(chain.last());
+                }
+            }
+            entry
+        })
+        .collect();
+    json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
+}
+
+/// `POST /v1/nexus/route`: the decision for a chat request, as `nexus route --format
+/// json` prints it. Nothing is sent upstream and whatever was committed is cancelled.
+pub(crate) async fn route(
+    State(gateway): State<Gateway>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let x = Exchange::new(gateway.clone(), Endpoint::ChatCompletions, &headers);
+    let answer = async {
+        let bytes = proxy::read(&gateway, &headers, body).await?;
+        let parsed = RequestBody::parse(Endpoint::ChatCompletions, &bytes)?;
+        let summary = parsed.summary();
+        let request = summary
+            .to_request(x.tier_mode)
+            .max_input_tokens(summary.input_tokens_max);
+        let mut decision = gateway.router().route_owned(&request);
+        if let Some(guard) = decision.take_guard() {
+            guard.cancel();
+        }
+        let report = DecisionReport::new(&summary.model, &decision);
+        Ok::<_, GatewayError>(
+            (
+                [(header::CONTENT_TYPE, "application/json")],
+                report.to_json(),
+            )
+                .into_response(),
+        )
+    }
+    .await;
+    let mut response = answer.unwrap_or_else(IntoResponse::into_response);
+    response
+        .headers_mut()
+        .insert("x-request-id", x.request_id.clone());
+    response
+}
+
+/// `GET /v1/nexus/backends`: each backend's id, zone, status, in flight, latency, error
+/// rate and circuit.
+pub(crate) async fn backends(State(gateway): State<Gateway>) -> Response {
+    let router = gateway.router();
+    let fleet = router.fleet();
+    let quality = router
+        .pipeline()
+        .stage_of::<nexus_router::quality::QualityReconciler>();
+    let now = quality.map_or_else(
+        || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        },
+        |q| q.tracker().now_secs(),
+    );
+    let list: Vec<Value> = fleet
+        .backends()
+        .iter()
+        .map(|backend| {
+            let live = backend.live();
+            let (error_rate, circuit) = match quality {
+                Some(q) => {
+                    let tracker = q.tracker();
+                    let rate = tracker
+                        .stats_at(backend.id(), now)
+                        .map(|s| s.error_rate_1h());
+                    let circuit = match tracker.circuit_at(backend.id(), now) {
+                        nexus_router::quality::Circuit::Closed => json!({"state": "closed"}),
+                        nexus_router::quality::Circuit::Open { seconds_left, .. } => {
+                            json!({"state": "open", "seconds_left": seconds_left})
+                        }
+                        nexus_router::quality::Circuit::HalfOpen { .. } => {
+                            json!({"state": "half_open"})
+                        }
+                        nexus_router::quality::Circuit::Probing { .. } => {
+                            json!({"state": "probing"})
+                        }
+                    };
+                    (json!(rate), circuit)
+                }
+                None => (Value::Null, Value::Null),
+            };
+            let models: Vec<&str> = backend
+                .models()
+                .iter()
+                .map(|m| fleet.model(*m).name())
+                .collect();
+            json!({
+                "id": backend.name(),
+                "type": backend.kind().as_str(),
+                "zone": backend.zone().as_str(),
+                "status": live.status().as_str(),
+                "in_flight": live.in_flight(),
+                "max_concurrency": backend.max_concurrency(),
+                "latency_ms": live.latency_ewma_ms(now),
+                "error_rate": error_rate,
+                "circuit": circuit,
+                "models": models,
+                "loaded_models": gateway.loaded_models(backend.id()),
+            })
+        })
+        .collect();
+    json_response(StatusCode::OK, &json!({"backends": list}))
+}
+
+/// `GET /health`: 200 while the process serves.
+pub(crate) async fn health() -> Response {
+    json_response(StatusCode::OK, &json!({"status": "ok"}))
+}
+
+/// `GET /ready`: 200 when a backend is healthy, else 503.
+pub(crate) async fn ready(State(gateway): State<Gateway>) -> Response {
+    let fleet = gateway.router().fleet();
+    let healthy: Vec<&str> = fleet
+        .backends()
+        .iter()
+        .filter(|b| b.live().status() == BackendStatus::Healthy)
+        .map(|b| b.name())
+        .collect();
+    let status = if healthy.is_empty() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    json_response(
+        status,
+        &json!({"ready": !healthy.is_empty(), "healthy_backends": healthy}),
+    )
+}
+
+/// `GET /metrics`: the Prometheus text format.
+pub(crate) async fn metrics(State(gateway): State<Gateway>) -> Response {
+    match crate::metrics::render(&gateway) {
+        Some(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        None => GatewayError::upstream_error(
+            "another metrics recorder owns this process; its exporter serves the metrics",
+        )
+        .with_status(StatusCode::NOT_FOUND)
+        .into_response(),
+    }
+}
+
+/// Any other path: 404 in the OpenAI error shape.
+pub(crate) async fn not_found(method: Method, uri: Uri) -> Response {
+    GatewayError::invalid_request(
+        format!(
+            "{method} {} is not served here; the gateway serves /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models and /v1/nexus/*",
+            uri.path()
+        ),
+        None,
+    )
+    .with_status(StatusCode::NOT_FOUND)
+    .into_response()
+}
+
+/// A handler's panic, answered as a 500 in the OpenAI error shape.
+pub(crate) fn panic_response(_panic: Box<dyn Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    GatewayError::upstream_error("internal error in the gateway")
+        .with_status(StatusCode::INTERNAL_SERVER_ERROR)
+        .into_response()
+}

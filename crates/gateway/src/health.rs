@@ -1,0 +1,152 @@
+//! Active health checks: each backend's `status` comes from asking it, every
+//! `[health] interval_secs`.
+//!
+//! An `openai` backend is asked `GET /v1/models` (`/models` under a URL that ends in
+//! `/v1`); an `ollama` one `GET /api/tags`, and `GET /api/ps` for the models it has
+//! loaded (shown by `/v1/nexus/backends`). A 2xx answer within `[health] timeout_ms` is
+//! a success. `unhealthy_after` failures in a row make a backend unhealthy, one success
+//! makes it healthy again. The first round, run before the gateway accepts requests, is
+//! the exception: a backend that fails it is unhealthy at once, because its configured
+//! status was only a guess, and a newcomer's first request should be told that nothing
+//! is listening rather than wait through three intervals of failed attempts.
+//!
+//! An Ollama that has a model on disk but not in memory stays healthy: Ollama loads a
+//! model on its first request, so calling it Loading would queue the very request that
+//! makes it load. Every status change wakes the queue. The quality stage's circuit
+//! breaker is the passive side of health and is left alone here.
+
+use std::time::Duration;
+
+use axum::http::header;
+use futures_util::future::join_all;
+use nexus_core::{Backend, BackendKind, BackendStatus};
+use serde::Deserialize;
+
+use crate::proxy::upstream_url;
+use crate::Gateway;
+
+/// The health of every backend as the checker keeps it.
+#[derive(Debug)]
+pub(crate) struct Checker {
+    gateway: Gateway,
+    failures: Vec<u32>,
+}
+
+impl Checker {
+    pub(crate) fn new(gateway: Gateway) -> Self {
+        let failures = vec![0; gateway.router().fleet().len()];
+        Checker { gateway, failures }
+    }
+
+    /// Checks every backend once, at the same time. `first` marks a failing backend
+    /// unhealthy at once.
+    pub(crate) async fn round(&mut self, first: bool) {
+        let gateway = self.gateway.clone();
+        let fleet = gateway.router().fleet();
+        let results = join_all(fleet.backends().iter().map(|b| check(&gateway, b))).await;
+        let mut changed = false;
+        for (backend, result) in fleet.backends().iter().zip(results) {
+            let count = &mut self.failures[backend.id().index()];
+            let before = backend.live().status();
+            let after = match result {
+                Ok(loaded) => {
+                    *count = 0;
+                    if backend.kind() == BackendKind::Ollama {
+                        self.gateway.set_loaded_models(backend.id(), loaded);
+                    }
+                    BackendStatus::Healthy
+                }
+                Err(why) => {
+                    *count = count.saturating_add(1);
+                    let limit = gateway.health().unhealthy_after;
+                    if first || *count >= limit {
+                        if before != BackendStatus::Unhealthy {
+                            tracing::warn!(backend = backend.name(), url = backend.url(), error = %why, "backend unhealthy");
+                        }
+                        BackendStatus::Unhealthy
+                    } else {
+                        tracing::debug!(backend = backend.name(), error = %why, failures = *count, "health check failed");
+                        before
+                    }
+                }
+            };
+            if after != before {
+                if after == BackendStatus::Healthy {
+                    tracing::info!(backend = backend.name(), "backend healthy");
+                }
+                fleet.set_status(backend.id(), after);
+                changed = true;
+            }
+            crate::metrics::backend_up(backend, after);
+        }
+        if changed {
+            self.gateway.wake_queue();
+        }
+    }
+
+    /// Checks forever, every `interval`.
+    pub(crate) async fn run(mut self, interval: Duration) {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await; // the first tick is now: the first round already ran
+        loop {
+            ticks.tick().await;
+            self.round(false).await;
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Ps {
+    #[serde(default)]
+    models: Vec<PsModel>,
+}
+
+#[derive(Deserialize)]
+struct PsModel {
+    name: String,
+}
+
+/// One check of `backend`: `Ok` with an Ollama's loaded models, or why it failed.
+async fn check(gateway: &Gateway, backend: &Backend) -> Result<Option<Vec<String>>, String> {
+    let timeout = gateway.health().timeout();
+    let get = |path: &str| {
+        let base = match backend.kind() {
+            // Ollama's own API is at the root, beside its /v1.
+            BackendKind::Ollama => backend.url().trim_end_matches('/').trim_end_matches("/v1"),
+            BackendKind::Openai => backend.url(),
+        };
+        let mut request = gateway
+            .shared
+            .client
+            .get(upstream_url(base, path))
+            .timeout(timeout);
+        if let Some(key) = gateway.key_of(backend.id()) {
+            request = request.header(header::AUTHORIZATION, key.clone());
+        }
+        request.send()
+    };
+    let answered = |result: reqwest::Result<reqwest::Response>| match result {
+        Ok(answer) if answer.status().is_success() => Ok(answer),
+        Ok(answer) => Err(format!("answered {}", answer.status())),
+        Err(e) if e.is_timeout() => Err(format!("no answer within {} ms", timeout.as_millis())),
+        Err(e) => Err(format!("unreachable: {}", crate::proxy::source_text(&e))),
+    };
+    match backend.kind() {
+        BackendKind::Openai => answered(get("/v1/models").await).map(|_| None),
+        BackendKind::Ollama => {
+            answered(get("/api/tags").await)?;
+            // What is loaded is for show: a failure here does not make it unhealthy.
+            let loaded = match answered(get("/api/ps").await) {
+                Ok(answer) => answer
+                    .bytes()
+                    .await
+                    .ok()
+                    .and_then(|body| serde_json::from_slice::<Ps>(&body).ok())
+                    .map(|ps| ps.models.into_iter().map(|m| m.name).collect()),
+                Err(_) => None,
+            };
+            Ok(loaded)
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! A failure before the first byte (a 5xx, a refused connection) is recorded and the
+//! request is decided again without that backend, up to `[server] max_attempts`.
+
+mod common;
+
+use common::{backend, serve, NO_HEALTH};
+use nexus_testkit::{Fault, MockConfig, MockUpstream};
+
+#[tokio::test]
+async fn a_5xx_or_a_refused_connection_fails_over_to_the_next_backend() {
+    let first = MockUpstream::start(MockConfig::serving(["m"]))
+        .await
+        .unwrap();
+    let second = MockUpstream::start(MockConfig::serving(["m"]))
+        .await
+        .unwrap();
+    let config = format!(
+        "{}{}{NO_HEALTH}",
+        backend("first", &first.url(), "local", &["m"], "priority = 100"),
+        backend("second", &second.url(), "local", &["m"], ""),
+    );
+    let served = serve(&config).await;
+
+    first.fault_next(1, Fault::status(503));
+    let answer = served.chat("m").await;
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.headers()["x-nexus-backend"], "second");
+    assert_eq!(first.requests_to("/v1/chat/completions").len(), 1);
+    assert_eq!(second.requests_to("/v1/chat/completions").len(), 1);
+
+    first.stop_listening().await;
+    let answer = served.chat("m").await;
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.headers()["x-nexus-backend"], "second");
+    assert_eq!(served.in_flight(), 0);
+
+    // The failures reached the quality stage.
+    let quality = served
+        .gateway
+        .router()
+        .pipeline()
+        .stage_of::<nexus_router::quality::QualityReconciler>()
+        .unwrap();
+    let first_id = served
+        .gateway
+        .router()
+        .fleet()
+        .backend_by_name("first")
+        .unwrap()
+        .id();
+    let stats = quality
+        .tracker()
+        .stats_at(first_id, quality.tracker().now_secs())
+        .unwrap();
+    assert!(stats.error_rate_1h() > 0.0);
+}
+
+#[tokio::test]
+async fn attempts_stop_at_max_attempts() {
+    let mocks = [
+        MockUpstream::start(MockConfig::serving(["m"]))
+            .await
+            .unwrap(),
+        MockUpstream::start(MockConfig::serving(["m"]))
+            .await
+            .unwrap(),
+        MockUpstream::start(MockConfig::serving(["m"]))
+            .await
+            .unwrap(),
+    ];
+    let mut config = String::new();
+    for (i, mock) in mocks.iter().enumerate() {
+        mock.set_fault(Some(Fault::status(500)));
+        config.push_str(&backend(&format!("b{i}"), &mock.url(), "local", &["m"], ""));
+    }
+    config.push_str(&format!("\n[server]\nmax_attempts = 2\n{NO_HEALTH}"));
+    let served = serve(&config).await;
+    let answer = served.chat("m").await;
+    assert_eq!(answer.status(), 502);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("after 2 attempts"),
+        "{body}"
+    );
+    let sent: usize = mocks
+        .iter()
+        .map(|m| m.requests_to("/v1/chat/completions").len())
+        .sum();
+    assert_eq!(sent, 2);
+    assert_eq!(served.in_flight(), 0);
+}
