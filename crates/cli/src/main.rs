@@ -184,11 +184,6 @@ fn main() -> ExitCode {
 /// its own), serves until SIGTERM or Ctrl-C, drains, then drops the router so that the
 /// spend journal is flushed before the process exits.
 fn serve(args: &ServeArgs) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_max_level(args.log_level)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
     let builder = Router::builder();
     let loaded = match &args.config.config {
         Some(path) => builder.load_file(path),
@@ -204,6 +199,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
     for warning in router.warnings() {
         print_err(&warning.to_string());
     }
+    init_logs(args.log_level, router.server().log_format);
     let listen = args.listen.unwrap_or_else(|| router.server().listen_addr());
     let gateway = match nexus_gateway::Gateway::new(router) {
         Ok(gateway) => gateway,
@@ -254,6 +250,24 @@ fn serve(args: &ServeArgs) -> ExitCode {
             print_err(&message);
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Logs to stderr at `level`, as `[server] log_format` says: text for a terminal, or
+/// one JSON object a line for a collector. The request log line (target
+/// `nexus::request`) is one of them.
+fn init_logs(level: tracing::Level, format: nexus_router::LogFormat) {
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr);
+    match format {
+        nexus_router::LogFormat::Text => builder.with_target(false).init(),
+        nexus_router::LogFormat::Json => builder
+            .json()
+            .with_target(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
     }
 }
 

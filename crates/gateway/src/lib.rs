@@ -45,6 +45,7 @@ mod queue;
 mod relay;
 mod serve;
 pub mod sse;
+mod trace;
 pub mod upstream;
 pub mod wire;
 
