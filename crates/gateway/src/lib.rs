@@ -51,4 +51,5 @@ pub mod wire;
 
 pub use error::{ErrorCode, GatewayError, RetryAdvice};
 pub use gateway::{BuildError, Gateway};
+pub use metrics::METRIC_NAMES;
 pub use serve::serve;
