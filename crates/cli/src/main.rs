@@ -15,6 +15,8 @@ use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use nexus_core::{Features, Request, TierMode};
 use nexus_router::{ConfigError, DecisionReport, Router, EXAMPLE_CONFIG_NAME};
 
+mod top;
+
 /// Nexus: decide where each LLM request goes, and say why.
 #[derive(Debug, Parser)]
 #[command(name = "nexus", version, about, long_about = None)]
@@ -34,6 +36,40 @@ enum Command {
     Route(RouteArgs),
     /// Serve the OpenAI-compatible gateway: every request is routed through the pipeline.
     Serve(ServeArgs),
+    /// Watch a running gateway live: backends, status, in flight, latency, errors,
+    /// circuits and budget.
+    Top(TopArgs),
+}
+
+#[derive(Debug, Args)]
+struct TopArgs {
+    /// The gateway's base URL.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8800")]
+    url: String,
+    /// Seconds between redraws.
+    #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_interval)]
+    interval: std::time::Duration,
+    /// Print one frame, without terminal escapes, and exit (1 if the gateway cannot be
+    /// reached).
+    #[arg(long)]
+    once: bool,
+    /// The environment variable holding a key to send (a tenant's key, or the admin
+    /// key), for a gateway that asks for one. Keys are never taken on the command line,
+    /// where other users' `ps` would show them.
+    #[arg(long, value_name = "VAR")]
+    key_env: Option<String>,
+}
+
+fn parse_interval(text: &str) -> Result<std::time::Duration, String> {
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of seconds"))?;
+    if !(0.1..=3600.0).contains(&secs) {
+        return Err(format!(
+            "{secs} s is out of range: give 0.1 to 3600 seconds"
+        ));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 #[derive(Debug, Args)]
@@ -167,7 +203,7 @@ fn print_out(text: &str) -> ExitCode {
 }
 
 /// Writes a line to stderr; if stderr itself is gone there is nowhere left to say so.
-fn print_err(text: &str) {
+pub(crate) fn print_err(text: &str) {
     let _ = writeln!(std::io::stderr().lock(), "{text}");
 }
 
@@ -177,7 +213,30 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Route(args) => route(&args),
         Command::Serve(args) => serve(&args),
+        Command::Top(args) => top(&args),
     }
+}
+
+/// `nexus top`: the key, if any, from its variable, then the view.
+fn top(args: &TopArgs) -> ExitCode {
+    let key = match &args.key_env {
+        None => None,
+        Some(var) => match std::env::var(var) {
+            Ok(key) if !key.is_empty() => Some(key),
+            _ => {
+                print_err(&format!(
+                    "nexus top: --key-env names {var}, which is not set; export the key in it, or leave --key-env out"
+                ));
+                return ExitCode::from(2);
+            }
+        },
+    };
+    top::run(&top::Options {
+        url: args.url.clone(),
+        interval: args.interval,
+        once: args.once,
+        key,
+    })
 }
 
 /// `nexus serve`: builds the router (outside any async runtime: the budget's store runs
