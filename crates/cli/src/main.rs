@@ -15,6 +15,8 @@ use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use nexus_core::{Features, Request, TierMode};
 use nexus_router::{ConfigError, DecisionReport, Router, EXAMPLE_CONFIG_NAME};
 
+#[cfg(feature = "otlp")]
+mod otlp;
 mod top;
 
 /// Nexus: decide where each LLM request goes, and say why.
@@ -258,15 +260,6 @@ fn serve(args: &ServeArgs) -> ExitCode {
     for warning in router.warnings() {
         print_err(&warning.to_string());
     }
-    init_logs(args.log_level, router.server().log_format);
-    let listen = args.listen.unwrap_or_else(|| router.server().listen_addr());
-    let gateway = match nexus_gateway::Gateway::new(router) {
-        Ok(gateway) => gateway,
-        Err(error) => {
-            print_err(&format!("nexus: {error}"));
-            return ExitCode::FAILURE;
-        }
-    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("nexus-serve")
@@ -275,6 +268,21 @@ fn serve(args: &ServeArgs) -> ExitCode {
         Ok(runtime) => runtime,
         Err(error) => {
             print_err(&format!("nexus: cannot start the async runtime: {error}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    let telemetry = match init_logs(args.log_level, router.server().log_format, runtime.handle()) {
+        Ok(telemetry) => telemetry,
+        Err(message) => {
+            print_err(&format!("nexus: {message}"));
+            return ExitCode::from(2);
+        }
+    };
+    let listen = args.listen.unwrap_or_else(|| router.server().listen_addr());
+    let gateway = match nexus_gateway::Gateway::new(router) {
+        Ok(gateway) => gateway,
+        Err(error) => {
+            print_err(&format!("nexus: {error}"));
             return ExitCode::FAILURE;
         }
     };
@@ -299,6 +307,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
     });
     // Tasks still running (connections past the grace, health checks) end here, which
     // settles their route guards; then the router is dropped and the journal flushed.
+    telemetry.flush();
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     match served {
         Ok(()) => {
@@ -312,21 +321,63 @@ fn serve(args: &ServeArgs) -> ExitCode {
     }
 }
 
+/// What must outlive serving: the trace exporter, which sends what is still batched
+/// when the server stops (before the runtime it sends on is shut down).
+struct Telemetry {
+    #[cfg(feature = "otlp")]
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Flushes the exporter, if there is one; the runtime must still run.
+    fn flush(&self) {
+        #[cfg(feature = "otlp")]
+        if let Some(provider) = &self.provider {
+            otlp::shutdown(provider);
+        }
+    }
+}
+
 /// Logs to stderr at `level`, as `[server] log_format` says: text for a terminal, or
 /// one JSON object a line for a collector. The request log line (target
-/// `nexus::request`) is one of them.
-fn init_logs(level: tracing::Level, format: nexus_router::LogFormat) {
-    let builder = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr);
-    match format {
-        nexus_router::LogFormat::Text => builder.with_target(false).init(),
-        nexus_router::LogFormat::Json => builder
+/// `nexus::request`) is one of them. With the `otlp` feature and
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans at info and above are exported too.
+fn init_logs(
+    level: tracing::Level,
+    format: nexus_router::LogFormat,
+    runtime: &tokio::runtime::Handle,
+) -> Result<Telemetry, String> {
+    use tracing_subscriber::filter::LevelFilter;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
+
+    let _ = runtime;
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        nexus_router::LogFormat::Text => fmt.with_target(false).boxed(),
+        nexus_router::LogFormat::Json => fmt
             .json()
             .with_target(true)
             .with_current_span(false)
             .with_span_list(false)
-            .init(),
+            .boxed(),
+    };
+    let registry =
+        tracing_subscriber::registry().with(fmt.with_filter(LevelFilter::from_level(level)));
+    #[cfg(feature = "otlp")]
+    {
+        let provider = otlp::provider(runtime.clone())?;
+        let layer = provider
+            .as_ref()
+            .map(|p| otlp::layer(p).with_filter(LevelFilter::INFO));
+        registry.with(layer).init();
+        Ok(Telemetry { provider })
+    }
+    #[cfg(not(feature = "otlp"))]
+    {
+        registry.init();
+        Ok(Telemetry {})
     }
 }
 

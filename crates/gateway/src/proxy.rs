@@ -154,11 +154,7 @@ async fn proxy(x: &Exchange, headers: &HeaderMap, body: Body) -> Result<Response
     let summary = parsed.summary();
     let _ = x.requested.set(summary.model.to_string());
     x.span
-        .record("gen_ai.request.model", summary.model.as_ref())
-        .record(
-            "otel.name",
-            format!("{} {}", crate::trace::operation(x.endpoint), summary.model),
-        );
+        .record("gen_ai.request.model", summary.model.as_ref());
     if let Some(max) = summary.max_output_tokens {
         x.span.record("gen_ai.request.max_tokens", max);
     }

@@ -37,6 +37,10 @@ pub(crate) fn operation(endpoint: Endpoint) -> &'static str {
 }
 
 /// The root span of a proxied request; the model and the outcome are recorded later.
+///
+/// Its OpenTelemetry name is the GenAI operation (`chat`, `text_completion`,
+/// `embeddings`); the semantic conventions' `{operation} {model}` cannot be used, as the
+/// model is read after the span has started and an exported span's name is fixed then.
 pub(crate) fn request_span(request_id: &HeaderValue, endpoint: Endpoint) -> Span {
     tracing::info_span!(
         "nexus.request",
@@ -72,7 +76,8 @@ pub(crate) fn decide_span(parent: &Span) -> Span {
     )
 }
 
-/// The span of one attempt at a backend, from sending to the answer's headers.
+/// The span of one attempt at a backend, from sending to the answer's headers: a GenAI
+/// client span, named `{operation} {model}` as the conventions ask.
 pub(crate) fn upstream_span(
     attempt: usize,
     backend: &nexus_core::Backend,
@@ -81,7 +86,7 @@ pub(crate) fn upstream_span(
 ) -> Span {
     tracing::info_span!(
         "nexus.upstream",
-        otel.name = endpoint.path(),
+        otel.name = format!("{} {model}", operation(endpoint)),
         otel.kind = "client",
         nexus.attempt = attempt,
         nexus.backend = backend.name(),
