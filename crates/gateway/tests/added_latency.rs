@@ -7,6 +7,9 @@
 //! ```
 //!
 //! `NEXUS_LATENCY_REQUESTS` sets the requests per series (default 2000).
+//! `NEXUS_LATENCY_LOGS=text` or `json` installs the log subscriber `nexus serve` uses,
+//! at info, writing to nothing: the request's spans and its log line are then paid for,
+//! as in production (without it no subscriber listens and spans cost next to nothing).
 
 mod common;
 
@@ -54,6 +57,19 @@ async fn added_latency_median_and_p99() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
+    match std::env::var("NEXUS_LATENCY_LOGS").as_deref() {
+        Ok("text") => tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(std::io::sink)
+            .with_target(false)
+            .init(),
+        Ok("json") => tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(std::io::sink)
+            .json()
+            .init(),
+        _ => {}
+    }
     let mut config = MockConfig::serving(["m"]);
     config.record = false;
     let mock = MockUpstream::start(config).await.unwrap();
