@@ -368,4 +368,14 @@ mod tests {
         assert_eq!(err.position.map(|p| p.0), Some(4));
         assert_eq!(err.help.as_deref(), Some("did you mean `ollama`?"));
     }
+
+    #[test]
+    fn log_format_is_text_or_json() {
+        assert_eq!(load("").unwrap().server().log_format, LogFormat::Text);
+        let router = load("[server]\nlog_format = \"json\"\n").unwrap();
+        assert_eq!(router.server().log_format, LogFormat::Json);
+        let err = load("[server]\n\nlog_format = \"jsn\"\n").unwrap_err();
+        assert_eq!(err.position.map(|p| p.0), Some(3), "{err}");
+        assert_eq!(err.help.as_deref(), Some("did you mean `json`?"), "{err}");
+    }
 }
