@@ -352,19 +352,26 @@ fn init_logs(
     use tracing_subscriber::util::SubscriberInitExt as _;
     use tracing_subscriber::Layer as _;
 
+    use tracing_subscriber::filter::FilterExt as _;
+
     let _ = runtime;
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let level = LevelFilter::from_level(level);
     let fmt = match format {
-        nexus_router::LogFormat::Text => fmt.with_target(false).boxed(),
+        // Text lines show the spans they happen in (the request's id and model).
+        nexus_router::LogFormat::Text => fmt.with_target(false).with_filter(level).boxed(),
+        // JSON lines are events alone: each names its request itself, and keeping every
+        // span's fields as JSON (re-serialized at each `record`) would cost about 35 µs
+        // a request (docs/performance.md).
         nexus_router::LogFormat::Json => fmt
             .json()
             .with_target(true)
             .with_current_span(false)
             .with_span_list(false)
+            .with_filter(level.and(tracing_subscriber::filter::filter_fn(|m| m.is_event())))
             .boxed(),
     };
-    let registry =
-        tracing_subscriber::registry().with(fmt.with_filter(LevelFilter::from_level(level)));
+    let registry = tracing_subscriber::registry().with(fmt);
     #[cfg(feature = "otlp")]
     {
         let provider = otlp::provider(runtime.clone())?;
