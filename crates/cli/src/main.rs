@@ -15,6 +15,10 @@ use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use nexus_core::{Features, Request, TierMode};
 use nexus_router::{ConfigError, DecisionReport, Router, EXAMPLE_CONFIG_NAME};
 
+#[cfg(feature = "otlp")]
+mod otlp;
+mod top;
+
 /// Nexus: decide where each LLM request goes, and say why.
 #[derive(Debug, Parser)]
 #[command(name = "nexus", version, about, long_about = None)]
@@ -34,6 +38,40 @@ enum Command {
     Route(RouteArgs),
     /// Serve the OpenAI-compatible gateway: every request is routed through the pipeline.
     Serve(ServeArgs),
+    /// Watch a running gateway live: backends, status, in flight, latency, errors,
+    /// circuits and budget.
+    Top(TopArgs),
+}
+
+#[derive(Debug, Args)]
+struct TopArgs {
+    /// The gateway's base URL.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8800")]
+    url: String,
+    /// Seconds between redraws.
+    #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_interval)]
+    interval: std::time::Duration,
+    /// Print one frame, without terminal escapes, and exit (1 if the gateway cannot be
+    /// reached).
+    #[arg(long)]
+    once: bool,
+    /// The environment variable holding a key to send (a tenant's key, or the admin
+    /// key), for a gateway that asks for one. Keys are never taken on the command line,
+    /// where other users' `ps` would show them.
+    #[arg(long, value_name = "VAR")]
+    key_env: Option<String>,
+}
+
+fn parse_interval(text: &str) -> Result<std::time::Duration, String> {
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of seconds"))?;
+    if !(0.1..=3600.0).contains(&secs) {
+        return Err(format!(
+            "{secs} s is out of range: give 0.1 to 3600 seconds"
+        ));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 #[derive(Debug, Args)]
@@ -167,7 +205,7 @@ fn print_out(text: &str) -> ExitCode {
 }
 
 /// Writes a line to stderr; if stderr itself is gone there is nowhere left to say so.
-fn print_err(text: &str) {
+pub(crate) fn print_err(text: &str) {
     let _ = writeln!(std::io::stderr().lock(), "{text}");
 }
 
@@ -177,18 +215,36 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Route(args) => route(&args),
         Command::Serve(args) => serve(&args),
+        Command::Top(args) => top(&args),
     }
+}
+
+/// `nexus top`: the key, if any, from its variable, then the view.
+fn top(args: &TopArgs) -> ExitCode {
+    let key = match &args.key_env {
+        None => None,
+        Some(var) => match std::env::var(var) {
+            Ok(key) if !key.is_empty() => Some(key),
+            _ => {
+                print_err(&format!(
+                    "nexus top: --key-env names {var}, which is not set; export the key in it, or leave --key-env out"
+                ));
+                return ExitCode::from(2);
+            }
+        },
+    };
+    top::run(&top::Options {
+        url: args.url.clone(),
+        interval: args.interval,
+        once: args.once,
+        key,
+    })
 }
 
 /// `nexus serve`: builds the router (outside any async runtime: the budget's store runs
 /// its own), serves until SIGTERM or Ctrl-C, drains, then drops the router so that the
 /// spend journal is flushed before the process exits.
 fn serve(args: &ServeArgs) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_max_level(args.log_level)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
     let builder = Router::builder();
     let loaded = match &args.config.config {
         Some(path) => builder.load_file(path),
@@ -204,14 +260,6 @@ fn serve(args: &ServeArgs) -> ExitCode {
     for warning in router.warnings() {
         print_err(&warning.to_string());
     }
-    let listen = args.listen.unwrap_or_else(|| router.server().listen_addr());
-    let gateway = match nexus_gateway::Gateway::new(router) {
-        Ok(gateway) => gateway,
-        Err(error) => {
-            print_err(&format!("nexus: {error}"));
-            return ExitCode::FAILURE;
-        }
-    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("nexus-serve")
@@ -220,6 +268,21 @@ fn serve(args: &ServeArgs) -> ExitCode {
         Ok(runtime) => runtime,
         Err(error) => {
             print_err(&format!("nexus: cannot start the async runtime: {error}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    let telemetry = match init_logs(args.log_level, router.server().log_format, runtime.handle()) {
+        Ok(telemetry) => telemetry,
+        Err(message) => {
+            print_err(&format!("nexus: {message}"));
+            return ExitCode::from(2);
+        }
+    };
+    let listen = args.listen.unwrap_or_else(|| router.server().listen_addr());
+    let gateway = match nexus_gateway::Gateway::new(router) {
+        Ok(gateway) => gateway,
+        Err(error) => {
+            print_err(&format!("nexus: {error}"));
             return ExitCode::FAILURE;
         }
     };
@@ -244,6 +307,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
     });
     // Tasks still running (connections past the grace, health checks) end here, which
     // settles their route guards; then the router is dropped and the journal flushed.
+    telemetry.flush();
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     match served {
         Ok(()) => {
@@ -254,6 +318,73 @@ fn serve(args: &ServeArgs) -> ExitCode {
             print_err(&message);
             ExitCode::FAILURE
         }
+    }
+}
+
+/// What must outlive serving: the trace exporter, which sends what is still batched
+/// when the server stops (before the runtime it sends on is shut down).
+struct Telemetry {
+    #[cfg(feature = "otlp")]
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Flushes the exporter, if there is one; the runtime must still run.
+    fn flush(&self) {
+        #[cfg(feature = "otlp")]
+        if let Some(provider) = &self.provider {
+            otlp::shutdown(provider);
+        }
+    }
+}
+
+/// Logs to stderr at `level`, as `[server] log_format` says: text for a terminal, or
+/// one JSON object a line for a collector. The request log line (target
+/// `nexus::request`) is one of them. With the `otlp` feature and
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans at info and above are exported too.
+fn init_logs(
+    level: tracing::Level,
+    format: nexus_router::LogFormat,
+    runtime: &tokio::runtime::Handle,
+) -> Result<Telemetry, String> {
+    use tracing_subscriber::filter::LevelFilter;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
+
+    use tracing_subscriber::filter::FilterExt as _;
+
+    let _ = runtime;
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let level = LevelFilter::from_level(level);
+    let fmt = match format {
+        // Text lines show the spans they happen in (the request's id and model).
+        nexus_router::LogFormat::Text => fmt.with_target(false).with_filter(level).boxed(),
+        // JSON lines are events alone: each names its request itself, and keeping every
+        // span's fields as JSON (re-serialized at each `record`) would cost about 35 µs
+        // a request (docs/performance.md).
+        nexus_router::LogFormat::Json => fmt
+            .json()
+            .with_target(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_filter(level.and(tracing_subscriber::filter::filter_fn(|m| m.is_event())))
+            .boxed(),
+    };
+    let registry = tracing_subscriber::registry().with(fmt);
+    #[cfg(feature = "otlp")]
+    {
+        let provider = otlp::provider(runtime.clone())?;
+        let layer = provider
+            .as_ref()
+            .map(|p| otlp::layer(p).with_filter(LevelFilter::INFO));
+        registry.with(layer).init();
+        Ok(Telemetry { provider })
+    }
+    #[cfg(not(feature = "otlp"))]
+    {
+        registry.init();
+        Ok(Telemetry {})
     }
 }
 
@@ -385,12 +516,13 @@ fn check(config: &ConfigArg) -> ExitCode {
     );
     outln!(
         out,
-        "    timeouts: connect {} ms, first byte {} ms, idle stream {} ms, request body {} ms; shutdown grace {} s",
+        "    timeouts: connect {} ms, first byte {} ms, idle stream {} ms, request body {} ms; shutdown grace {} s; logs as {}",
         server.connect_timeout_ms,
         server.first_byte_timeout_ms,
         server.idle_timeout_ms,
         server.body_read_timeout_ms,
         server.shutdown_grace_secs,
+        server.log_format.as_str(),
     );
     let health = router.health();
     match health.interval() {

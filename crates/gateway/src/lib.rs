@@ -45,9 +45,11 @@ mod queue;
 mod relay;
 mod serve;
 pub mod sse;
+mod trace;
 pub mod upstream;
 pub mod wire;
 
 pub use error::{ErrorCode, GatewayError, RetryAdvice};
 pub use gateway::{BuildError, Gateway};
+pub use metrics::METRIC_NAMES;
 pub use serve::serve;

@@ -17,6 +17,24 @@ use nexus_core::{Backend, BackendStatus};
 
 use crate::Gateway;
 
+/// Every metric the gateway exports, by name: those DESIGN.md's "Operating it" lists.
+/// Dashboards and alerts may rely on exactly these (a test checks that the dashboard
+/// in `docs/grafana/` queries nothing else).
+pub const METRIC_NAMES: [&str; 12] = [
+    "nexus_decisions_total",
+    "nexus_rejections_total",
+    "nexus_decision_duration_seconds",
+    "nexus_upstream_requests_total",
+    "nexus_upstream_duration_seconds",
+    "nexus_time_to_first_token_seconds",
+    "nexus_tokens_total",
+    "nexus_spend_usd_total",
+    "nexus_budget_remaining_usd",
+    "nexus_backend_up",
+    "nexus_circuit_open",
+    "nexus_queue_depth",
+];
+
 /// The exporter's handle, once the recorder is installed.
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 

@@ -15,6 +15,8 @@
 //!
 //! Handlers only call [`handle`]; every refusal is a [`GatewayError`].
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -25,6 +27,7 @@ use nexus_core::{
     BackendId, BackendStatus, OwnedDecision, OwnedRouteGuard, RoutingDecision, TierMode,
 };
 use nexus_router::DecisionReport;
+use tracing::Instrument as _;
 
 use crate::relay::{Relay, Settle};
 use crate::wire::{Endpoint, RequestBody, RequestSummary};
@@ -36,6 +39,15 @@ pub(crate) struct Exchange {
     pub(crate) endpoint: Endpoint,
     pub(crate) request_id: HeaderValue,
     pub(crate) tier_mode: TierMode,
+    /// The request's root span (see [`crate::trace`]).
+    pub(crate) span: tracing::Span,
+    pub(crate) started: Instant,
+    /// The model the client asked for, once the body is read.
+    pub(crate) requested: OnceLock<String>,
+    /// Time spent deciding (queueing excluded), in nanoseconds.
+    decide_nanos: AtomicU64,
+    /// Backends sent the request so far.
+    attempts: AtomicUsize,
 }
 
 /// A committed route, with what the response headers say about it.
@@ -55,9 +67,29 @@ pub(crate) async fn handle(
 ) -> Response {
     let x = Exchange::new(gateway, endpoint, &headers);
     let request_id = x.request_id.clone();
-    let mut response = match proxy(x, &headers, body).await {
+    let span = x.span.clone();
+    let mut response = match proxy(&x, &headers, body).instrument(span).await {
         Ok(response) => response,
-        Err(error) => error.into_response(),
+        Err(error) => {
+            let decision = match error.code() {
+                crate::ErrorCode::QueueTimeout | crate::ErrorCode::QueueFull => "queue",
+                crate::ErrorCode::UpstreamError => "route",
+                crate::ErrorCode::InvalidRequest | crate::ErrorCode::InvalidApiKey => "none",
+                _ => "reject",
+            };
+            crate::trace::refused(
+                &x.span,
+                &x.request_id,
+                x.requested.get().map(String::as_str),
+                decision,
+                error.status().as_u16(),
+                error.code().as_str(),
+                x.attempts.load(Ordering::Relaxed),
+                x.decide_time(),
+                x.started,
+            );
+            error.into_response()
+        }
     };
     response
         .headers_mut()
@@ -85,24 +117,52 @@ impl Exchange {
                 .filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?))),
         )
         .unwrap_or_default();
+        let span = crate::trace::request_span(&request_id, endpoint);
         Exchange {
             gateway,
             endpoint,
             request_id,
             tier_mode,
+            span,
+            started: Instant::now(),
+            requested: OnceLock::new(),
+            decide_nanos: AtomicU64::new(0),
+            attempts: AtomicUsize::new(0),
+        }
+    }
+
+    /// Time spent deciding so far.
+    pub(crate) fn decide_time(&self) -> Duration {
+        Duration::from_nanos(self.decide_nanos.load(Ordering::Relaxed))
+    }
+
+    /// What the log line needs at settle; the span stays open with it.
+    fn record(&self) -> crate::trace::RequestRecord {
+        crate::trace::RequestRecord {
+            span: self.span.clone(),
+            started: self.started,
+            requested_model: self.requested.get().cloned().unwrap_or_default(),
+            decide: self.decide_time(),
+            attempts: self.attempts.load(Ordering::Relaxed),
         }
     }
 }
 
-async fn proxy(x: Exchange, headers: &HeaderMap, body: Body) -> Result<Response, GatewayError> {
+async fn proxy(x: &Exchange, headers: &HeaderMap, body: Body) -> Result<Response, GatewayError> {
     let bytes = read(&x.gateway, headers, body).await?;
     let parsed = RequestBody::parse(x.endpoint, &bytes)?;
     let summary = parsed.summary();
+    let _ = x.requested.set(summary.model.to_string());
+    x.span
+        .record("gen_ai.request.model", summary.model.as_ref());
+    if let Some(max) = summary.max_output_tokens {
+        x.span.record("gen_ai.request.max_tokens", max);
+    }
     let max_attempts = x.gateway.server().max_attempts;
     let mut excluded: Vec<BackendId> = Vec::new();
     let mut failures: Vec<String> = Vec::new();
     while excluded.len() < max_attempts as usize {
-        let routed = match decide(&x, summary, &excluded).await {
+        let routed = match decide(x, summary, &excluded).await {
             Ok(routed) => routed,
             // Every backend left failed an attempt: that is the upstream's failure.
             Err(_) if !failures.is_empty() => break,
@@ -110,10 +170,26 @@ async fn proxy(x: Exchange, headers: &HeaderMap, body: Body) -> Result<Response,
         };
         let upstream_body = parsed.rewrite(routed.guard.model());
         let sent_at = Instant::now();
-        match send(&x, &routed.guard, upstream_body, summary.stream).await {
-            Ok(answer) => return Ok(respond(x, routed, answer, summary, sent_at)),
+        let attempt = x.attempts.fetch_add(1, Ordering::Relaxed) + 1;
+        let backend = routed.guard.backend();
+        x.span
+            .record("nexus.decision", "route")
+            .record("nexus.backend", backend.name())
+            .record("nexus.zone", backend.zone().as_str())
+            .record("gen_ai.provider.name", backend.kind().as_str())
+            .record("gen_ai.response.model", routed.guard.model());
+        let attempt_span =
+            crate::trace::upstream_span(attempt, backend, routed.guard.model(), x.endpoint);
+        let sent = send(x, &routed.guard, upstream_body, summary.stream)
+            .instrument(attempt_span.clone())
+            .await;
+        match sent {
+            Ok(answer) => {
+                attempt_span.record("http.response.status_code", answer.status().as_u16());
+                return Ok(respond(x, routed, answer, summary, sent_at));
+            }
             Err(failure) => {
-                let backend = routed.guard.backend();
+                attempt_span.record("error.type", failure.status);
                 tracing::warn!(request_id = ?x.request_id, backend = backend.name(), error = %failure.message, "upstream attempt failed");
                 crate::metrics::upstream(backend, failure.status, sent_at.elapsed());
                 failures.push(format!("{}: {}", backend.name(), failure.message));
@@ -194,7 +270,7 @@ pub(crate) async fn decide(
             .to_request(x.tier_mode)
             .max_input_tokens(summary.input_tokens_max)
             .excluding(excluded);
-        let mut decision = timed_decision(gateway, &request);
+        let mut decision = timed_decision(x, &request);
         let estimated_wait = match decision.kind() {
             RoutingDecision::Route { .. } => {
                 let info = route_info(&decision, None);
@@ -244,11 +320,28 @@ pub(crate) async fn decide(
     }
 }
 
-/// Decides, counting the decision and its time.
-fn timed_decision(gateway: &Gateway, request: &nexus_core::Request<'_>) -> OwnedDecision {
+/// Decides, counting the decision and its time, in a span of its own.
+fn timed_decision(x: &Exchange, request: &nexus_core::Request<'_>) -> OwnedDecision {
+    let span = crate::trace::decide_span(&x.span);
+    let _entered = span.enter();
     let started = Instant::now();
-    let decision = gateway.router().route_owned(request);
-    crate::metrics::decision(decision.kind().kind(), started.elapsed());
+    let decision = x.gateway.router().route_owned(request);
+    let took = started.elapsed();
+    x.decide_nanos.fetch_add(
+        u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
+    crate::metrics::decision(decision.kind().kind(), took);
+    let kind = decision.kind().kind();
+    span.record("nexus.decision", kind)
+        .record("nexus.budget_status", decision.budget_status().as_str());
+    if let Some(backend) = decision.backend() {
+        span.record("nexus.backend", backend.name());
+    }
+    if let Some(model) = decision.model() {
+        span.record("gen_ai.response.model", model);
+    }
+    x.span.record("nexus.decision", kind);
     decision
 }
 
@@ -463,7 +556,7 @@ pub(crate) fn status_label(status: StatusCode) -> &'static str {
 /// **stream**: the answer's status and headers, the routing headers, and a body that
 /// relays the upstream's chunk by chunk and settles the guard when it ends.
 fn respond(
-    x: Exchange,
+    x: &Exchange,
     routed: Routed,
     answer: reqwest::Response,
     summary: &RequestSummary<'_>,
@@ -479,7 +572,7 @@ fn respond(
     let is_sse = content_type
         .to_str()
         .is_ok_and(|t| t.starts_with("text/event-stream"));
-    let mut headers = routing_headers(&x, &routed);
+    let mut headers = routing_headers(x, &routed);
     headers.insert(header::CONTENT_TYPE, content_type);
     if let Some(value) = retry_after {
         headers.insert(header::RETRY_AFTER, value);
@@ -493,7 +586,9 @@ fn respond(
         sent_at,
         status,
         input_tokens: summary.input_tokens,
-        request_id: x.request_id,
+        request_id: x.request_id.clone(),
+        stream_span: crate::trace::stream_span(&x.span, is_sse),
+        record: x.record(),
     };
     let relay = Relay::new(
         Box::pin(answer.bytes_stream()),

@@ -66,6 +66,10 @@ pub(crate) struct Settle {
     /// The input tokens estimated from the request, for an answer without usage.
     pub(crate) input_tokens: u32,
     pub(crate) request_id: HeaderValue,
+    /// The body's span; closed when the guard is settled.
+    pub(crate) stream_span: tracing::Span,
+    /// The request's span and what its log line says.
+    pub(crate) record: crate::trace::RequestRecord,
 }
 
 /// A response body relaying an upstream's; see the module docs.
@@ -263,6 +267,11 @@ impl Settle {
             Ending::Broken => "broken",
             Ending::ClientGone => "client_closed",
         };
+        let ending_name = match ending {
+            Ending::Complete => "complete",
+            Ending::Broken => "broken",
+            Ending::ClientGone => "client_closed",
+        };
         crate::metrics::upstream(backend, label, latency);
         let fleet = self.guard.pipeline().fleet();
         let usd = fleet
@@ -276,6 +285,26 @@ impl Settle {
             u64::from(output),
             usd,
         );
+        self.stream_span
+            .record("nexus.ending", ending_name)
+            .record("gen_ai.usage.input_tokens", input)
+            .record("gen_ai.usage.output_tokens", output);
+        if let Some(ttft) = first_content {
+            self.stream_span
+                .record("nexus.time_to_first_token_ms", crate::trace::millis(ttft));
+        }
+        self.record.settled(&crate::trace::Settled {
+            request_id: &self.request_id,
+            backend,
+            model: self.guard.model(),
+            status: self.status.as_u16(),
+            ending: ending_name,
+            input_tokens: input,
+            output_tokens: output,
+            cost_usd: usd,
+            upstream: latency,
+            ttft: first_content,
+        });
         self.guard.finish(outcome);
         self.gateway.wake_queue();
     }

@@ -7,6 +7,10 @@
 //! ```
 //!
 //! `NEXUS_LATENCY_REQUESTS` sets the requests per series (default 2000).
+//! `NEXUS_LATENCY_LOGS=text` or `json` installs the log subscriber `nexus serve` uses
+//! (`json-with-spans`: a JSON subscriber that also keeps every span's fields),
+//! at info, writing to nothing: the request's spans and its log line are then paid for,
+//! as in production (without it no subscriber listens and spans cost next to nothing).
 
 mod common;
 
@@ -54,6 +58,33 @@ async fn added_latency_median_and_p99() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
+    match std::env::var("NEXUS_LATENCY_LOGS").as_deref() {
+        Ok("text") => tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(std::io::sink)
+            .with_target(false)
+            .init(),
+        // As `nexus serve` sets it up: events only, without their spans.
+        Ok("json") => {
+            use tracing_subscriber::filter::{filter_fn, FilterExt as _, LevelFilter};
+            use tracing_subscriber::layer::SubscriberExt as _;
+            use tracing_subscriber::util::SubscriberInitExt as _;
+            use tracing_subscriber::Layer as _;
+            let layer = tracing_subscriber::fmt::layer()
+                .with_writer(std::io::sink)
+                .json()
+                .with_current_span(false)
+                .with_span_list(false)
+                .with_filter(LevelFilter::INFO.and(filter_fn(|m| m.is_event())));
+            tracing_subscriber::registry().with(layer).init();
+        }
+        Ok("json-with-spans") => tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(std::io::sink)
+            .json()
+            .init(),
+        _ => {}
+    }
     let mut config = MockConfig::serving(["m"]);
     config.record = false;
     let mock = MockUpstream::start(config).await.unwrap();

@@ -36,7 +36,7 @@ pub use config::{
 pub use enforcement::POLICY_KEY_STAGES;
 pub use report::{CandidateReport, CostReport, DecisionReport, FixReport, RejectionReport};
 pub use router::{Router, RouterBuilder, WithBuiltins, DEFAULT_PIPELINE};
-pub use serving::{HealthConfig, ServerConfig};
+pub use serving::{HealthConfig, LogFormat, ServerConfig};
 
 #[cfg(feature = "budget")]
 pub use nexus_budget as budget;

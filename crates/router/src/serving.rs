@@ -60,6 +60,30 @@ pub struct ServerConfig {
     /// The environment variable holding the admin key, for admin endpoints; none by
     /// default.
     pub admin_key_env: Option<String>,
+    /// How `nexus serve` writes its log lines to stderr: `text` (default, for a
+    /// terminal) or `json` (one object a line, for a log collector).
+    pub log_format: LogFormat,
+}
+
+/// `[server] log_format`: how the gateway's log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines: time, level, message, then `key=value` fields.
+    #[default]
+    Text,
+    /// One JSON object a line, the fields under `fields`.
+    Json,
+}
+
+impl LogFormat {
+    /// The name as written in config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -76,6 +100,7 @@ impl Default for ServerConfig {
             max_body_bytes: 16 * 1024 * 1024,
             shutdown_grace_secs: 30,
             admin_key_env: None,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -342,5 +367,15 @@ mod tests {
             load("[[backends]]\nid = \"a\"\nurl = \"http://h\"\ntype = \"olama\"\n").unwrap_err();
         assert_eq!(err.position.map(|p| p.0), Some(4));
         assert_eq!(err.help.as_deref(), Some("did you mean `ollama`?"));
+    }
+
+    #[test]
+    fn log_format_is_text_or_json() {
+        assert_eq!(load("").unwrap().server().log_format, LogFormat::Text);
+        let router = load("[server]\nlog_format = \"json\"\n").unwrap();
+        assert_eq!(router.server().log_format, LogFormat::Json);
+        let err = load("[server]\n\nlog_format = \"jsn\"\n").unwrap_err();
+        assert_eq!(err.position.map(|p| p.0), Some(3), "{err}");
+        assert_eq!(err.help.as_deref(), Some("did you mean `json`?"), "{err}");
     }
 }
