@@ -1,6 +1,8 @@
 //! A gateway on a loopback port over mocks, for the integration tests.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod checks;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
