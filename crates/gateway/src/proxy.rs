@@ -696,6 +696,82 @@ mod tests {
     }
 
     #[test]
+    fn a_429_delay_is_read_from_retry_after_ms_then_retry_after() {
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut map = HeaderMap::new();
+            for (name, value) in pairs {
+                map.insert(*name, HeaderValue::from_static(value));
+            }
+            map
+        };
+        let ms = Duration::from_millis;
+        assert_eq!(
+            retry_delay(&headers(&[
+                ("retry-after-ms", "1500"),
+                ("retry-after", "9")
+            ])),
+            Some(ms(1500))
+        );
+        assert_eq!(
+            retry_delay(&headers(&[("retry-after", "7")])),
+            Some(ms(7000))
+        );
+        assert_eq!(
+            retry_delay(&headers(&[("retry-after", "0.5")])),
+            Some(ms(500))
+        );
+        // An HTTP date, a negative or a garbage value: no delay (the client backs off).
+        assert_eq!(
+            retry_delay(&headers(&[(
+                "retry-after",
+                "Wed, 21 Oct 2015 07:28:00 GMT"
+            )])),
+            None
+        );
+        assert_eq!(retry_delay(&headers(&[("retry-after", "-1")])), None);
+        assert_eq!(retry_delay(&headers(&[("retry-after-ms", "NaN")])), None);
+        assert_eq!(retry_delay(&headers(&[])), None);
+        // Absurd delays are capped at a day rather than overflowing.
+        assert_eq!(
+            retry_delay(&headers(&[("retry-after", "1e300")])),
+            Some(Duration::from_secs(86_400))
+        );
+    }
+
+    fn body_of(chunks: &[&'static str]) -> crate::relay::UpstreamBody {
+        let chunks: Vec<reqwest::Result<Bytes>> = chunks
+            .iter()
+            .map(|c| Ok(Bytes::from_static(c.as_bytes())))
+            .collect();
+        Box::pin(futures_util::stream::iter(chunks))
+    }
+
+    #[tokio::test]
+    async fn a_json_body_is_given_back_whole_and_anything_else_refused() {
+        use futures_util::StreamExt;
+        let body = first_json_byte(body_of(&["", " \n", "{\"a\"", ": 1}"]))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let whole: Vec<Bytes> = body.map(|c| c.unwrap()).collect().await;
+        assert_eq!(whole.concat(), b" \n{\"a\": 1}");
+        assert!(first_json_byte(body_of(&["[1]"])).await.is_ok());
+
+        let refused = |chunks: &'static [&'static str]| async move {
+            match first_json_byte(body_of(chunks)).await {
+                Ok(_) => panic!("{chunks:?} was taken for JSON"),
+                Err(message) => message,
+            }
+        };
+        let message = refused(&["  <html><body>502 Bad Gateway"]).await;
+        assert!(
+            message.contains("not JSON") && message.contains("<html>"),
+            "{message}"
+        );
+        assert!(refused(&[]).await.contains("empty body"));
+        assert!(refused(&["  ", "\n"]).await.contains("empty body"));
+    }
+
+    #[test]
     fn header_values_carry_any_name() {
         assert_eq!(header_value("gpu-box"), "gpu-box");
         assert_eq!(header_value("modèle"), "mod%C3%A8le");

@@ -56,3 +56,31 @@ async fn silent_connections_are_closed_after_the_header_read_timeout() {
     }
     after_fault(&served, &base, &[&mock], 0.0).await;
 }
+
+#[tokio::test]
+async fn the_header_read_timeout_does_not_cut_a_long_answer() {
+    let _serial = serial().await;
+    let mut config = MockConfig::serving(["m"]);
+    config.chunks = 8;
+    config.chunk_interval = Duration::from_millis(150);
+    let mock = MockUpstream::start(config).await.unwrap();
+    let config = format!(
+        "{}\n[server]\nheader_read_timeout_ms = 200\n{BUDGET}{NO_HEALTH}",
+        priced_backend("b", &mock.url(), "")
+    );
+    let served = serve(&config).await;
+    let base = Baseline::take(&served, "m").await;
+    // About 1.2 s of events, six times the header read timeout, on a kept-alive
+    // connection: the timeout covers waiting for a request head, not answering one.
+    for _ in 0..2 {
+        let text = served
+            .post("/v1/chat/completions", &common::chat_body("m", true))
+            .await
+            .text()
+            .await
+            .unwrap();
+        let data = common::events(&text);
+        assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{text}");
+    }
+    after_fault(&served, &base, &[&mock], 0.0).await;
+}
