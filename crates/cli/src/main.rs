@@ -385,10 +385,11 @@ fn check(config: &ConfigArg) -> ExitCode {
     );
     outln!(
         out,
-        "    timeouts: connect {} ms, first byte {} ms, idle stream {} ms, request body {} ms; shutdown grace {} s",
+        "    timeouts: connect {} ms, first byte {} ms, idle stream {} ms, request head {} ms, request body {} ms; shutdown grace {} s",
         server.connect_timeout_ms,
         server.first_byte_timeout_ms,
         server.idle_timeout_ms,
+        server.header_read_timeout_ms,
         server.body_read_timeout_ms,
         server.shutdown_grace_secs,
     );
