@@ -516,10 +516,11 @@ fn check(config: &ConfigArg) -> ExitCode {
     );
     outln!(
         out,
-        "    timeouts: connect {} ms, first byte {} ms, idle stream {} ms, request body {} ms; shutdown grace {} s; logs as {}",
+        "    timeouts: connect {} ms, first byte {} ms, idle stream {} ms, request head {} ms, request body {} ms; shutdown grace {} s; logs as {}",
         server.connect_timeout_ms,
         server.first_byte_timeout_ms,
         server.idle_timeout_ms,
+        server.header_read_timeout_ms,
         server.body_read_timeout_ms,
         server.shutdown_grace_secs,
         server.log_format.as_str(),

@@ -51,6 +51,8 @@ pub enum ErrorCode {
     InvalidApiKey,
     /// 502: the upstream failed after the allowed attempts.
     UpstreamError,
+    /// 429: every attempt failed and at least one backend answered 429 (rate limited).
+    UpstreamRateLimited,
 }
 
 impl ErrorCode {
@@ -58,7 +60,9 @@ impl ErrorCode {
     pub const fn status(self) -> StatusCode {
         match self {
             ErrorCode::ModelNotFound => StatusCode::NOT_FOUND,
-            ErrorCode::BudgetExceeded => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::BudgetExceeded | ErrorCode::UpstreamRateLimited => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ErrorCode::NoViableBackend | ErrorCode::QueueTimeout | ErrorCode::QueueFull => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -79,18 +83,20 @@ impl ErrorCode {
             ErrorCode::InvalidRequest => "invalid_request",
             ErrorCode::InvalidApiKey => "invalid_api_key",
             ErrorCode::UpstreamError => "upstream_error",
+            ErrorCode::UpstreamRateLimited => "rate_limit_exceeded",
         }
     }
 
     /// The error's `type`, from OpenAI's own vocabulary: `invalid_request_error` for what
-    /// the client must change, `insufficient_quota` for a spent budget, `server_error` for
-    /// the rest.
+    /// the client must change, `insufficient_quota` for a spent budget, `requests` for an
+    /// upstream's rate limit (as OpenAI types its own 429), `server_error` for the rest.
     pub const fn error_type(self) -> &'static str {
         match self {
             ErrorCode::ModelNotFound | ErrorCode::InvalidRequest | ErrorCode::InvalidApiKey => {
                 "invalid_request_error"
             }
             ErrorCode::BudgetExceeded => "insufficient_quota",
+            ErrorCode::UpstreamRateLimited => "requests",
             ErrorCode::NoViableBackend
             | ErrorCode::QueueTimeout
             | ErrorCode::QueueFull
@@ -226,6 +232,29 @@ impl GatewayError {
     /// 502 `upstream_error`.
     pub fn upstream_error(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::UpstreamError, message)
+    }
+
+    /// 429 `rate_limit_exceeded`: every attempt failed and a backend was rate limited.
+    /// With the shortest delay a backend asked for as `retry-after-ms` and `retry-after`,
+    /// which the OpenAI clients wait before retrying; without one, their own backoff.
+    ///
+    /// ```
+    /// let err = nexus_gateway::GatewayError::upstream_rate_limited(
+    ///     "b1: answered 429",
+    ///     Some(std::time::Duration::from_secs(3)),
+    /// );
+    /// assert_eq!(err.status(), 429);
+    /// assert_eq!(err.code().as_str(), "rate_limit_exceeded");
+    /// ```
+    pub fn upstream_rate_limited(
+        message: impl Into<String>,
+        retry_after: Option<Duration>,
+    ) -> Self {
+        let err = Self::new(ErrorCode::UpstreamRateLimited, message);
+        match retry_after {
+            Some(after) => err.with_retry(RetryAdvice::After(after)),
+            None => err,
+        }
     }
 
     /// 413 `invalid_request`: the body is larger than `limit` bytes.
@@ -479,6 +508,18 @@ mod tests {
                 GatewayError::upstream_error("boom"),
                 502,
                 "upstream_error",
+                h(&[]),
+            ),
+            (
+                GatewayError::upstream_rate_limited("slow down", Some(s(2))),
+                429,
+                "rate_limit_exceeded",
+                h(&[("retry-after-ms", "2000"), ("retry-after", "2")]),
+            ),
+            (
+                GatewayError::upstream_rate_limited("slow down", None),
+                429,
+                "rate_limit_exceeded",
                 h(&[]),
             ),
         ];

@@ -4,10 +4,12 @@
 //! 1. **read**: the body, bounded in size and time, parsed into what routing needs;
 //! 2. **decide**: a route from the router, waiting in the queue when the decision is
 //!    Queue (see [`crate::queue`]), refused in the design's error shape otherwise;
-//! 3. **send**: the rewritten body to the chosen backend; a connect error, a timeout
-//!    or a 5xx before the first byte is a failed attempt: its guard is finished as a
-//!    failure and the request is decided again without that backend, up to
-//!    `[server] max_attempts`;
+//! 3. **send**: the rewritten body to the chosen backend; a connect error, a timeout,
+//!    a 5xx, a 429 (rate limited) or a 2xx JSON answer whose body is not JSON, before
+//!    the first byte reaches the client, is a failed attempt: its guard is finished as
+//!    a failure and the request is decided again without that backend, up to
+//!    `[server] max_attempts`. When every attempt failed and one was rate limited, the
+//!    client gets a 429 with the shortest delay a backend asked for;
 //! 4. **stream**: the answer's headers with the routing headers, then its body chunk by
 //!    chunk ([`crate::relay`]);
 //! 5. **settle**: when the body ends, breaks or the client goes, the guard is finished
@@ -161,6 +163,8 @@ async fn proxy(x: &Exchange, headers: &HeaderMap, body: Body) -> Result<Response
     let max_attempts = x.gateway.server().max_attempts;
     let mut excluded: Vec<BackendId> = Vec::new();
     let mut failures: Vec<String> = Vec::new();
+    // Some once a backend answered 429: the shortest delay one asked for, if any did.
+    let mut rate_limited: Option<Option<Duration>> = None;
     while excluded.len() < max_attempts as usize {
         let routed = match decide(x, summary, &excluded).await {
             Ok(routed) => routed,
@@ -193,21 +197,34 @@ async fn proxy(x: &Exchange, headers: &HeaderMap, body: Body) -> Result<Response
                 tracing::warn!(request_id = ?x.request_id, backend = backend.name(), error = %failure.message, "upstream attempt failed");
                 crate::metrics::upstream(backend, failure.status, sent_at.elapsed());
                 failures.push(format!("{}: {}", backend.name(), failure.message));
+                if let Some(asked) = failure.rate_limited {
+                    let shortest = match (rate_limited.flatten(), asked) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    rate_limited = Some(shortest);
+                }
                 excluded.push(backend.id());
+                // Nothing was generated for the client (or reported): usage 0, so the
+                // budget releases the reservation instead of billing the estimate.
                 routed
                     .guard
-                    .finish(nexus_core::Outcome::failure(sent_at.elapsed()));
+                    .finish(nexus_core::Outcome::failure(sent_at.elapsed()).usage(0, 0));
                 x.gateway.wake_queue();
             }
         }
     }
-    Err(GatewayError::upstream_error(format!(
+    let message = format!(
         "no backend answered '{}' after {} attempt{}: {}",
         summary.model,
         failures.len(),
         if failures.len() == 1 { "" } else { "s" },
         failures.join("; ")
-    )))
+    );
+    Err(match rate_limited {
+        Some(retry_after) => GatewayError::upstream_rate_limited(message, retry_after),
+        None => GatewayError::upstream_error(message),
+    })
 }
 
 /// **read**: the body, at most `[server] max_body_bytes`, within
@@ -459,8 +476,41 @@ pub(crate) fn refusal(
 /// Why an attempt failed before the first byte.
 pub(crate) struct AttemptFailure {
     pub(crate) message: String,
-    /// The metrics label: the status, or `error`/`timeout`.
+    /// The metrics label: the status, or `error`/`timeout`/`not_json`.
     pub(crate) status: &'static str,
+    /// `Some` when the backend answered 429: the delay it asked for, if it said.
+    pub(crate) rate_limited: Option<Option<Duration>>,
+}
+
+impl AttemptFailure {
+    fn new(message: String, status: &'static str) -> Self {
+        AttemptFailure {
+            message,
+            status,
+            rate_limited: None,
+        }
+    }
+}
+
+/// An upstream's answer, its body possibly started (see [`first_json_byte`]).
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) content_type: Option<HeaderValue>,
+    pub(crate) retry_after: Option<HeaderValue>,
+    pub(crate) body: crate::relay::UpstreamBody,
+}
+
+/// The delay a 429 asks for: `retry-after-ms` (OpenAI's), else `retry-after` in
+/// seconds. An HTTP date is not read (the client then backs off on its own).
+fn retry_delay(headers: &HeaderMap) -> Option<Duration> {
+    let number = |name: &str| -> Option<f64> {
+        let value: f64 = headers.get(name)?.to_str().ok()?.trim().parse().ok()?;
+        (value.is_finite() && value >= 0.0).then_some(value)
+    };
+    if let Some(ms) = number("retry-after-ms") {
+        return Some(Duration::from_secs_f64(ms.min(8.64e7) / 1000.0));
+    }
+    number("retry-after").map(|secs| Duration::from_secs_f64(secs.min(86_400.0)))
 }
 
 /// The URL of `path` (`/v1/...`) on a backend whose configured URL may or may not end
@@ -480,7 +530,7 @@ async fn send(
     guard: &OwnedRouteGuard,
     body: Vec<u8>,
     stream: bool,
-) -> Result<reqwest::Response, AttemptFailure> {
+) -> Result<Answer, AttemptFailure> {
     let gateway = &x.gateway;
     let backend = guard.backend();
     let mut request = gateway
@@ -497,27 +547,105 @@ async fn send(
         request = request.header(header::AUTHORIZATION, key.clone());
     }
     let timeout = gateway.server().first_byte_timeout();
-    match tokio::time::timeout(timeout, request.send()).await {
-        Err(_) => Err(AttemptFailure {
-            message: format!(
+    let deadline = tokio::time::Instant::now() + timeout;
+    let timed_out = || {
+        AttemptFailure::new(
+            format!(
                 "no answer within {} ms ([server] first_byte_timeout_ms)",
                 timeout.as_millis()
             ),
-            status: "timeout",
-        }),
-        Ok(Err(e)) => Err(AttemptFailure {
-            message: if e.is_connect() {
+            "timeout",
+        )
+    };
+    let answer = match tokio::time::timeout_at(deadline, request.send()).await {
+        Err(_) => return Err(timed_out()),
+        Ok(Err(e)) => {
+            let message = if e.is_connect() {
                 format!("cannot connect to {}: {}", backend.url(), source_text(&e))
             } else {
                 format!("the request failed: {}", source_text(&e))
-            },
-            status: "error",
-        }),
-        Ok(Ok(answer)) if answer.status().is_server_error() => Err(AttemptFailure {
-            message: format!("answered {}", answer.status()),
-            status: status_label(answer.status()),
-        }),
-        Ok(Ok(answer)) => Ok(answer),
+            };
+            return Err(AttemptFailure::new(message, "error"));
+        }
+        Ok(Ok(answer)) => answer,
+    };
+    let status = answer.status();
+    if status.is_server_error() {
+        return Err(AttemptFailure::new(
+            format!("answered {status}"),
+            status_label(status),
+        ));
+    }
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        let asked = retry_delay(answer.headers());
+        let message = match asked {
+            Some(after) => format!("answered {status} (retry after {} ms)", after.as_millis()),
+            None => format!("answered {status}"),
+        };
+        return Err(AttemptFailure {
+            rate_limited: Some(asked),
+            ..AttemptFailure::new(message, "429")
+        });
+    }
+    let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
+    let retry_after = answer.headers().get(header::RETRY_AFTER).cloned();
+    let is_sse = content_type
+        .as_ref()
+        .and_then(|t| t.to_str().ok())
+        .is_some_and(|t| t.starts_with("text/event-stream"));
+    let mut body: crate::relay::UpstreamBody = Box::pin(answer.bytes_stream());
+    if status.is_success() && !is_sse {
+        // A JSON answer must start as JSON. Checked before anything reaches the client,
+        // so that an HTML error page behind a 200 (a proxy in front of the backend, a
+        // server in trouble) fails over instead of reaching a client that cannot read it.
+        body = match tokio::time::timeout_at(deadline, first_json_byte(body)).await {
+            Err(_) => return Err(timed_out()),
+            Ok(Err(message)) => return Err(AttemptFailure::new(message, "not_json")),
+            Ok(Ok(body)) => body,
+        };
+    }
+    Ok(Answer {
+        status,
+        content_type,
+        retry_after,
+        body,
+    })
+}
+
+/// Reads a JSON answer's body up to its first byte that is not white space, and gives
+/// the body back whole (what was read, then the rest); an error when that byte does not
+/// start a JSON object or array, or the body ends first.
+async fn first_json_byte(
+    mut body: crate::relay::UpstreamBody,
+) -> Result<crate::relay::UpstreamBody, String> {
+    use futures_util::StreamExt;
+    let mut read: Vec<Bytes> = Vec::new();
+    loop {
+        let chunk = match body.next().await {
+            None => return Err("answered 200 with an empty body".to_owned()),
+            Some(Err(e)) => return Err(format!("the answer broke off: {}", source_text(&e))),
+            Some(Ok(chunk)) => chunk,
+        };
+        let first = chunk.iter().copied().find(|b| !b.is_ascii_whitespace());
+        read.push(chunk);
+        match first {
+            None => continue,
+            Some(b'{' | b'[') => {
+                let read = futures_util::stream::iter(read.into_iter().map(Ok));
+                return Ok(Box::pin(read.chain(body)));
+            }
+            Some(_) => {
+                let start: Vec<u8> = read
+                    .iter()
+                    .flat_map(|c| c.iter().copied())
+                    .take(64)
+                    .collect();
+                return Err(format!(
+                    "answered 200 with a body that is not JSON (it starts {:?})",
+                    String::from_utf8_lossy(&start)
+                ));
+            }
+        }
     }
 }
 
@@ -558,17 +686,15 @@ pub(crate) fn status_label(status: StatusCode) -> &'static str {
 fn respond(
     x: &Exchange,
     routed: Routed,
-    answer: reqwest::Response,
+    answer: Answer,
     summary: &RequestSummary<'_>,
     sent_at: Instant,
 ) -> Response {
-    let status = answer.status();
+    let status = answer.status;
     let content_type = answer
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .cloned()
+        .content_type
         .unwrap_or(HeaderValue::from_static("application/json"));
-    let retry_after = answer.headers().get(header::RETRY_AFTER).cloned();
+    let retry_after = answer.retry_after;
     let is_sse = content_type
         .to_str()
         .is_ok_and(|t| t.starts_with("text/event-stream"));
@@ -591,7 +717,7 @@ fn respond(
         record: x.record(),
     };
     let relay = Relay::new(
-        Box::pin(answer.bytes_stream()),
+        answer.body,
         is_sse.then_some(summary.include_usage),
         x.gateway.server().idle_timeout(),
         settle,
@@ -662,6 +788,82 @@ mod tests {
             upstream_url("http://h:8000/", "/v1/embeddings"),
             "http://h:8000/v1/embeddings"
         );
+    }
+
+    #[test]
+    fn a_429_delay_is_read_from_retry_after_ms_then_retry_after() {
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut map = HeaderMap::new();
+            for (name, value) in pairs {
+                map.insert(*name, HeaderValue::from_static(value));
+            }
+            map
+        };
+        let ms = Duration::from_millis;
+        assert_eq!(
+            retry_delay(&headers(&[
+                ("retry-after-ms", "1500"),
+                ("retry-after", "9")
+            ])),
+            Some(ms(1500))
+        );
+        assert_eq!(
+            retry_delay(&headers(&[("retry-after", "7")])),
+            Some(ms(7000))
+        );
+        assert_eq!(
+            retry_delay(&headers(&[("retry-after", "0.5")])),
+            Some(ms(500))
+        );
+        // An HTTP date, a negative or a garbage value: no delay (the client backs off).
+        assert_eq!(
+            retry_delay(&headers(&[(
+                "retry-after",
+                "Wed, 21 Oct 2015 07:28:00 GMT"
+            )])),
+            None
+        );
+        assert_eq!(retry_delay(&headers(&[("retry-after", "-1")])), None);
+        assert_eq!(retry_delay(&headers(&[("retry-after-ms", "NaN")])), None);
+        assert_eq!(retry_delay(&headers(&[])), None);
+        // Absurd delays are capped at a day rather than overflowing.
+        assert_eq!(
+            retry_delay(&headers(&[("retry-after", "1e300")])),
+            Some(Duration::from_secs(86_400))
+        );
+    }
+
+    fn body_of(chunks: &[&'static str]) -> crate::relay::UpstreamBody {
+        let chunks: Vec<reqwest::Result<Bytes>> = chunks
+            .iter()
+            .map(|c| Ok(Bytes::from_static(c.as_bytes())))
+            .collect();
+        Box::pin(futures_util::stream::iter(chunks))
+    }
+
+    #[tokio::test]
+    async fn a_json_body_is_given_back_whole_and_anything_else_refused() {
+        use futures_util::StreamExt;
+        let body = first_json_byte(body_of(&["", " \n", "{\"a\"", ": 1}"]))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let whole: Vec<Bytes> = body.map(|c| c.unwrap()).collect().await;
+        assert_eq!(whole.concat(), b" \n{\"a\": 1}");
+        assert!(first_json_byte(body_of(&["[1]"])).await.is_ok());
+
+        let refused = |chunks: &'static [&'static str]| async move {
+            match first_json_byte(body_of(chunks)).await {
+                Ok(_) => panic!("{chunks:?} was taken for JSON"),
+                Err(message) => message,
+            }
+        };
+        let message = refused(&["  <html><body>502 Bad Gateway"]).await;
+        assert!(
+            message.contains("not JSON") && message.contains("<html>"),
+            "{message}"
+        );
+        assert!(refused(&[]).await.contains("empty body"));
+        assert!(refused(&["  ", "\n"]).await.contains("empty body"));
     }
 
     #[test]

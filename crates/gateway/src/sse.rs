@@ -26,12 +26,14 @@ use crate::GatewayError;
 /// The largest incomplete event held by default: 1 MiB.
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 1 << 20;
 
-/// Something wrong in an upstream's stream. None of these stops the stream: the bytes are
-/// forwarded as the upstream sent them, and the caller logs or counts the problem.
+/// Something wrong in an upstream's stream. None of these stops the stream: the caller
+/// logs or counts the problem. A [`SseProblem::Malformed`] event is dropped (no OpenAI
+/// client can parse it, and the official ones raise on it, ending a stream that is
+/// otherwise fine); every other event is forwarded as the upstream sent it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SseProblem {
-    /// An event's data is neither `[DONE]` nor a JSON chunk.
+    /// An event's data is neither `[DONE]` nor a JSON chunk: not forwarded.
     Malformed {
         /// The event's index in the stream, from 0.
         event: u64,
@@ -263,7 +265,7 @@ impl SseInspector {
                     event: index,
                     detail: e.to_string(),
                 });
-                return true;
+                return false;
             }
         };
         if let Some(error) = chunk.error.take() {

@@ -3,11 +3,13 @@
 
 mod common;
 
+use common::checks::{after_fault, priced_backend, serial, Baseline, BUDGET};
 use common::{backend, serve, NO_HEALTH};
 use nexus_testkit::{Fault, MockConfig, MockUpstream};
 
 #[tokio::test]
 async fn a_5xx_or_a_refused_connection_fails_over_to_the_next_backend() {
+    let _serial = serial().await;
     let first = MockUpstream::start(MockConfig::serving(["m"]))
         .await
         .unwrap();
@@ -57,6 +59,7 @@ async fn a_5xx_or_a_refused_connection_fails_over_to_the_next_backend() {
 
 #[tokio::test]
 async fn attempts_stop_at_max_attempts() {
+    let _serial = serial().await;
     let mocks = [
         MockUpstream::start(MockConfig::serving(["m"]))
             .await
@@ -91,4 +94,41 @@ async fn attempts_stop_at_max_attempts() {
         .sum();
     assert_eq!(sent, 2);
     assert_eq!(served.in_flight(), 0);
+}
+
+#[tokio::test]
+async fn refused_connections_fail_over_then_502_and_leave_nothing_behind() {
+    let _serial = serial().await;
+    let first = MockUpstream::start(MockConfig::serving(["m"]))
+        .await
+        .unwrap();
+    let second = MockUpstream::start(MockConfig::serving(["m"]))
+        .await
+        .unwrap();
+    let config = format!(
+        "{}{}{BUDGET}{NO_HEALTH}",
+        priced_backend("first", &first.url(), "priority = 100"),
+        priced_backend("second", &second.url(), ""),
+    );
+    let served = serve(&config).await;
+    let base = Baseline::take(&served, "m").await;
+
+    first.stop_listening().await;
+    for _ in 0..3 {
+        let answer = served.chat("m").await;
+        assert_eq!(answer.status(), 200);
+        assert_eq!(answer.headers()["x-nexus-backend"], "second");
+        answer.bytes().await.unwrap();
+    }
+    second.stop_listening().await;
+    let answer = served.chat("m").await;
+    assert_eq!(answer.status(), 502);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("cannot connect"), "{message}");
+    assert_eq!(body["error"]["code"], "upstream_error");
+
+    first.resume_listening().await.unwrap();
+    second.resume_listening().await.unwrap();
+    after_fault(&served, &base, &[&first, &second], 0.0).await;
 }

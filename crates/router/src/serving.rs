@@ -51,6 +51,10 @@ pub struct ServerConfig {
     pub idle_timeout_ms: u64,
     /// The time to read a client's request body; default 30 000 ms.
     pub body_read_timeout_ms: u64,
+    /// The time a client connection may take to send a request's headers, counted from
+    /// when it opens or, kept alive, from its previous answer; a connection silent for
+    /// longer is closed. Default 30 000 ms.
+    pub header_read_timeout_ms: u64,
     /// The largest request body accepted, in bytes; default 16 MiB (images travel
     /// inline as data URLs).
     pub max_body_bytes: usize,
@@ -97,6 +101,7 @@ impl Default for ServerConfig {
             first_byte_timeout_ms: 120_000,
             idle_timeout_ms: 60_000,
             body_read_timeout_ms: 30_000,
+            header_read_timeout_ms: 30_000,
             max_body_bytes: 16 * 1024 * 1024,
             shutdown_grace_secs: 30,
             admin_key_env: None,
@@ -137,6 +142,11 @@ impl ServerConfig {
     /// `body_read_timeout_ms` as a duration.
     pub fn body_read_timeout(&self) -> Duration {
         Duration::from_millis(self.body_read_timeout_ms)
+    }
+
+    /// `header_read_timeout_ms` as a duration.
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
     }
 
     /// `shutdown_grace_secs` as a duration.
@@ -222,6 +232,7 @@ pub(crate) fn check(source: &Source<'_>, config: &Config) -> Result<(), ConfigEr
         ("first_byte_timeout_ms", server.first_byte_timeout_ms),
         ("idle_timeout_ms", server.idle_timeout_ms),
         ("body_read_timeout_ms", server.body_read_timeout_ms),
+        ("header_read_timeout_ms", server.header_read_timeout_ms),
     ] {
         let zero_ok = key == "queue_timeout_ms";
         if (value == 0 && !zero_ok) || value > MAX_TIMEOUT_MS {

@@ -1,6 +1,8 @@
 //! A gateway on a loopback port over mocks, for the integration tests.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod checks;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -154,4 +156,30 @@ pub fn events(body: &str) -> Vec<String> {
         .filter_map(|event| event.strip_prefix("data: "))
         .map(str::to_owned)
         .collect()
+}
+
+/// The head of a chat request for `model` with a `content-length` of `len`, for tests
+/// that write the bytes themselves; the connection closes after the answer.
+pub fn raw_head(len: usize) -> String {
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: nexus\r\ncontent-type: application/json\r\ncontent-length: {len}\r\nconnection: close\r\n\r\n"
+    )
+}
+
+/// Reads what the gateway answers on a raw connection until it closes (bounded, 10 s):
+/// the status and the whole text.
+pub async fn read_answer(stream: &mut tokio::net::TcpStream) -> (u16, String) {
+    use tokio::io::AsyncReadExt;
+    let mut text = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut text))
+        .await
+        .expect("the gateway answers and closes within 10 s")
+        .expect("a readable answer");
+    let text = String::from_utf8_lossy(&text).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("an HTTP answer: {text:?}"));
+    (status, text)
 }
