@@ -189,7 +189,7 @@ async fn proxy(x: &Exchange, headers: &HeaderMap, body: Body) -> Result<Response
             .await;
         match sent {
             Ok(answer) => {
-                attempt_span.record("http.response.status_code", answer.status().as_u16());
+                attempt_span.record("http.response.status_code", answer.status.as_u16());
                 return Ok(respond(x, routed, answer, summary, sent_at));
             }
             Err(failure) => {
