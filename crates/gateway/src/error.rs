@@ -51,6 +51,10 @@ pub enum ErrorCode {
     InvalidApiKey,
     /// 502: the upstream failed after the allowed attempts.
     UpstreamError,
+    /// 422: a reload found the config invalid; the running config stays.
+    InvalidConfig,
+    /// 403: an admin endpoint, with no admin key configured (`[server] admin_key_env`).
+    AdminDisabled,
 }
 
 impl ErrorCode {
@@ -65,6 +69,8 @@ impl ErrorCode {
             ErrorCode::InvalidRequest => StatusCode::BAD_REQUEST,
             ErrorCode::InvalidApiKey => StatusCode::UNAUTHORIZED,
             ErrorCode::UpstreamError => StatusCode::BAD_GATEWAY,
+            ErrorCode::InvalidConfig => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::AdminDisabled => StatusCode::FORBIDDEN,
         }
     }
 
@@ -79,6 +85,8 @@ impl ErrorCode {
             ErrorCode::InvalidRequest => "invalid_request",
             ErrorCode::InvalidApiKey => "invalid_api_key",
             ErrorCode::UpstreamError => "upstream_error",
+            ErrorCode::InvalidConfig => "invalid_config",
+            ErrorCode::AdminDisabled => "admin_disabled",
         }
     }
 
@@ -87,9 +95,11 @@ impl ErrorCode {
     /// the rest.
     pub const fn error_type(self) -> &'static str {
         match self {
-            ErrorCode::ModelNotFound | ErrorCode::InvalidRequest | ErrorCode::InvalidApiKey => {
-                "invalid_request_error"
-            }
+            ErrorCode::ModelNotFound
+            | ErrorCode::InvalidRequest
+            | ErrorCode::InvalidApiKey
+            | ErrorCode::InvalidConfig
+            | ErrorCode::AdminDisabled => "invalid_request_error",
             ErrorCode::BudgetExceeded => "insufficient_quota",
             ErrorCode::NoViableBackend
             | ErrorCode::QueueTimeout

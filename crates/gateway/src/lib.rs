@@ -46,8 +46,10 @@ mod relay;
 mod serve;
 pub mod sse;
 pub mod upstream;
+mod watch;
 pub mod wire;
 
 pub use error::{ErrorCode, GatewayError, RetryAdvice};
 pub use gateway::{BuildError, Gateway};
 pub use serve::serve;
+pub use watch::DEBOUNCE;

@@ -206,7 +206,7 @@ pub(crate) async fn decide(
                 };
             }
             RoutingDecision::Reject { .. } => {
-                return Err(refusal(gateway, summary.model.as_ref(), &decision))
+                return Err(refusal(summary.model.as_ref(), &decision))
             }
             RoutingDecision::Queue {
                 estimated_wait_ms, ..
@@ -247,7 +247,7 @@ pub(crate) async fn decide(
 /// Decides, counting the decision and its time.
 fn timed_decision(gateway: &Gateway, request: &nexus_core::Request<'_>) -> OwnedDecision {
     let started = Instant::now();
-    let decision = gateway.router().route_owned(request);
+    let decision = gateway.live_router().route_owned(request);
     crate::metrics::decision(decision.kind().kind(), started.elapsed());
     decision
 }
@@ -282,12 +282,9 @@ fn report_json(requested: &str, decision: &OwnedDecision) -> serde_json::Value {
 }
 
 /// The refusal of a rejected decision, as the design's table says.
-pub(crate) fn refusal(
-    gateway: &Gateway,
-    requested: &str,
-    decision: &OwnedDecision,
-) -> GatewayError {
-    let pipeline = gateway.router().pipeline();
+pub(crate) fn refusal(requested: &str, decision: &OwnedDecision) -> GatewayError {
+    // The pipeline that decided: a reload since then changes nothing about this answer.
+    let pipeline = decision.pipeline();
     let fleet = pipeline.fleet();
     let RoutingDecision::Reject { reason, fix, .. } = decision.kind() else {
         return GatewayError::upstream_error("the router did not reject the request");
@@ -400,8 +397,8 @@ async fn send(
     if stream {
         request = request.header(header::ACCEPT, "text/event-stream");
     }
-    if let Some(key) = gateway.key_of(backend.id()) {
-        request = request.header(header::AUTHORIZATION, key.clone());
+    if let Some(key) = gateway.key_of(backend) {
+        request = request.header(header::AUTHORIZATION, key);
     }
     let timeout = gateway.server().first_byte_timeout();
     match tokio::time::timeout(timeout, request.send()).await {

@@ -11,8 +11,11 @@ use crate::Gateway;
 /// Serves `gateway` on `listener` until `shutdown` completes, then drains:
 ///
 /// 1. one round of health checks before the first request is accepted (a backend
-///    that fails it is unhealthy at once), then a check every `[health] interval_secs`;
-/// 2. on `shutdown`: stop accepting, let requests in flight finish (streams included)
+///    that fails it is unhealthy at once), then a check every `[health] interval_secs`
+///    and right after each reload;
+/// 2. reloads on SIGHUP and, for a gateway loaded from a file ([`Gateway::reloadable`]),
+///    when the file changes (see [`DEBOUNCE`](crate::DEBOUNCE));
+/// 3. on `shutdown`: stop accepting, let requests in flight finish (streams included)
 ///    for up to `[server] shutdown_grace_secs`, then return. Connections still open
 ///    then live in their own tasks until the runtime shuts down, which drops them and
 ///    so settles their route guards (as a client disconnect).
@@ -37,6 +40,8 @@ pub async fn serve(
         checker.round(true).await;
         health = Some(tokio::spawn(checker.run(interval)));
     }
+
+    let triggers = crate::watch::spawn(&gateway);
 
     let grace = gateway.server().shutdown_grace();
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
@@ -70,6 +75,9 @@ pub async fn serve(
     };
     if let Some(health) = health {
         health.abort();
+    }
+    for trigger in triggers {
+        trigger.abort();
     }
     result
 }
