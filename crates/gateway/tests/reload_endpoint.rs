@@ -2,6 +2,7 @@
 //! configured); a valid file is swapped in (200 with a summary) and /v1/models, routing
 //! and health checks follow it; an invalid one is refused (422 `invalid_config`, the
 //! error's place under `error.nexus`) and the running config stays.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -165,7 +166,7 @@ async fn the_admin_key_reloads_a_valid_file_and_everything_follows_it() {
         .unwrap();
     assert_eq!(backends["backends"].as_array().unwrap().len(), 1);
     assert_eq!(backends["backends"][0]["id"], "b");
-    assert!(b.requests_to("/v1/models").len() >= 1);
+    assert!(!b.requests_to("/v1/models").is_empty());
     let _ = std::fs::remove_dir_all(path.parent().unwrap());
 }
 

@@ -12,7 +12,7 @@ use nexus_router::{LiveRouter, Router};
 /// Two configs over the same cloud backend: the local one changes id between them, the
 /// budget's limit and the scheduler's view change too.
 fn config(variant: usize) -> String {
-    let (local, limit) = if variant % 2 == 0 {
+    let (local, limit) = if variant.is_multiple_of(2) {
         ("local-a", 1000.0)
     } else {
         ("local-b", 2000.0)
@@ -74,10 +74,10 @@ fn threads_route_and_settle_while_the_config_swaps_100_times() {
                         // Some guards live across reloads before they settle.
                         held.push(guard);
                     }
-                    if held.len() > 3 || n % 7 == 0 {
+                    if held.len() > 3 || n.is_multiple_of(7) {
                         for guard in held.drain(..) {
                             let cloud = guard.backend().zone() == Zone::Cloud;
-                            if (n + worker) % 5 == 0 {
+                            if (n + worker).is_multiple_of(5) {
                                 // Dropped unfinished: a failure, the reservation released.
                                 drop(guard);
                             } else {
