@@ -88,6 +88,14 @@ impl Checker {
                     tracing::info!(backend = backend.name(), "backend healthy");
                 }
                 fleet.set_status(backend.id(), after);
+                // A reload during the checks: the config in force shares a kept
+                // backend's state, but its own index of unhealthy backends needs telling.
+                let current = gateway.router();
+                if !std::sync::Arc::ptr_eq(&current, &router) {
+                    if let Some(now) = current.fleet().backend_by_name(backend.name()) {
+                        current.fleet().set_status(now.id(), after);
+                    }
+                }
                 changed = true;
             }
             crate::metrics::backend_up(backend, after);
