@@ -87,14 +87,13 @@ impl Gateway {
     ///
     /// When the upstream client cannot be built.
     pub fn reloadable(router: LiveRouter) -> Result<Gateway, BuildError> {
-        let started = Arc::clone(router.started());
-        let server = started.server();
+        let server = router.server();
         let client = crate::upstream::client_builder()
             .connect_timeout(server.connect_timeout())
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
             .build()?;
-        let keys = ArcSwap::from_pointee(read_keys(started.fleet()));
+        let keys = ArcSwap::from_pointee(read_keys(router.current().fleet()));
         let admin_key = server.admin_key_env.as_deref().and_then(|var| {
             match std::env::var(var) {
                 Ok(key) if !key.is_empty() => Some(key),
@@ -162,12 +161,12 @@ impl Gateway {
     /// The `[server]` settings in force: those of the config first loaded (a reload
     /// reports changes to them as needing a restart).
     pub fn server(&self) -> &ServerConfig {
-        self.shared.router.started().server()
+        self.shared.router.server()
     }
 
     /// The `[health]` settings in force: those of the config first loaded.
     pub fn health(&self) -> &HealthConfig {
-        self.shared.router.started().health()
+        self.shared.router.health()
     }
 
     /// Reloads the config file: validates it completely and, if it is valid, swaps it

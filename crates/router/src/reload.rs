@@ -14,7 +14,7 @@ use arc_swap::ArcSwap;
 use nexus_core::{OwnedDecision, Request};
 use serde::Serialize;
 
-use crate::{ConfigError, Router, RouterBuilder};
+use crate::{ConfigError, HealthConfig, Router, RouterBuilder, ServerConfig};
 
 /// A [`Router`] that can be reloaded while requests are decided and served.
 ///
@@ -44,9 +44,10 @@ use crate::{ConfigError, Router, RouterBuilder};
 #[derive(Debug)]
 pub struct LiveRouter {
     current: ArcSwap<Router>,
-    /// The router as first loaded: the `[server]` and `[health]` settings in force
-    /// (they need a restart to change).
-    started: Arc<Router>,
+    /// The `[server]` and `[health]` settings in force: those first loaded (they need a
+    /// restart to change).
+    server: ServerConfig,
+    health: HealthConfig,
     builder: RouterBuilder,
     path: Option<PathBuf>,
     /// One reload at a time, so that each builds on the router it replaces.
@@ -83,10 +84,10 @@ impl LiveRouter {
     /// [`reload_str`](Self::reload_str) can replace it), reloaded with `builder`'s
     /// stages and clock.
     pub fn new(builder: RouterBuilder, router: Router, path: Option<PathBuf>) -> Self {
-        let router = Arc::new(router);
         Self {
-            current: ArcSwap::new(Arc::clone(&router)),
-            started: router,
+            server: router.server().clone(),
+            health: router.health().clone(),
+            current: ArcSwap::new(Arc::new(router)),
             builder,
             path,
             reloading: Mutex::new(0),
@@ -109,10 +110,15 @@ impl LiveRouter {
         self.current.load_full()
     }
 
-    /// The router as first loaded, whose `[server]` and `[health]` settings are in
-    /// force until a restart.
-    pub fn started(&self) -> &Arc<Router> {
-        &self.started
+    /// The `[server]` settings in force: those first loaded, until a restart (a
+    /// reload lists changes to them in [`ReloadSummary::restart_required`]).
+    pub fn server(&self) -> &ServerConfig {
+        &self.server
+    }
+
+    /// The `[health]` settings in force: those first loaded, until a restart.
+    pub fn health(&self) -> &HealthConfig {
+        &self.health
     }
 
     /// Decides with the current router (see [`Router::route_owned`]): no lock, no
@@ -192,7 +198,7 @@ impl LiveRouter {
                 .iter()
                 .map(|s| s.reconciler().name().to_owned())
                 .collect(),
-            restart_required: restart_required(&self.started, new),
+            restart_required: restart_required(&self.server, &self.health, new),
             warnings: new.warnings().iter().map(ToString::to_string).collect(),
         }
     }
@@ -200,7 +206,7 @@ impl LiveRouter {
 
 /// The `[server]` and `[health]` keys that differ between the settings in force and a
 /// new config, with both values.
-fn restart_required(running: &Router, new: &Router) -> Vec<String> {
+fn restart_required(server: &ServerConfig, health: &HealthConfig, new: &Router) -> Vec<String> {
     let mut changed = Vec::new();
     macro_rules! compare {
         ($table:literal, $old:expr, $new:expr, [$($key:ident),* $(,)?]) => {
@@ -217,9 +223,9 @@ fn restart_required(running: &Router, new: &Router) -> Vec<String> {
             )*
         };
     }
-    let (old, next) = (running.server(), new.server());
+    let (old, next) = (server, new.server());
     // Exhaustive, so that a new key cannot be left out of the comparison.
-    let crate::ServerConfig {
+    let ServerConfig {
         listen: _,
         queue_timeout_ms: _,
         max_queued: _,
@@ -232,11 +238,11 @@ fn restart_required(running: &Router, new: &Router) -> Vec<String> {
         shutdown_grace_secs: _,
         admin_key_env: _,
     } = old;
-    let crate::HealthConfig {
+    let HealthConfig {
         interval_secs: _,
         timeout_ms: _,
         unhealthy_after: _,
-    } = running.health();
+    } = health;
     compare!(
         "server",
         old,
@@ -255,7 +261,7 @@ fn restart_required(running: &Router, new: &Router) -> Vec<String> {
             admin_key_env,
         ]
     );
-    let (old, next) = (running.health(), new.health());
+    let (old, next) = (health, new.health());
     compare!(
         "health",
         old,

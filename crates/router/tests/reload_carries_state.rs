@@ -269,5 +269,6 @@ fn server_settings_that_cannot_change_live_are_reported() {
         ]
     );
     // Still the settings first loaded.
-    assert_eq!(live.started().server().listen, "127.0.0.1:8800");
+    assert_eq!(live.server().listen, "127.0.0.1:8800");
+    assert_eq!(live.current().server().listen, "127.0.0.1:9999");
 }
