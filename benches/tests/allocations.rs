@@ -143,3 +143,38 @@ fn the_counter_sees_allocations() {
     drop(v);
     assert!(allocations() >= 1);
 }
+
+#[test]
+fn a_live_router_decides_without_allocating_after_reloads() {
+    use nexus_router::LiveRouter;
+
+    let config = fleet_config(100);
+    let router = Router::from_toml("alloc.toml", &config).unwrap();
+    let live = LiveRouter::new(Router::builder(), router, None);
+    for _ in 0..3 {
+        live.reload_str("alloc.toml", &config).unwrap();
+    }
+    let request = Request::new(MODEL)
+        .input_tokens(1200)
+        .max_output_tokens(300);
+    let outcome = Outcome::success(Duration::from_millis(120)).usage(1200, 250);
+    let run = || {
+        let mut decision = live.route_owned(&request);
+        assert!(matches!(decision.kind(), RoutingDecision::Route { .. }));
+        decision.take_guard().unwrap().finish(outcome);
+    };
+    for _ in 0..10 {
+        run();
+    }
+    reset();
+    COUNTING.with(|c| c.set(true));
+    for _ in 0..1000 {
+        run();
+    }
+    COUNTING.with(|c| c.set(false));
+    assert_eq!(
+        allocations(),
+        0,
+        "allocations in 1000 Route decisions through a reloaded LiveRouter"
+    );
+}

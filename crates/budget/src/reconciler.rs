@@ -202,7 +202,8 @@ pub struct BudgetReconciler {
     fleet: Arc<Fleet>,
     ledger: Arc<SpendLedger>,
     cloud: BackendSet,
-    background: Option<Background>,
+    /// Shared with the stage a reload replaces or replaced: one journal and store.
+    background: Option<Arc<Background>>,
     store_status: Option<crate::StoreStatus>,
 }
 
@@ -248,12 +249,12 @@ impl BudgetReconciler {
         sources: Vec<Arc<dyn SpendSource>>,
     ) -> Result<Self, StoreError> {
         let interval = Duration::from_secs(self.settings.reconciliation_interval_secs);
-        self.background = Some(Background::start(
+        self.background = Some(Arc::new(Background::start(
             &self.ledger,
             store,
             sources,
             Some(interval),
-        )?);
+        )?));
         Ok(self)
     }
 
@@ -269,6 +270,11 @@ impl BudgetReconciler {
         let store = settings.store.as_deref().map(|p| ctx.resolve_path(p));
         let stage =
             Self::new(Arc::clone(ctx.fleet), settings, Arc::clone(ctx.clock)).map_err(invalid)?;
+        if let Some(old) = ctx.previous.and_then(|p| p.stage_of::<BudgetReconciler>()) {
+            return stage
+                .take_over(old, store)
+                .map(|s| Box::new(s) as Box<dyn Reconciler>);
+        }
         let stage = match store {
             Some(path) => stage
                 .attach_store_file(&path, ctx.dry_run)
@@ -276,6 +282,48 @@ impl BudgetReconciler {
             None => stage,
         };
         Ok(Box::new(stage))
+    }
+
+    /// The stage a reload builds to replace `old`: new limits and actions, the same
+    /// ledger (settled spend and reservations of requests in flight), journal and store,
+    /// so that a reload never resets spend. `store` (resolved) must be the file `old`
+    /// keeps spend in: moving spend to another file while serving is refused.
+    fn take_over(
+        mut self,
+        old: &BudgetReconciler,
+        store: Option<PathBuf>,
+    ) -> Result<Self, BuildError> {
+        let old_store = old.store_path();
+        let store = store.map(|p| p.canonicalize().unwrap_or(p));
+        if store.as_deref() != old_store {
+            let shown = |p: Option<&std::path::Path>| {
+                p.map_or("none (in memory)".to_owned(), |p| {
+                    format!("\"{}\"", p.display())
+                })
+            };
+            return Err(BuildError::InvalidSettings {
+                kind: "budget".to_owned(),
+                message: format!(
+                    "`store`: the spend store cannot change while serving (running: {}, new: {}); put the running value back and reload, or restart nexus serve to use the new one",
+                    shown(old_store),
+                    shown(store.as_deref())
+                ),
+            });
+        }
+        self.ledger = Arc::clone(&old.ledger);
+        self.background = old.background.clone();
+        self.store_status = old_store.map(|path| crate::StoreStatus::Durable {
+            path: path.to_owned(),
+        });
+        Ok(self)
+    }
+
+    /// The file settled spend is kept in, when there is one.
+    fn store_path(&self) -> Option<&std::path::Path> {
+        match self.store_status.as_ref()? {
+            crate::StoreStatus::Durable { path } => Some(path),
+            _ => None,
+        }
     }
 
     /// The ledger decisions read.

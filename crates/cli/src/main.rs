@@ -279,7 +279,10 @@ fn serve(args: &ServeArgs) -> ExitCode {
         }
     };
     let listen = args.listen.unwrap_or_else(|| router.server().listen_addr());
-    let gateway = match nexus_gateway::Gateway::new(router) {
+    // Reloads (SIGHUP, a change of the file, POST /v1/nexus/reload) read the same file
+    // with the same stages.
+    let live = nexus_router::LiveRouter::new(builder, router, args.config.config.clone());
+    let gateway = match nexus_gateway::Gateway::reloadable(live) {
         Ok(gateway) => gateway,
         Err(error) => {
             print_err(&format!("nexus: {error}"));

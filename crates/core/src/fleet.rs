@@ -539,7 +539,9 @@ pub struct Backend {
     tier: Option<u8>,
     max_concurrency: u32,
     models: Box<[ModelId]>,
-    live: LiveState,
+    /// Shared so that a reloaded fleet keeps a kept backend's state
+    /// ([`Fleet::adopt_live_state`]).
+    live: Arc<LiveState>,
 }
 
 impl Backend {
@@ -857,7 +859,7 @@ impl Fleet {
                 tier: spec.tier,
                 max_concurrency: spec.max_concurrency,
                 models: served.into(),
-                live: LiveState::new(spec.status),
+                live: Arc::new(LiveState::new(spec.status)),
             });
         }
 
@@ -917,6 +919,60 @@ impl Fleet {
             self.unhealthy[i / 64].fetch_or(bit, Ordering::Relaxed);
         } else {
             self.unhealthy[i / 64].fetch_and(!bit, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes over the live state (in flight, latency average, health) of every backend
+    /// of `previous` whose id this fleet has too, sharing it: requests still in flight
+    /// on `previous` finish on the same counters this fleet reads. Backends that are new
+    /// keep their configured initial status; a backend `previous` had and this fleet has
+    /// not is simply not carried. Returns how many backends were carried over.
+    ///
+    /// This is how a config reload keeps what the gateway learned about its backends;
+    /// call it before the fleet is shared.
+    ///
+    /// ```
+    /// use nexus_core::{BackendSpec, BackendStatus, Fleet, ModelSpec};
+    ///
+    /// let spec = |id: &str| BackendSpec::new(id, "http://127.0.0.1:1").with_model(ModelSpec::new("m"));
+    /// let old = Fleet::new(vec![spec("a"), spec("b")])?;
+    /// old.backend_by_name("b").unwrap().live().begin_request();
+    /// old.set_status(old.backend_by_name("b").unwrap().id(), BackendStatus::Unhealthy);
+    ///
+    /// let mut new = Fleet::new(vec![spec("b"), spec("c")])?;
+    /// assert_eq!(new.adopt_live_state(&old), 1);
+    /// let b = new.backend_by_name("b").unwrap();
+    /// assert_eq!((b.live().in_flight(), b.live().status()), (1, BackendStatus::Unhealthy));
+    /// old.backend_by_name("b").unwrap().live().end_request(); // finishes on the old fleet
+    /// assert_eq!(b.live().in_flight(), 0);
+    /// assert_eq!(new.backend_by_name("c").unwrap().live().in_flight(), 0);
+    /// # Ok::<(), nexus_core::FleetError>(())
+    /// ```
+    pub fn adopt_live_state(&mut self, previous: &Fleet) -> usize {
+        let mut carried = 0;
+        for backend in self.backends.iter_mut() {
+            if let Some(old) = previous.backend_by_name(&backend.name) {
+                backend.live = Arc::clone(&old.live);
+                carried += 1;
+            }
+        }
+        self.sync_status();
+        carried
+    }
+
+    /// Recomputes the unhealthy bitset from each backend's live status: after
+    /// [`adopt_live_state`](Self::adopt_live_state), and after a reload swapped this
+    /// fleet in, when a status set on the previous fleet in between may have reached
+    /// the shared state but not this fleet's bitset.
+    pub fn sync_status(&self) {
+        for (w, word) in self.unhealthy.iter().enumerate() {
+            let mut bits = 0u64;
+            for (i, backend) in self.backends.iter().enumerate().skip(w * 64).take(64) {
+                if backend.live.status() == BackendStatus::Unhealthy {
+                    bits |= 1 << (i % 64);
+                }
+            }
+            word.store(bits, Ordering::Relaxed);
         }
     }
 

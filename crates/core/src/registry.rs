@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 
-use crate::{Clock, Fleet, PolicySet, Reconciler, RequestAnalyzer};
+use crate::{Clock, Fleet, Pipeline, PolicySet, Reconciler, RequestAnalyzer};
 
 /// What a factory gets to build its stage from.
 #[derive(Clone, Copy)]
@@ -35,6 +35,13 @@ pub struct BuildContext<'a> {
     /// or to decide once, never to serve. A stage must then open what it persists
     /// read-only, create nothing, lock nothing out, and start no background work.
     pub dry_run: bool,
+    /// On a reload, the pipeline being replaced (still serving until the new one is
+    /// swapped in, and finishing its requests in flight after). A stage with state that
+    /// must outlive a config (spend, quality windows) takes it over from its
+    /// predecessor of the same type ([`Pipeline::stage_of`]) instead of starting
+    /// afresh; the predecessor's fleet tells which backend index was which id. `None`
+    /// on a first load.
+    pub previous: Option<&'a Pipeline>,
 }
 
 impl fmt::Debug for BuildContext<'_> {
@@ -45,6 +52,7 @@ impl fmt::Debug for BuildContext<'_> {
             .field("settings", &self.settings)
             .field("config_dir", &self.config_dir)
             .field("dry_run", &self.dry_run)
+            .field("reload", &self.previous.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -68,6 +76,7 @@ impl BuildContext<'_> {
     ///     clock: &clock,
     ///     config_dir: Some(Path::new("/etc/nexus")),
     ///     dry_run: false,
+    ///     previous: None,
     /// };
     /// assert_eq!(ctx.resolve_path(Path::new("spend.redb")), Path::new("/etc/nexus/spend.redb"));
     /// assert_eq!(ctx.resolve_path(Path::new("/var/lib/spend.redb")), Path::new("/var/lib/spend.redb"));

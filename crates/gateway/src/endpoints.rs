@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use crate::proxy::{self, Exchange};
 use crate::wire::{Endpoint, RequestBody};
-use crate::{Gateway, GatewayError};
+use crate::{ErrorCode, Gateway, GatewayError};
 
 /// `POST /v1/chat/completions`.
 pub(crate) async fn chat_completions(
@@ -53,7 +53,8 @@ fn json_response(status: StatusCode, body: &Value) -> Response {
 
 /// `GET /v1/models`: every served model and every alias, in OpenAI's list shape.
 pub(crate) async fn models(State(gateway): State<Gateway>) -> Response {
-    let pipeline = gateway.router().pipeline();
+    let router = gateway.router();
+    let pipeline = router.pipeline();
     let mut names: Vec<&str> = pipeline.routes().names().collect();
     names.sort_unstable();
     let data: Vec<Value> = names
@@ -88,7 +89,7 @@ pub(crate) async fn route(
         let request = summary
             .to_request(x.tier_mode)
             .max_input_tokens(summary.input_tokens_max);
-        let mut decision = gateway.router().route_owned(&request);
+        let mut decision = gateway.live_router().route_owned(&request);
         if let Some(guard) = decision.take_guard() {
             guard.cancel();
         }
@@ -168,11 +169,63 @@ pub(crate) async fn backends(State(gateway): State<Gateway>) -> Response {
                 "error_rate": error_rate,
                 "circuit": circuit,
                 "models": models,
-                "loaded_models": gateway.loaded_models(backend.id()),
+                "loaded_models": gateway.loaded_models(backend),
             })
         })
         .collect();
     json_response(StatusCode::OK, &json!({"backends": list}))
+}
+
+/// `POST /v1/nexus/reload`: reloads the config file with the admin key
+/// (`Authorization: Bearer KEY`, the key in the variable `[server] admin_key_env`
+/// names). 200 with the summary; 401 without the key; 403 when no admin key is
+/// configured; 422 `invalid_config` when the file is invalid (the running config stays),
+/// with the error's place under `error.nexus`.
+pub(crate) async fn reload(State(gateway): State<Gateway>, headers: HeaderMap) -> Response {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    // The configured key is never empty, so no key presented never matches.
+    match gateway.is_admin_key(presented.unwrap_or("")) {
+        None => {
+            return GatewayError::new(
+                ErrorCode::AdminDisabled,
+                "admin endpoints are off: no admin key is configured; set [server] admin_key_env to the name of an environment variable holding one, and restart",
+            )
+            .into_response();
+        }
+        Some(true) => {}
+        Some(false) => return GatewayError::invalid_api_key().into_response(),
+    }
+    let worker = gateway.clone();
+    let result = tokio::task::spawn_blocking(move || worker.reload()).await;
+    match result {
+        Ok(Ok(summary)) => {
+            let mut body = serde_json::to_value(&summary).unwrap_or_default();
+            body["reloaded"] = json!(true);
+            json_response(StatusCode::OK, &body)
+        }
+        Ok(Err(error)) => {
+            let (line, column) = error.position.unzip();
+            GatewayError::new(ErrorCode::InvalidConfig, error.to_string())
+                .with_decision(json!({
+                    "file": error.file,
+                    "line": line,
+                    "column": column,
+                    "message": error.message,
+                    "help": error.help,
+                }))
+                .into_response()
+        }
+        Err(join) => GatewayError::new(
+            ErrorCode::InvalidConfig,
+            format!("the reload failed: {join}; the running config stays"),
+        )
+        .with_status(StatusCode::INTERNAL_SERVER_ERROR)
+        .into_response(),
+    }
 }
 
 /// `GET /health`: 200 while the process serves.
@@ -182,7 +235,8 @@ pub(crate) async fn health() -> Response {
 
 /// `GET /ready`: 200 when a backend is healthy, else 503.
 pub(crate) async fn ready(State(gateway): State<Gateway>) -> Response {
-    let fleet = gateway.router().fleet();
+    let router = gateway.router();
+    let fleet = router.fleet();
     let healthy: Vec<&str> = fleet
         .backends()
         .iter()

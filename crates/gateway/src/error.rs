@@ -53,6 +53,10 @@ pub enum ErrorCode {
     UpstreamError,
     /// 429: every attempt failed and at least one backend answered 429 (rate limited).
     UpstreamRateLimited,
+    /// 422: a reload found the config invalid; the running config stays.
+    InvalidConfig,
+    /// 403: an admin endpoint, with no admin key configured (`[server] admin_key_env`).
+    AdminDisabled,
 }
 
 impl ErrorCode {
@@ -69,6 +73,8 @@ impl ErrorCode {
             ErrorCode::InvalidRequest => StatusCode::BAD_REQUEST,
             ErrorCode::InvalidApiKey => StatusCode::UNAUTHORIZED,
             ErrorCode::UpstreamError => StatusCode::BAD_GATEWAY,
+            ErrorCode::InvalidConfig => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::AdminDisabled => StatusCode::FORBIDDEN,
         }
     }
 
@@ -84,6 +90,8 @@ impl ErrorCode {
             ErrorCode::InvalidApiKey => "invalid_api_key",
             ErrorCode::UpstreamError => "upstream_error",
             ErrorCode::UpstreamRateLimited => "rate_limit_exceeded",
+            ErrorCode::InvalidConfig => "invalid_config",
+            ErrorCode::AdminDisabled => "admin_disabled",
         }
     }
 
@@ -92,9 +100,11 @@ impl ErrorCode {
     /// upstream's rate limit (as OpenAI types its own 429), `server_error` for the rest.
     pub const fn error_type(self) -> &'static str {
         match self {
-            ErrorCode::ModelNotFound | ErrorCode::InvalidRequest | ErrorCode::InvalidApiKey => {
-                "invalid_request_error"
-            }
+            ErrorCode::ModelNotFound
+            | ErrorCode::InvalidRequest
+            | ErrorCode::InvalidApiKey
+            | ErrorCode::InvalidConfig
+            | ErrorCode::AdminDisabled => "invalid_request_error",
             ErrorCode::BudgetExceeded => "insufficient_quota",
             ErrorCode::UpstreamRateLimited => "requests",
             ErrorCode::NoViableBackend

@@ -1,14 +1,16 @@
 //! [`Gateway`]: what every request shares (the router, the upstream client, the queue,
 //! the backends' keys and health) and the axum app that serves it.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
 use axum::http::HeaderValue;
 use axum::routing::{get, post};
-use nexus_core::BackendId;
-use nexus_router::{HealthConfig, Router, ServerConfig};
+use nexus_core::{Backend, Fleet};
+use nexus_router::{ConfigError, HealthConfig, LiveRouter, ReloadSummary, Router, ServerConfig};
 
 use crate::queue::Queue;
 
@@ -33,14 +35,21 @@ pub struct Gateway {
 /// The state behind a [`Gateway`] handle.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub(crate) router: Router,
+    pub(crate) router: LiveRouter,
     pub(crate) client: reqwest::Client,
     pub(crate) queue: Queue,
-    /// Each backend's `Authorization` header, read once from its `api_key_env`; marked
-    /// sensitive so that no debug output shows it.
-    keys: Box<[Option<HeaderValue>]>,
-    /// The models each Ollama backend reported loaded at its last health check.
-    loaded: Box<[Mutex<Option<Vec<String>>>]>,
+    /// Each backend's `Authorization` header by backend id, read from its
+    /// `api_key_env` at the start and at each reload; marked sensitive so that no debug
+    /// output shows it.
+    keys: ArcSwap<HashMap<String, HeaderValue>>,
+    /// The models each Ollama backend reported loaded at its last health check, by
+    /// backend id.
+    loaded: Mutex<HashMap<String, Vec<String>>>,
+    /// The admin key, from the variable `[server] admin_key_env` names; `None` when
+    /// unset: then admin endpoints are off.
+    admin_key: Option<String>,
+    /// Told after each reload, so that the health checker checks new backends at once.
+    pub(crate) reloaded: tokio::sync::Notify,
     /// For request ids: the process's start in microseconds, then a counter.
     started_micros: u64,
     requests: AtomicU64,
@@ -63,45 +72,38 @@ impl Gateway {
     /// # Errors
     ///
     /// When the upstream client cannot be built.
+    ///
+    /// A gateway built this way has no config file to reload: `POST /v1/nexus/reload`
+    /// says so. Use [`Gateway::reloadable`] for one that reloads.
     pub fn new(router: Router) -> Result<Gateway, BuildError> {
+        Self::reloadable(LiveRouter::new(Router::builder(), router, None))
+    }
+
+    /// A gateway over a [`LiveRouter`]: SIGHUP, a change of its config file (while
+    /// [`serve`](crate::serve) runs) and `POST /v1/nexus/reload` reload it. The
+    /// `[server]` and `[health]` settings are those it was first loaded with.
+    ///
+    /// # Errors
+    ///
+    /// When the upstream client cannot be built.
+    pub fn reloadable(router: LiveRouter) -> Result<Gateway, BuildError> {
         let server = router.server();
         let client = crate::upstream::client_builder()
             .connect_timeout(server.connect_timeout())
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
             .build()?;
-        let keys = router
-            .fleet()
-            .backends()
-            .iter()
-            .map(|backend| {
-                let var = backend.api_key_env()?;
-                match std::env::var(var) {
-                    Ok(key) if !key.is_empty() => {
-                        match HeaderValue::try_from(format!("Bearer {key}")) {
-                            Ok(mut value) => {
-                                value.set_sensitive(true);
-                                Some(value)
-                            }
-                            Err(_) => {
-                                tracing::warn!(backend = backend.name(), var, "the API key holds characters a header cannot carry; the backend is sent no key");
-                                None
-                            }
-                        }
-                    }
-                    _ => {
-                        tracing::warn!(backend = backend.name(), var, "api_key_env names a variable that is not set; the backend is sent no key");
-                        None
-                    }
+        let keys = ArcSwap::from_pointee(read_keys(router.current().fleet()));
+        let admin_key = server.admin_key_env.as_deref().and_then(|var| {
+            match std::env::var(var) {
+                Ok(key) if !key.is_empty() => Some(key),
+                _ => {
+                    tracing::warn!(var, "[server] admin_key_env names a variable that is not set; admin endpoints answer 403");
+                    None
                 }
-            })
-            .collect();
-        let loaded = router
-            .fleet()
-            .backends()
-            .iter()
-            .map(|_| Mutex::new(None))
-            .collect();
+            }
+        });
+        let loaded = Mutex::new(HashMap::new());
         let queue = Queue::new(server.max_queued);
         let started_micros = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -114,6 +116,8 @@ impl Gateway {
                 queue,
                 keys,
                 loaded,
+                admin_key,
+                reloaded: tokio::sync::Notify::new(),
                 started_micros,
                 requests: AtomicU64::new(0),
             }),
@@ -130,6 +134,7 @@ impl Gateway {
             .route("/v1/models", get(e::models))
             .route("/v1/nexus/route", post(e::route))
             .route("/v1/nexus/backends", get(e::backends))
+            .route("/v1/nexus/reload", post(e::reload))
             .route("/health", get(e::health))
             .route("/ready", get(e::ready))
             .route("/metrics", get(e::metrics))
@@ -142,19 +147,99 @@ impl Gateway {
             .with_state(self.clone())
     }
 
-    /// The router that decides.
-    pub fn router(&self) -> &Router {
+    /// The router deciding now; a reload replaces it, and whoever holds this one keeps
+    /// its config.
+    pub fn router(&self) -> Arc<Router> {
+        self.shared.router.current()
+    }
+
+    /// The reloadable router.
+    pub fn live_router(&self) -> &LiveRouter {
         &self.shared.router
     }
 
-    /// The `[server]` settings.
+    /// The `[server]` settings in force: those of the config first loaded (a reload
+    /// reports changes to them as needing a restart).
     pub fn server(&self) -> &ServerConfig {
         self.shared.router.server()
     }
 
-    /// The `[health]` settings.
+    /// The `[health]` settings in force: those of the config first loaded.
     pub fn health(&self) -> &HealthConfig {
         self.shared.router.health()
+    }
+
+    /// Reloads the config file: validates it completely and, if it is valid, swaps it
+    /// in (kept backends keep their live state; spend is never reset), re-reads the
+    /// backends' API keys, wakes the queue to decide again on the new config and has
+    /// the health checker check new backends. If it is not, the running config stays;
+    /// the error is logged and returned. Blocking (it reads and builds): call it from a
+    /// blocking thread in async code.
+    ///
+    /// # Errors
+    ///
+    /// The config's error, at its FILE:LINE:COLUMN, with how to fix it.
+    pub fn reload(&self) -> Result<ReloadSummary, ConfigError> {
+        let result = self.shared.router.reload();
+        self.after_reload(&result);
+        result
+    }
+
+    /// Reloads from config text rather than the file; see [`reload`](Self::reload).
+    ///
+    /// # Errors
+    ///
+    /// The config's error, at its LINE:COLUMN in `text`, with how to fix it.
+    pub fn reload_str(&self, name: &str, text: &str) -> Result<ReloadSummary, ConfigError> {
+        let result = self.shared.router.reload_str(name, text);
+        self.after_reload(&result);
+        result
+    }
+
+    fn after_reload(&self, result: &Result<ReloadSummary, ConfigError>) {
+        let summary = match result {
+            Ok(summary) => summary,
+            Err(error) => {
+                tracing::error!(error = %error, "reload refused; the running config stays");
+                return;
+            }
+        };
+        let router = self.router();
+        self.shared.keys.store(Arc::new(read_keys(router.fleet())));
+        self.shared
+            .loaded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|name, _| router.fleet().backend_by_name(name).is_some());
+        tracing::info!(
+            file = %summary.file,
+            generation = summary.generation,
+            kept = summary.backends_kept.len(),
+            added = ?summary.backends_added,
+            removed = ?summary.backends_removed,
+            models = summary.models,
+            "config reloaded"
+        );
+        for warning in &summary.warnings {
+            tracing::warn!("{warning}");
+        }
+        for key in &summary.restart_required {
+            tracing::warn!("needs a restart to take effect, running value kept: {key}");
+        }
+        self.shared.reloaded.notify_one();
+        self.wake_queue();
+    }
+
+    /// Whether `presented` is the admin key (compared in constant time); `None` when
+    /// no admin key is configured.
+    pub(crate) fn is_admin_key(&self, presented: &str) -> Option<bool> {
+        let expected = self.shared.admin_key.as_deref()?;
+        let (a, b) = (expected.as_bytes(), presented.as_bytes());
+        let mut differ = a.len() ^ b.len();
+        for (i, x) in a.iter().enumerate() {
+            differ |= usize::from(x ^ b.get(i).copied().unwrap_or(!x));
+        }
+        Some(differ == 0)
     }
 
     /// Requests waiting in the queue now.
@@ -169,27 +254,34 @@ impl Gateway {
     }
 
     /// The `Authorization` header for `backend`, if it has a key.
-    pub(crate) fn key_of(&self, backend: BackendId) -> Option<&HeaderValue> {
-        self.shared
-            .keys
-            .get(backend.index())
-            .and_then(Option::as_ref)
+    pub(crate) fn key_of(&self, backend: &Backend) -> Option<HeaderValue> {
+        self.shared.keys.load().get(backend.name()).cloned()
     }
 
     /// The models an Ollama backend reported loaded at its last check.
-    pub(crate) fn loaded_models(&self, backend: BackendId) -> Option<Vec<String>> {
+    pub(crate) fn loaded_models(&self, backend: &Backend) -> Option<Vec<String>> {
         self.shared
             .loaded
-            .get(backend.index())?
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .get(backend.name())
+            .cloned()
     }
 
     /// Records what an Ollama backend has loaded.
-    pub(crate) fn set_loaded_models(&self, backend: BackendId, models: Option<Vec<String>>) {
-        if let Some(slot) = self.shared.loaded.get(backend.index()) {
-            *slot.lock().unwrap_or_else(PoisonError::into_inner) = models;
+    pub(crate) fn set_loaded_models(&self, backend: &Backend, models: Option<Vec<String>>) {
+        let mut loaded = self
+            .shared
+            .loaded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match models {
+            Some(models) => {
+                loaded.insert(backend.name().to_owned(), models);
+            }
+            None => {
+                loaded.remove(backend.name());
+            }
         }
     }
 
@@ -199,4 +291,34 @@ impl Gateway {
         let n = self.shared.requests.fetch_add(1, Ordering::Relaxed);
         format!("req-{:x}-{n:x}", self.shared.started_micros)
     }
+}
+
+/// Each backend's `Authorization` header from its `api_key_env`; a variable that is not
+/// set is logged (by name) and the backend is sent no key.
+fn read_keys(fleet: &Fleet) -> HashMap<String, HeaderValue> {
+    let mut keys = HashMap::new();
+    for backend in fleet.backends() {
+        let Some(var) = backend.api_key_env() else {
+            continue;
+        };
+        match std::env::var(var) {
+            Ok(key) if !key.is_empty() => match HeaderValue::try_from(format!("Bearer {key}")) {
+                Ok(mut value) => {
+                    value.set_sensitive(true);
+                    keys.insert(backend.name().to_owned(), value);
+                }
+                Err(_) => {
+                    tracing::warn!(backend = backend.name(), var, "the API key holds characters a header cannot carry; the backend is sent no key");
+                }
+            },
+            _ => {
+                tracing::warn!(
+                    backend = backend.name(),
+                    var,
+                    "api_key_env names a variable that is not set; the backend is sent no key"
+                );
+            }
+        }
+    }
+    keys
 }

@@ -14,7 +14,12 @@
 //! model on its first request, so calling it Loading would queue the very request that
 //! makes it load. Every status change wakes the queue. The quality stage's circuit
 //! breaker is the passive side of health and is left alone here.
+//!
+//! Each round checks the backends of the config in force: after a reload, the checker
+//! runs a round at once, in which a backend new to it gets the first-round treatment;
+//! a removed backend is no longer checked.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::http::header;
@@ -29,30 +34,38 @@ use crate::Gateway;
 #[derive(Debug)]
 pub(crate) struct Checker {
     gateway: Gateway,
-    failures: Vec<u32>,
+    /// Failed checks in a row, by backend id; a backend not in it has not been checked.
+    failures: HashMap<String, u32>,
 }
 
 impl Checker {
     pub(crate) fn new(gateway: Gateway) -> Self {
-        let failures = vec![0; gateway.router().fleet().len()];
-        Checker { gateway, failures }
+        Checker {
+            gateway,
+            failures: HashMap::new(),
+        }
     }
 
-    /// Checks every backend once, at the same time. `first` marks a failing backend
-    /// unhealthy at once.
+    /// Checks every backend of the config in force once, at the same time. `first`
+    /// marks a failing backend unhealthy at once, as does a first check of a backend.
     pub(crate) async fn round(&mut self, first: bool) {
         let gateway = self.gateway.clone();
-        let fleet = gateway.router().fleet();
+        let router = gateway.router();
+        let fleet = router.fleet();
+        self.failures
+            .retain(|name, _| fleet.backend_by_name(name).is_some());
         let results = join_all(fleet.backends().iter().map(|b| check(&gateway, b))).await;
         let mut changed = false;
         for (backend, result) in fleet.backends().iter().zip(results) {
-            let count = &mut self.failures[backend.id().index()];
+            let new = !self.failures.contains_key(backend.name());
+            let first = first || new;
+            let count = self.failures.entry(backend.name().to_owned()).or_insert(0);
             let before = backend.live().status();
             let after = match result {
                 Ok(loaded) => {
                     *count = 0;
                     if backend.kind() == BackendKind::Ollama {
-                        self.gateway.set_loaded_models(backend.id(), loaded);
+                        self.gateway.set_loaded_models(backend, loaded);
                     }
                     BackendStatus::Healthy
                 }
@@ -75,6 +88,14 @@ impl Checker {
                     tracing::info!(backend = backend.name(), "backend healthy");
                 }
                 fleet.set_status(backend.id(), after);
+                // A reload during the checks: the config in force shares a kept
+                // backend's state, but its own index of unhealthy backends needs telling.
+                let current = gateway.router();
+                if !std::sync::Arc::ptr_eq(&current, &router) {
+                    if let Some(now) = current.fleet().backend_by_name(backend.name()) {
+                        current.fleet().set_status(now.id(), after);
+                    }
+                }
                 changed = true;
             }
             crate::metrics::backend_up(backend, after);
@@ -89,8 +110,12 @@ impl Checker {
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticks.tick().await; // the first tick is now: the first round already ran
+        let gateway = self.gateway.clone();
         loop {
-            ticks.tick().await;
+            tokio::select! {
+                _ = ticks.tick() => {}
+                () = gateway.shared.reloaded.notified() => {}
+            }
             self.round(false).await;
         }
     }
@@ -121,8 +146,8 @@ async fn check(gateway: &Gateway, backend: &Backend) -> Result<Option<Vec<String
             .client
             .get(upstream_url(base, path))
             .timeout(timeout);
-        if let Some(key) = gateway.key_of(backend.id()) {
-            request = request.header(header::AUTHORIZATION, key.clone());
+        if let Some(key) = gateway.key_of(backend) {
+            request = request.header(header::AUTHORIZATION, key);
         }
         request.send()
     };

@@ -47,9 +47,11 @@ mod serve;
 pub mod sse;
 mod trace;
 pub mod upstream;
+mod watch;
 pub mod wire;
 
 pub use error::{ErrorCode, GatewayError, RetryAdvice};
 pub use gateway::{BuildError, Gateway};
 pub use metrics::METRIC_NAMES;
 pub use serve::serve;
+pub use watch::DEBOUNCE;

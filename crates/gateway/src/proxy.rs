@@ -299,7 +299,7 @@ pub(crate) async fn decide(
                 };
             }
             RoutingDecision::Reject { .. } => {
-                return Err(refusal(gateway, summary.model.as_ref(), &decision))
+                return Err(refusal(summary.model.as_ref(), &decision))
             }
             RoutingDecision::Queue {
                 estimated_wait_ms, ..
@@ -342,7 +342,7 @@ fn timed_decision(x: &Exchange, request: &nexus_core::Request<'_>) -> OwnedDecis
     let span = crate::trace::decide_span(&x.span);
     let _entered = span.enter();
     let started = Instant::now();
-    let decision = x.gateway.router().route_owned(request);
+    let decision = x.gateway.live_router().route_owned(request);
     let took = started.elapsed();
     x.decide_nanos.fetch_add(
         u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
@@ -392,12 +392,9 @@ fn report_json(requested: &str, decision: &OwnedDecision) -> serde_json::Value {
 }
 
 /// The refusal of a rejected decision, as the design's table says.
-pub(crate) fn refusal(
-    gateway: &Gateway,
-    requested: &str,
-    decision: &OwnedDecision,
-) -> GatewayError {
-    let pipeline = gateway.router().pipeline();
+pub(crate) fn refusal(requested: &str, decision: &OwnedDecision) -> GatewayError {
+    // The pipeline that decided: a reload since then changes nothing about this answer.
+    let pipeline = decision.pipeline();
     let fleet = pipeline.fleet();
     let RoutingDecision::Reject { reason, fix, .. } = decision.kind() else {
         return GatewayError::upstream_error("the router did not reject the request");
@@ -543,8 +540,8 @@ async fn send(
     if stream {
         request = request.header(header::ACCEPT, "text/event-stream");
     }
-    if let Some(key) = gateway.key_of(backend.id()) {
-        request = request.header(header::AUTHORIZATION, key.clone());
+    if let Some(key) = gateway.key_of(backend) {
+        request = request.header(header::AUTHORIZATION, key);
     }
     let timeout = gateway.server().first_byte_timeout();
     let deadline = tokio::time::Instant::now() + timeout;

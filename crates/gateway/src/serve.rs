@@ -22,11 +22,14 @@ use crate::Gateway;
 /// Serves `gateway` on `listener` until `shutdown` completes, then drains:
 ///
 /// 1. one round of health checks before the first request is accepted (a backend
-///    that fails it is unhealthy at once), then a check every `[health] interval_secs`;
+///    that fails it is unhealthy at once), then a check every `[health] interval_secs`
+///    and right after each reload;
 /// 2. each connection must send each request's headers within
 ///    `[server] header_read_timeout_ms` (from when it opens, or from its previous
 ///    answer when kept alive), or it is closed;
-/// 3. on `shutdown`: stop accepting, let requests in flight finish (streams included)
+/// 3. reloads on SIGHUP and, for a gateway loaded from a file ([`Gateway::reloadable`]),
+///    when the file changes (see [`DEBOUNCE`](crate::DEBOUNCE));
+/// 4. on `shutdown`: stop accepting, let requests in flight finish (streams included)
 ///    for up to `[server] shutdown_grace_secs`, then return. Connections still open
 ///    then live in their own tasks until the runtime shuts down, which drops them and
 ///    so settles their route guards (as a client disconnect).
@@ -51,6 +54,8 @@ pub async fn serve(
         checker.round(true).await;
         health = Some(tokio::spawn(checker.run(interval)));
     }
+
+    let triggers = crate::watch::spawn(&gateway);
 
     let grace = gateway.server().shutdown_grace();
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -109,6 +114,9 @@ pub async fn serve(
     }
     if let Some(health) = health {
         health.abort();
+    }
+    for trigger in triggers {
+        trigger.abort();
     }
     Ok(())
 }

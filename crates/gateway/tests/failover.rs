@@ -37,9 +37,8 @@ async fn a_5xx_or_a_refused_connection_fails_over_to_the_next_backend() {
     assert_eq!(served.in_flight(), 0);
 
     // The failures reached the quality stage.
-    let quality = served
-        .gateway
-        .router()
+    let router = served.gateway.router();
+    let quality = router
         .pipeline()
         .stage_of::<nexus_router::quality::QualityReconciler>()
         .unwrap();

@@ -31,7 +31,8 @@ async fn restricted_traffic_stays_local_whatever_happens() {
     assert_eq!(served.chat("secret").await.status(), 502);
     local.set_fault(None);
     // The local backend is down.
-    let fleet = served.gateway.router().fleet();
+    let router = served.gateway.router();
+    let fleet = router.fleet();
     fleet.set_status(
         fleet.backend_by_name("local").unwrap().id(),
         nexus_core::BackendStatus::Unhealthy,

@@ -56,7 +56,8 @@ async fn a_request_waits_for_a_loading_backend_to_become_ready() {
         served
             .eventually("queued", |s| s.gateway.queued() == 1)
             .await;
-        let fleet = served.gateway.router().fleet();
+        let router = served.gateway.router();
+        let fleet = router.fleet();
         fleet.set_status(fleet.backends()[0].id(), BackendStatus::Healthy);
         served.gateway.wake_queue();
     };

@@ -177,7 +177,23 @@ impl QualityReconciler {
     /// Builds the stage from `[routing.quality]`; the factory registered as `"quality"`.
     pub fn from_context(ctx: &BuildContext<'_>) -> Result<Box<dyn Reconciler>, BuildError> {
         let settings: QualitySettings = ctx.settings()?;
-        Self::new(ctx.fleet, settings, Arc::clone(ctx.clock))
+        let previous = ctx
+            .previous
+            .and_then(|p| Some((p.stage_of::<QualityReconciler>()?, p.fleet())));
+        let stage = match previous {
+            // A reload: kept backends keep their windows and circuit.
+            Some((old, old_fleet)) => settings.validate().map(|()| Self {
+                tracker: Arc::new(QualityTracker::carry_over(
+                    ctx.fleet,
+                    settings,
+                    Arc::clone(ctx.clock),
+                    &old.tracker,
+                    old_fleet,
+                )),
+            }),
+            None => Self::new(ctx.fleet, settings, Arc::clone(ctx.clock)),
+        };
+        stage
             .map(|stage| Box::new(stage) as Box<dyn Reconciler>)
             .map_err(|message| BuildError::InvalidSettings {
                 kind: ctx.kind.to_owned(),

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use nexus_core::{BackendId, Clock};
+use nexus_core::{BackendId, Clock, Fleet};
 
 use crate::window::Window;
 use crate::QualitySettings;
@@ -208,7 +208,9 @@ pub const RECENT_TTFT_MINUTES: usize = 5;
 /// ```
 #[derive(Debug)]
 pub struct QualityTracker {
-    backends: Box<[BackendQuality]>,
+    /// Shared so that a reloaded tracker keeps a kept backend's windows and circuit
+    /// ([`carry_over`](Self::carry_over)).
+    backends: Box<[Arc<BackendQuality>]>,
     settings: QualitySettings,
     clock: Arc<dyn Clock>,
 }
@@ -217,7 +219,45 @@ impl QualityTracker {
     /// A tracker for `backends` backends.
     pub fn new(backends: usize, settings: QualitySettings, clock: Arc<dyn Clock>) -> Self {
         Self {
-            backends: (0..backends).map(|_| BackendQuality::new()).collect(),
+            backends: (0..backends)
+                .map(|_| Arc::new(BackendQuality::new()))
+                .collect(),
+            settings,
+            clock,
+        }
+    }
+
+    /// A tracker for `fleet` that shares the windows, circuit and probe of every
+    /// backend `previous` tracked under the same id in `previous_fleet`, so that a
+    /// config reload forgets nothing about a kept backend and outcomes of requests
+    /// still in flight on the old config land in the same windows. Backends new in
+    /// `fleet` start afresh; backends gone from it are dropped with `previous`.
+    /// Cached weights are recomputed, since `settings` may differ.
+    pub fn carry_over(
+        fleet: &Fleet,
+        settings: QualitySettings,
+        clock: Arc<dyn Clock>,
+        previous: &QualityTracker,
+        previous_fleet: &Fleet,
+    ) -> Self {
+        let backends = fleet
+            .backends()
+            .iter()
+            .map(|backend| {
+                let old = previous_fleet
+                    .backend_by_name(backend.name())
+                    .and_then(|old| previous.backends.get(old.id().index()));
+                match old {
+                    Some(old) => {
+                        old.weight.store(0, Ordering::Relaxed);
+                        Arc::clone(old)
+                    }
+                    None => Arc::new(BackendQuality::new()),
+                }
+            })
+            .collect();
+        Self {
+            backends,
             settings,
             clock,
         }
@@ -234,7 +274,7 @@ impl QualityTracker {
     }
 
     fn backend(&self, backend: BackendId) -> Option<&BackendQuality> {
-        self.backends.get(backend.index())
+        self.backends.get(backend.index()).map(|b| &**b)
     }
 
     /// Records one outcome now.

@@ -23,6 +23,7 @@
 
 mod config;
 mod enforcement;
+mod reload;
 mod report;
 mod router;
 mod serving;
@@ -34,6 +35,7 @@ pub use config::{
     MAX_CONFIG_BYTES,
 };
 pub use enforcement::POLICY_KEY_STAGES;
+pub use reload::{LiveRouter, ReloadSummary};
 pub use report::{CandidateReport, CostReport, DecisionReport, FixReport, RejectionReport};
 pub use router::{Router, RouterBuilder, WithBuiltins, DEFAULT_PIPELINE};
 pub use serving::{HealthConfig, LogFormat, ServerConfig};

@@ -145,7 +145,41 @@ impl RouterBuilder {
     /// [`MAX_CONFIG_BYTES`](crate::MAX_CONFIG_BYTES), in UTF-8. Relative paths in it
     /// (the budget's `store`) are relative to the file's folder.
     pub fn load_file(&self, path: impl AsRef<Path>) -> Result<Router, ConfigError> {
-        let path = path.as_ref();
+        self.load_file_after(path.as_ref(), None)
+    }
+
+    /// Loads the config file at `path` as the successor of `running`, validated like
+    /// [`load_file`](Self::load_file), for a reload: every backend whose id `running`
+    /// has too keeps its live state (in flight, latency average, health; the quality
+    /// stage's windows and circuit), and stages with state take it over (the budget's
+    /// ledger, reservations, journal and store). `running` is left as it was and can
+    /// keep serving: swap the result in ([`LiveRouter`](crate::LiveRouter) does).
+    pub fn reload_file(
+        &self,
+        path: impl AsRef<Path>,
+        running: &Router,
+    ) -> Result<Router, ConfigError> {
+        self.load_file_after(path.as_ref(), Some(running))
+    }
+
+    /// Loads config text as the successor of `running`; see
+    /// [`reload_file`](Self::reload_file).
+    pub fn reload_str(
+        &self,
+        name: &str,
+        text: &str,
+        running: &Router,
+    ) -> Result<Router, ConfigError> {
+        let source = Source::new(name, text);
+        let config = source.parse()?;
+        self.build(&source, config, None, Some(running))
+    }
+
+    fn load_file_after(
+        &self,
+        path: &Path,
+        running: Option<&Router>,
+    ) -> Result<Router, ConfigError> {
         let name = path.display().to_string();
         let text = crate::config::read_config_file(path)?;
         // Absolute, so that a later change of working directory changes nothing.
@@ -156,7 +190,7 @@ impl RouterBuilder {
             .and_then(|p| p.parent().map(Path::to_path_buf));
         let source = Source::new(&name, &text);
         let config = source.parse()?;
-        self.build(&source, config, dir.as_deref())
+        self.build(&source, config, dir.as_deref(), running)
     }
 
     /// Loads the built-in example config.
@@ -169,7 +203,7 @@ impl RouterBuilder {
     pub fn load_str(&self, name: &str, text: &str) -> Result<Router, ConfigError> {
         let source = Source::new(name, text);
         let config = source.parse()?;
-        self.build(&source, config, None)
+        self.build(&source, config, None, None)
     }
 
     fn build(
@@ -177,6 +211,7 @@ impl RouterBuilder {
         source: &Source<'_>,
         config: Config,
         config_dir: Option<&Path>,
+        running: Option<&Router>,
     ) -> Result<Router, ConfigError> {
         let mut warnings = Vec::new();
         crate::validate::check(source, &config)?;
@@ -184,7 +219,10 @@ impl RouterBuilder {
         let routing = config.routing;
         let (server, health) = (config.server, config.health);
 
-        let fleet = Fleet::new(config.backends).map_err(|e| fleet_error(source, &e))?;
+        let mut fleet = Fleet::new(config.backends).map_err(|e| fleet_error(source, &e))?;
+        if let Some(running) = running {
+            fleet.adopt_live_state(running.fleet());
+        }
         if fleet.is_empty() {
             warnings.push(source.warning(
                 &[],
@@ -325,6 +363,7 @@ impl RouterBuilder {
                 clock: &self.clock,
                 config_dir,
                 dry_run: self.dry_run,
+                previous: running.map(|r| &**r.pipeline()),
             };
             let stage = self.registry.build(&ctx).map_err(|e| match &e {
                 nexus_core::BuildError::UnknownKind { suggestion, .. } => source.error(

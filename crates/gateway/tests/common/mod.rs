@@ -92,12 +92,9 @@ impl Served {
         self.budget().ledger().snapshot().reserved_usd
     }
 
-    pub fn budget(&self) -> &nexus_router::budget::BudgetReconciler {
-        self.gateway
-            .router()
-            .pipeline()
-            .stage_of::<nexus_router::budget::BudgetReconciler>()
-            .expect("a budget stage")
+    /// The budget stage of the config in force (a reload shares its ledger).
+    pub fn budget(&self) -> BudgetStage {
+        BudgetStage(self.gateway.router())
     }
 
     /// Waits (bounded) until `done` holds.
@@ -127,6 +124,20 @@ impl Drop for Served {
         if let Some(task) = self.task.take() {
             task.abort();
         }
+    }
+}
+
+/// The budget stage of one router.
+pub struct BudgetStage(std::sync::Arc<Router>);
+
+impl std::ops::Deref for BudgetStage {
+    type Target = nexus_router::budget::BudgetReconciler;
+
+    fn deref(&self) -> &Self::Target {
+        self.0
+            .pipeline()
+            .stage_of::<nexus_router::budget::BudgetReconciler>()
+            .expect("a budget stage")
     }
 }
 
