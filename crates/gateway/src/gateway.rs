@@ -11,6 +11,7 @@ use nexus_core::BackendId;
 use nexus_router::{HealthConfig, Router, ServerConfig};
 
 use crate::queue::Queue;
+use crate::wire::Endpoint;
 
 /// A configured gateway: clone it freely (it is a handle), serve [`Gateway::app`] with
 /// [`serve`](crate::serve), or mount the app in a larger axum server.
@@ -39,6 +40,9 @@ pub(crate) struct Shared {
     /// Each backend's `Authorization` header, read once from its `api_key_env`; marked
     /// sensitive so that no debug output shows it.
     keys: Box<[Option<HeaderValue>]>,
+    /// Each backend's URL for each proxied endpoint ([`Endpoint::ALL`]'s order), parsed
+    /// once here: parsing it per request was a tenth of the gateway's instructions.
+    targets: Box<[[Option<reqwest::Url>; 3]]>,
     /// The models each Ollama backend reported loaded at its last health check.
     loaded: Box<[Mutex<Option<Vec<String>>>]>,
     /// For request ids: the process's start in microseconds, then a counter.
@@ -69,7 +73,22 @@ impl Gateway {
             .connect_timeout(server.connect_timeout())
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
+            // A backend's URL is where it answers: a redirect is relayed to the client as
+            // any other answer rather than followed (reqwest would turn a redirected POST
+            // into a GET, and its redirect bookkeeping cost 4 % of each request).
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
+        let targets = router
+            .fleet()
+            .backends()
+            .iter()
+            .map(|backend| {
+                Endpoint::ALL.map(|endpoint| {
+                    reqwest::Url::parse(&crate::proxy::upstream_url(backend.url(), endpoint.path()))
+                        .ok()
+                })
+            })
+            .collect();
         let keys = router
             .fleet()
             .backends()
@@ -113,6 +132,7 @@ impl Gateway {
                 client,
                 queue,
                 keys,
+                targets,
                 loaded,
                 started_micros,
                 requests: AtomicU64::new(0),
@@ -174,6 +194,17 @@ impl Gateway {
             .keys
             .get(backend.index())
             .and_then(Option::as_ref)
+    }
+
+    /// `endpoint`'s URL on `backend`, parsed when the gateway was built; `None` if it did
+    /// not parse (the request then parses the text and reports why).
+    pub(crate) fn target_of(
+        &self,
+        backend: BackendId,
+        endpoint: Endpoint,
+    ) -> Option<&reqwest::Url> {
+        let index = Endpoint::ALL.iter().position(|e| *e == endpoint)?;
+        self.shared.targets.get(backend.index())?[index].as_ref()
     }
 
     /// The models an Ollama backend reported loaded at its last check.
