@@ -34,9 +34,11 @@ fn mix(seed: u64) -> FaultMix {
 
 #[tokio::test]
 async fn plays_its_share_repeatably_and_counts_each_fault() {
-    let mut config = MockConfig::default();
-    config.record = false;
-    let mock = MockUpstream::start(config.clone()).await.expect("a mock");
+    let config = MockConfig {
+        record: false,
+        ..MockConfig::default()
+    };
+    let mock = MockUpstream::start(config).await.expect("a mock");
     mock.set_fault_mix(mix(7));
     let first = statuses(&mock, 200).await;
     let played = mock.faults_played();
