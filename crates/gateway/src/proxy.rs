@@ -118,9 +118,11 @@ async fn proxy(x: Exchange, headers: &HeaderMap, body: Body) -> Result<Response,
                 crate::metrics::upstream(backend, failure.status, sent_at.elapsed());
                 failures.push(format!("{}: {}", backend.name(), failure.message));
                 excluded.push(backend.id());
+                // Nothing was answered, so nothing was used: without the zero usage the
+                // budget would settle the attempt at its estimate.
                 routed
                     .guard
-                    .finish(nexus_core::Outcome::failure(sent_at.elapsed()));
+                    .finish(nexus_core::Outcome::failure(sent_at.elapsed()).usage(0, 0));
                 x.gateway.wake_queue();
             }
         }
