@@ -40,7 +40,10 @@ def main():
     p.add_argument("--backends", type=int, default=4)
     p.add_argument("--price", type=float, default=10.0, help="USD per million tokens, in and out")
     p.add_argument("--first-byte-ms", type=int, default=1000, help="[server] first_byte_timeout_ms")
-    p.add_argument("--warmup-seconds", type=int, default=30, help="the start sample is taken after this")
+    p.add_argument("--warmup-seconds", type=int, default=120,
+                   help="the start sample is taken after this (pools and the allocator fill in the first two minutes)")
+    p.add_argument("--no-scrape", action="store_true",
+                   help="do not scrape /metrics every 5 s (shows the exporter's unscraped growth)")
     p.add_argument("--out", default=os.path.join(c.ROOT, "target", "load", "soak.md"))
     p.add_argument("--gateway-cpus", default="0")
     p.add_argument("--mock-cpus", default="1")
@@ -76,8 +79,15 @@ def main():
     stop = threading.Event()
 
     def sample():
+        # Scraped every 5 s, as Prometheus would: the exporter keeps histogram samples
+        # until a scrape folds them into buckets, so an unscraped gateway grows.
         t0 = time.time()
         while not stop.is_set():
+            if not args.no_scrape:
+                try:
+                    c.metrics(gw_port)
+                except Exception as e:  # the report says what happened; keep sampling
+                    print(f"soak: /metrics failed: {e}", flush=True)
             samples.append((time.time() - t0, c.rss_kb(gw.pid), c.open_fds(gw.pid)))
             stop.wait(5)
 
@@ -134,15 +144,24 @@ def main():
              f"| start (t = {start[0]:.0f} s) | {start[1] / 1024:.1f} MB | {start[2]} |",
              f"| end | {end_rss / 1024:.1f} MB | {end_fds} |",
              f"| highest sample | {max(s[1] for s in samples) / 1024:.1f} MB | {max(s[2] for s in samples)} |",
-             "", f"Growth from start to end: {growth:+.1%} (goal ≤ +10 %).", "",
+             "", f"Growth from start to end: {growth:+.1%} (goal ≤ +10 %). /metrics "
+             + ("not scraped." if args.no_scrape else "scraped every 5 s."), "",
+             "Every minute: " + ", ".join(f"{t:.0f} s {rss / 1024:.1f} MB" for t, rss, _ in samples[::12]) + ".", "",
              "## What clients saw", "", "| run | sent | by status | errors | p50 | p99 |", "| --- | --- | --- | --- | --- | --- |"]
     for name, r in results.items():
         s = c.summary(r)
         sent = sum(int(v) for v in s["codes"].values()) + sum(int(v) for v in s["errors"].values())
         lines.append(f"| {name} | {sent} | {s['codes']} | {s['errors'] or '{}'} | {s['p50_us'] / 1000:.2f} ms | "
                      f"{s['p99_us'] / 1000:.2f} ms |")
+    decisions = {k.split('decision="', 1)[1].split('"', 1)[0]: int(v) for k, v in m.items()
+                 if k.startswith("nexus_decisions_total{")}
+    rejections = {k.split('reconciler="', 1)[1].split('"', 1)[0]: int(v) for k, v in m.items()
+                  if k.startswith("nexus_rejections_total{")}
     lines += ["", "## What the gateway counted (`nexus_upstream_requests_total` by status)", "",
               ", ".join(f"{k}: {v}" for k, v in sorted(by_status.items())), "",
+              "Decisions (`nexus_decisions_total`): " + ", ".join(f"{k}: {v}" for k, v in sorted(decisions.items()))
+              + "; backends excluded in rejections, by stage (`nexus_rejections_total`): "
+              + (", ".join(f"{k}: {v}" for k, v in sorted(rejections.items())) or "none") + ".", "",
               f"The mock: {tally['requests']} requests, {tally['answers_with_usage']} answers with usage, "
               f"faults played {tally.get('faults', {})}.", "",
               "## Spend", "",
@@ -151,10 +170,14 @@ def main():
               f"| the gateway settled | {tokens_in:.0f} | {tokens_out:.0f} | {spend_metric:.4f} |",
               ""]
     if settled_budget is not None:
-        lines.append(f"The budget ledger (limit less `nexus_budget_remaining_usd`): {settled_budget:.4f} USD.")
-    cents_equal = round(expected * 100) == round(spend_metric * 100)
-    lines += ["", f"Equal to the cent: {'yes' if cents_equal else 'NO'} "
-                  f"(difference {spend_metric - expected:+.6f} USD).", ""]
+        lines.append(f"| the budget ledger (limit less `nexus_budget_remaining_usd`) | | | {settled_budget:.4f} |")
+    cents = lambda usd: round(usd * 100)
+    metric_equal = cents(expected) == cents(spend_metric)
+    ledger_equal = settled_budget is not None and cents(expected) == cents(settled_budget)
+    lines += ["", f"Equal to the cent: metrics {'yes' if metric_equal else 'NO'} "
+                  f"(difference {spend_metric - expected:+.6f} USD), budget ledger "
+                  f"{'yes' if ledger_equal else 'NO'}"
+                  + (f" (difference {settled_budget - expected:+.6f} USD)." if settled_budget is not None else "."), ""]
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         f.write("\n".join(lines))
