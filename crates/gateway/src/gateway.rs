@@ -13,6 +13,7 @@ use nexus_core::{Backend, Fleet};
 use nexus_router::{ConfigError, HealthConfig, LiveRouter, ReloadSummary, Router, ServerConfig};
 
 use crate::queue::Queue;
+use crate::wire::Endpoint;
 
 /// A configured gateway: clone it freely (it is a handle), serve [`Gateway::app`] with
 /// [`serve`](crate::serve), or mount the app in a larger axum server.
@@ -38,10 +39,9 @@ pub(crate) struct Shared {
     pub(crate) router: LiveRouter,
     pub(crate) client: reqwest::Client,
     pub(crate) queue: Queue,
-    /// Each backend's `Authorization` header by backend id, read from its
-    /// `api_key_env` at the start and at each reload; marked sensitive so that no debug
-    /// output shows it.
-    keys: ArcSwap<HashMap<String, HeaderValue>>,
+    /// Each backend's key and parsed endpoint URLs by backend id, built at the start and
+    /// at each reload (so that a request decided on either config finds its backend).
+    upstreams: ArcSwap<HashMap<String, Upstream>>,
     /// The models each Ollama backend reported loaded at its last health check, by
     /// backend id.
     loaded: Mutex<HashMap<String, Vec<String>>>,
@@ -92,8 +92,12 @@ impl Gateway {
             .connect_timeout(server.connect_timeout())
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
+            // A backend's URL is where it answers: a redirect is relayed to the client as
+            // any other answer rather than followed (reqwest would turn a redirected POST
+            // into a GET, and its redirect bookkeeping cost 4 % of each request).
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        let keys = ArcSwap::from_pointee(read_keys(router.current().fleet()));
+        let upstreams = ArcSwap::from_pointee(read_upstreams(router.current().fleet()));
         let admin_key = server.admin_key_env.as_deref().and_then(|var| {
             match std::env::var(var) {
                 Ok(key) if !key.is_empty() => Some(key),
@@ -114,7 +118,7 @@ impl Gateway {
                 router,
                 client,
                 queue,
-                keys,
+                upstreams,
                 loaded,
                 admin_key,
                 reloaded: tokio::sync::Notify::new(),
@@ -205,7 +209,9 @@ impl Gateway {
             }
         };
         let router = self.router();
-        self.shared.keys.store(Arc::new(read_keys(router.fleet())));
+        self.shared
+            .upstreams
+            .store(Arc::new(read_upstreams(router.fleet())));
         self.shared
             .loaded
             .lock()
@@ -255,7 +261,25 @@ impl Gateway {
 
     /// The `Authorization` header for `backend`, if it has a key.
     pub(crate) fn key_of(&self, backend: &Backend) -> Option<HeaderValue> {
-        self.shared.keys.load().get(backend.name()).cloned()
+        self.shared
+            .upstreams
+            .load()
+            .get(backend.name())?
+            .key
+            .clone()
+    }
+
+    /// `endpoint`'s URL on `backend`, parsed when the config was loaded; `None` if it did
+    /// not parse, or if the backend's URL is not the one of the config in force (a
+    /// request decided before a reload that moved it): the request then parses the text.
+    pub(crate) fn target_of(&self, backend: &Backend, endpoint: Endpoint) -> Option<reqwest::Url> {
+        let index = Endpoint::ALL.iter().position(|e| *e == endpoint)?;
+        let upstreams = self.shared.upstreams.load();
+        let upstream = upstreams.get(backend.name())?;
+        if upstream.base != backend.url() {
+            return None;
+        }
+        upstream.targets[index].clone()
     }
 
     /// The models an Ollama backend reported loaded at its last check.
@@ -291,6 +315,40 @@ impl Gateway {
         let n = self.shared.requests.fetch_add(1, Ordering::Relaxed);
         format!("req-{:x}-{n:x}", self.shared.started_micros)
     }
+}
+
+/// What the gateway needs to reach one backend, read when a config is loaded.
+#[derive(Debug)]
+struct Upstream {
+    /// The backend's URL as configured, to tell whether `targets` are still its own.
+    base: String,
+    /// Its `Authorization` header, from `api_key_env`; marked sensitive so that no debug
+    /// output shows it.
+    key: Option<HeaderValue>,
+    /// Its URL for each proxied endpoint ([`Endpoint::ALL`]'s order), parsed once here:
+    /// parsing it per request was a tenth of the gateway's instructions.
+    targets: [Option<reqwest::Url>; 3],
+}
+
+/// Each backend's [`Upstream`], by id.
+fn read_upstreams(fleet: &Fleet) -> HashMap<String, Upstream> {
+    let mut keys = read_keys(fleet);
+    fleet
+        .backends()
+        .iter()
+        .map(|backend| {
+            let targets = Endpoint::ALL.map(|endpoint| {
+                reqwest::Url::parse(&crate::proxy::upstream_url(backend.url(), endpoint.path()))
+                    .ok()
+            });
+            let upstream = Upstream {
+                base: backend.url().to_owned(),
+                key: keys.remove(backend.name()),
+                targets,
+            };
+            (backend.name().to_owned(), upstream)
+        })
+        .collect()
 }
 
 /// Each backend's `Authorization` header from its `api_key_env`; a variable that is not

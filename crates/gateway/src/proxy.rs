@@ -530,13 +530,14 @@ async fn send(
 ) -> Result<Answer, AttemptFailure> {
     let gateway = &x.gateway;
     let backend = guard.backend();
-    let mut request = gateway
-        .shared
-        .client
-        .post(upstream_url(backend.url(), x.endpoint.path()))
-        .header(header::CONTENT_TYPE, "application/json")
-        .header("x-request-id", x.request_id.clone())
-        .body(body);
+    let client = &gateway.shared.client;
+    let mut request = match gateway.target_of(backend, x.endpoint) {
+        Some(url) => client.post(url),
+        None => client.post(upstream_url(backend.url(), x.endpoint.path())),
+    }
+    .header(header::CONTENT_TYPE, "application/json")
+    .header("x-request-id", x.request_id.clone())
+    .body(body);
     if stream {
         request = request.header(header::ACCEPT, "text/event-stream");
     }

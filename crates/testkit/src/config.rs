@@ -145,6 +145,19 @@ impl Fault {
     }
 }
 
+/// Faults played at random: each inference request gets one of `faults` (picked evenly)
+/// with probability `rate`, else a normal answer. See
+/// [`MockUpstream::set_fault_mix`](crate::MockUpstream::set_fault_mix).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FaultMix {
+    /// The share of requests that get a fault, from 0 to 1.
+    pub rate: f64,
+    /// The faults to pick from.
+    pub faults: Vec<Fault>,
+    /// Seeds the draws: the same seed plays the same faults on the same request numbers.
+    pub seed: u64,
+}
+
 /// One request as the mock received it.
 #[derive(Clone, Debug)]
 pub struct Recorded {

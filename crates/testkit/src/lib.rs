@@ -28,7 +28,7 @@ mod handlers;
 mod openai;
 mod server;
 
-pub use config::{DeclaredUsage, Fault, MockConfig, MockUsage, Recorded};
+pub use config::{DeclaredUsage, Fault, FaultMix, MockConfig, MockUsage, Recorded};
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -128,7 +128,7 @@ impl MockUpstream {
     pub fn set_fault(&self, fault: Option<Fault>) {
         *lock(&self.shared.fault) = FaultPlan {
             fault,
-            remaining: None,
+            ..FaultPlan::default()
         };
     }
 
@@ -137,7 +137,24 @@ impl MockUpstream {
         *lock(&self.shared.fault) = FaultPlan {
             fault: (requests > 0).then_some(fault),
             remaining: Some(requests),
+            ..FaultPlan::default()
         };
+    }
+
+    /// Plays a fault from `mix` on a random share of inference requests from now on (a
+    /// soak's background noise); replaces any other fault plan. The draw is a hash of the
+    /// mix's seed and the request's number, so a run is repeatable.
+    pub fn set_fault_mix(&self, mix: FaultMix) {
+        let mut plan = lock(&self.shared.fault);
+        *plan = FaultPlan::default();
+        plan.played = vec![0; mix.faults.len()];
+        plan.mix = (!mix.faults.is_empty() && mix.rate > 0.0).then_some(mix);
+    }
+
+    /// How many times each fault of the current [`FaultMix`] was played, in the mix's order
+    /// (empty without a mix).
+    pub fn faults_played(&self) -> Vec<u64> {
+        lock(&self.shared.fault).played.clone()
     }
 
     /// Makes the listing endpoints (`/v1/models`, `/api/tags`, `/api/ps`) answer 503, as
@@ -208,11 +225,24 @@ impl std::fmt::Debug for MockUpstream {
     }
 }
 
-/// A fault and how many more requests it applies to (`None`: all).
+/// A fault and how many more requests it applies to (`None`: all), or a random mix.
 #[derive(Default)]
 struct FaultPlan {
     fault: Option<Fault>,
     remaining: Option<u64>,
+    mix: Option<FaultMix>,
+    /// Requests drawn for by the mix so far.
+    drawn: u64,
+    /// Plays of each fault of the mix.
+    played: Vec<u64>,
+}
+
+/// SplitMix64: a well-mixed 64-bit hash of `x`, for the fault mix's draws.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// What the handlers share with the [`MockUpstream`] handle. Locks are held for a copy
@@ -254,6 +284,20 @@ impl Shared {
     /// The fault for the next inference request, using up one of a limited plan.
     pub(crate) fn take_fault(&self) -> Option<Fault> {
         let mut plan = lock(&self.fault);
+        if let Some(mix) = &plan.mix {
+            let n = plan.drawn;
+            let draw = splitmix64(mix.seed ^ splitmix64(n));
+            // The top 53 bits as a fraction in [0, 1).
+            let fraction = (draw >> 11) as f64 / (1u64 << 53) as f64;
+            let pick = (fraction < mix.rate)
+                .then(|| (splitmix64(draw) % mix.faults.len() as u64) as usize);
+            let fault = pick.map(|i| mix.faults[i].clone());
+            plan.drawn += 1;
+            if let Some(i) = pick {
+                plan.played[i] += 1;
+            }
+            return fault;
+        }
         match plan.remaining {
             None => plan.fault.clone(),
             Some(0) => None,

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use nexus_testkit::{MockConfig, MockUpstream, MockUsage};
+use nexus_testkit::{Fault, FaultMix, MockConfig, MockUpstream, MockUsage};
 
 /// A mock OpenAI-compatible (and Ollama-listing) upstream for load tests.
 #[derive(Debug, Parser)]
@@ -41,6 +41,19 @@ struct Args {
     /// Keep every request in memory (off by default, so that memory stays flat under load).
     #[arg(long)]
     record: bool,
+    /// The share of inference requests, from 0 to 1, that get one of `--faults` (picked
+    /// evenly at random); 0 plays none.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    fault_rate: f64,
+    /// The faults `--fault-rate` picks from, comma separated: a status code (`500`, `503`;
+    /// `429` comes with `retry-after: 1`), `hang` (no headers, ever), `hang-mid` and
+    /// `reset` (after two events or half a body), `trickle` (a byte every millisecond),
+    /// `non-json`, `malformed-sse`.
+    #[arg(long, value_delimiter = ',', default_value = "500,429", value_parser = parse_fault)]
+    faults: Vec<Fault>,
+    /// Seeds the fault draws (the same seed faults the same request numbers).
+    #[arg(long, default_value_t = 1)]
+    fault_seed: u64,
     /// Runtime worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
@@ -59,6 +72,51 @@ fn parse_usage(text: &str) -> Result<MockUsage, String> {
         prompt_tokens: number(prompt)?,
         completion_tokens: number(completion)?,
     })
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if (0.0..=1.0).contains(&rate) => Ok(rate),
+        _ => Err(format!(
+            "expected a share from 0 to 1 (e.g. 0.05), got {text:?}"
+        )),
+    }
+}
+
+fn parse_fault(text: &str) -> Result<Fault, String> {
+    Ok(match text.trim() {
+        "429" => Fault::rate_limited(1),
+        "hang" => Fault::HangBeforeHeaders,
+        "hang-mid" => Fault::HangMidStream { after_events: 2 },
+        "reset" => Fault::ResetMidStream { after_events: 2 },
+        "trickle" => Fault::Trickle {
+            interval: Duration::from_millis(1),
+        },
+        "non-json" => Fault::NonJson,
+        "malformed-sse" => Fault::MalformedSse,
+        code => match code.parse::<u16>() {
+            Ok(status) if (400..600).contains(&status) => Fault::status(status),
+            _ => {
+                return Err(format!(
+                    "unknown fault {code:?}: expected a status from 400 to 599, hang, hang-mid, reset, trickle, non-json or malformed-sse"
+                ))
+            }
+        },
+    })
+}
+
+/// A fault's name in the exit tally.
+fn fault_name(fault: &Fault) -> String {
+    match fault {
+        Fault::HangBeforeHeaders => "hang".to_owned(),
+        Fault::HangMidStream { .. } => "hang-mid".to_owned(),
+        Fault::ResetMidStream { .. } => "reset".to_owned(),
+        Fault::Trickle { .. } => "trickle".to_owned(),
+        Fault::NonJson => "non-json".to_owned(),
+        Fault::MalformedSse => "malformed-sse".to_owned(),
+        Fault::Status { status, .. } => status.to_string(),
+        _ => format!("{fault:?}"),
+    }
 }
 
 fn main() -> ExitCode {
@@ -109,11 +167,26 @@ async fn serve(args: Args) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let names: Vec<String> = args.faults.iter().map(fault_name).collect();
+    if args.fault_rate > 0.0 {
+        mock.set_fault_mix(FaultMix {
+            rate: args.fault_rate,
+            faults: args.faults,
+            seed: args.fault_seed,
+        });
+    }
     println!("nexus-mock listening on {} (models: {models})", mock.url());
     shutdown_signal().await;
     let declared = mock.declared_usage();
+    let played = mock.faults_played();
+    let faults = names
+        .iter()
+        .zip(&played)
+        .map(|(name, n)| format!("\"{name}\": {n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     println!(
-        "{{\"requests\": {}, \"answers_with_usage\": {}, \"prompt_tokens\": {}, \"completion_tokens\": {}}}",
+        "{{\"requests\": {}, \"answers_with_usage\": {}, \"prompt_tokens\": {}, \"completion_tokens\": {}, \"faults\": {{{faults}}}}}",
         mock.request_count(),
         declared.answers,
         declared.prompt_tokens,
