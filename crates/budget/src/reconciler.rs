@@ -1,7 +1,7 @@
 //! [`BudgetReconciler`]: the `budget` stage.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use nexus_core::{
@@ -12,6 +12,7 @@ use nexus_core::{
 use serde::Deserialize;
 
 use crate::journal::Background;
+use crate::tenant::TenantBudget;
 use crate::{
     check_limit_usd, nanos_to_usd, usd_to_nanos, Journal, SpendLedger, SpendSource, SpendStore,
     StoreError,
@@ -27,6 +28,10 @@ pub const HARD_LIMIT_ALL: u16 = 3;
 /// Reason: the estimate exceeds the policy's `max_cost_per_request`.
 /// `values = [cost, cap, policy or -1]`.
 pub const COST_CAP: u16 = 4;
+/// Reason: the request's cost would take its tenant's spend past the tenant's own
+/// monthly limit. `values = [tenant's spend incl. reserved, tenant's limit, tenant
+/// index]`.
+pub const TENANT_OVER_LIMIT: u16 = 5;
 /// Warning: hard limit reached, `warn`. `values = [spend, limit, 0]`.
 pub const HARD_LIMIT_WARNING: u16 = 10;
 
@@ -204,6 +209,11 @@ pub struct BudgetReconciler {
     cloud: BackendSet,
     background: Option<Background>,
     store_status: Option<crate::StoreStatus>,
+    clock: Arc<dyn Clock>,
+    /// Every tenant's ledger by id (to share with the stage of the next config on
+    /// reload), and this config's tenants by [`TenantId`](nexus_core::TenantId), once
+    /// attached.
+    tenants: OnceLock<(Arc<crate::TenantLedgers>, Box<[TenantBudget]>)>,
 }
 
 impl BudgetReconciler {
@@ -233,11 +243,60 @@ impl BudgetReconciler {
             soft,
             settings,
             fleet,
-            ledger: Arc::new(SpendLedger::new(clock)),
+            ledger: Arc::new(SpendLedger::new(Arc::clone(&clock))),
             cloud,
             background: None,
             store_status: None,
+            clock,
+            tenants: OnceLock::new(),
         })
+    }
+
+    /// Gives this stage its tenants, in [`TenantId`](nexus_core::TenantId) order: a
+    /// request made for a tenant counts against the tenant's own limit as well as the
+    /// global one. Each tenant's ledger is found by id in `ledgers` (pass the previous
+    /// stage's [`tenant_ledgers`](Self::tenant_ledgers) on a reload to keep the month's
+    /// spend; a new map otherwise), or added to it.
+    ///
+    /// # Errors
+    /// A limit out of range (naming the tenant), or tenants attached twice.
+    pub fn attach_tenants(
+        &self,
+        tenants: &[crate::TenantLimit],
+        ledgers: Arc<crate::TenantLedgers>,
+    ) -> Result<(), String> {
+        let table = tenants
+            .iter()
+            .map(|spec| TenantBudget::new(spec, ledgers.ledger(&spec.id, &self.clock)))
+            .collect::<Result<Vec<_>, String>>()?;
+        self.tenants
+            .set((ledgers, table.into_boxed_slice()))
+            .map_err(|_| "the budget's tenants are already attached".to_owned())
+    }
+
+    /// Every tenant's ledger, by id, once tenants are attached.
+    pub fn tenant_ledgers(&self) -> Option<&Arc<crate::TenantLedgers>> {
+        self.tenants.get().map(|(ledgers, _)| ledgers)
+    }
+
+    /// Each attached tenant's month, in [`TenantId`](nexus_core::TenantId) order.
+    pub fn tenant_spend(&self) -> Vec<crate::TenantSpend> {
+        self.tenant_table()
+            .iter()
+            .map(|t| crate::TenantSpend {
+                id: t.id.to_string(),
+                limit_usd: t.limit_usd,
+                snapshot: t.ledger.snapshot(),
+            })
+            .collect()
+    }
+
+    fn tenant_table(&self) -> &[TenantBudget] {
+        self.tenants.get().map_or(&[], |(_, table)| table)
+    }
+
+    fn tenant(&self, tenant: Option<nexus_core::TenantId>) -> Option<&TenantBudget> {
+        tenant.and_then(|t| self.tenant_table().get(t.index()))
     }
 
     /// Persists settled spend in `store`, loading the current month from it first, and
@@ -410,8 +469,16 @@ impl Reconciler for BudgetReconciler {
         // fits under the limit and the policy's cap. Nothing to visit. (Below the soft
         // limit the total is below the limit, so the one nano-dollar a priced request
         // reserves at least always fits.)
+        let tenant = self.tenant(intent.tenant());
+        let tenant_total = tenant.map_or(0, |t| t.ledger.total_nanos_at(intent.now_secs()));
         let summary = intent.model_entry().summary();
         if status == BudgetStatus::Normal
+            && tenant.is_none_or(|t| {
+                !t.is_limited()
+                    || tenant_total.saturating_add(
+                        usd_to_nanos(summary.max_cost_usd(max_input, output)).max(1),
+                    ) <= t.limit
+            })
             && constraints
                 .max_cost_per_request
                 .is_none_or(|cap| summary.max_cost_usd(input, output) <= cap)
@@ -425,6 +492,17 @@ impl Reconciler for BudgetReconciler {
         let cloud = &self.cloud;
         let cloud_weight = self.settings.soft_limit_cloud_weight;
         let cap_policy = Reason::policy_value(constraints.max_cost_policy);
+        let tenant_limit = tenant.filter(|t| t.is_limited()).map(|t| {
+            let index = intent.tenant().map_or(0, |id| id.index()) as f64;
+            (
+                t.limit,
+                [
+                    nanos_to_usd(tenant_total),
+                    t.limit_usd.unwrap_or(0.0),
+                    index,
+                ],
+            )
+        });
         intent.visit_candidates(|candidate| {
             let cost_usd = candidate.offer().cost_usd(input, output);
             let reserved = reservation(candidate.offer(), max_input, output);
@@ -443,6 +521,10 @@ impl Reconciler for BudgetReconciler {
                     OVER_LIMIT,
                     [spend, limit, nanos_to_usd(reserved)],
                 ))
+            } else if let Some((_, values)) = tenant_limit
+                .filter(|(limit, _)| reserved > 0 && tenant_total.saturating_add(reserved) > *limit)
+            {
+                Verdict::Exclude(Reason::with(TENANT_OVER_LIMIT, values))
             } else if status == BudgetStatus::SoftLimit && is_cloud {
                 Verdict::Scale(cloud_weight)
             } else {
@@ -457,8 +539,23 @@ impl Reconciler for BudgetReconciler {
         if reserved == 0 {
             return Ok(());
         }
+        // The tenant's limit first: a refusal there takes nothing from the global one.
+        let tenant = self.tenant(ticket.tenant);
+        if let Some(t) = tenant {
+            let limit = t.is_limited().then_some(t.limit);
+            t.ledger.try_reserve(reserved, limit).map_err(|total| {
+                let index = ticket.tenant.map_or(0, |id| id.index()) as f64;
+                Reason::with(
+                    TENANT_OVER_LIMIT,
+                    [nanos_to_usd(total), t.limit_usd.unwrap_or(0.0), index],
+                )
+            })?;
+        }
         let limit = self.blocks().then_some(self.limit);
         self.ledger.try_reserve(reserved, limit).map_err(|total| {
+            if let Some(t) = tenant {
+                t.ledger.release(reserved);
+            }
             Reason::with(
                 OVER_LIMIT,
                 [
@@ -481,6 +578,9 @@ impl Reconciler for BudgetReconciler {
                 // The journal files the cost under the month the ledger counted it in,
                 // so that a restart loads what the ledger showed.
                 let month = self.ledger.settle_at(reserved, actual, at_secs);
+                if let Some(t) = self.tenant(ticket.tenant) {
+                    t.ledger.settle_at(reserved, actual, at_secs);
+                }
                 if let (Some(journal), true) = (self.journal(), actual > 0) {
                     journal.record(month, actual);
                 }
@@ -488,6 +588,9 @@ impl Reconciler for BudgetReconciler {
             Settlement::Abandoned { .. } | Settlement::Cancelled => {
                 if reserved > 0 {
                     self.ledger.release(reserved);
+                    if let Some(t) = self.tenant(ticket.tenant) {
+                        t.ledger.release(reserved);
+                    }
                 }
             }
         }
@@ -509,9 +612,19 @@ impl Reconciler for BudgetReconciler {
         };
         match reason.code {
             OVER_LIMIT => Explanation::new(
-                format!("spend ${a:.2} (with requests in flight) of the ${b:.2} monthly limit; this request would cost ${c:.4} and pass it"),
+                format!("global limit: spend ${a:.2} (with requests in flight) of the ${b:.2} monthly limit; this request would cost ${c:.4} and pass it"),
                 format!("raise monthly_limit_usd in [routing.budget], or {local_hint}"),
             ),
+            TENANT_OVER_LIMIT => {
+                let tenant = self
+                    .tenant_table()
+                    .get(c as usize)
+                    .map_or("?", |t| &*t.id);
+                Explanation::new(
+                    format!("tenant '{tenant}' limit: its spend ${a:.2} (with requests in flight) of its ${b:.2} monthly limit; this request would pass it"),
+                    format!("raise monthly_limit_usd of tenant '{tenant}' in [[tenants]], or {local_hint}"),
+                )
+            }
             HARD_LIMIT_CLOUD => Explanation::new(
                 format!("monthly budget reached: spend ${a:.2} of ${b:.2}; hard_limit_action block_cloud excludes cloud backends"),
                 format!("raise monthly_limit_usd in [routing.budget], or {local_hint}"),

@@ -372,6 +372,7 @@ fn check(config: &ConfigArg) -> ExitCode {
         .collect();
     outln!(out, "  pipeline: {}", stages.join(" -> "));
     print_budget(&mut out, &router);
+    print_tenants(&mut out, &router);
     let server = router.server();
     outln!(
         out,
@@ -392,6 +393,20 @@ fn check(config: &ConfigArg) -> ExitCode {
         server.body_read_timeout_ms,
         server.shutdown_grace_secs,
     );
+    if let Some(tokens) = server.default_max_tokens {
+        outln!(
+            out,
+            "    default_max_tokens {tokens}: set on requests that give no output cap"
+        );
+    }
+    if let Some(var) = &server.admin_key_env {
+        // Whether the variable is set, never its value.
+        let state = match std::env::var_os(var) {
+            Some(value) if !value.is_empty() => "set",
+            _ => "not set: admin endpoints refuse every key",
+        };
+        outln!(out, "    admin key from ${var} ({state})");
+    }
     let health = router.health();
     match health.interval() {
         Some(_) => outln!(
@@ -405,6 +420,44 @@ fn check(config: &ConfigArg) -> ExitCode {
         None => outln!(out, "  health: checks off (interval_secs = 0)"),
     }
     print_out(&out)
+}
+
+/// The tenants, their limits and overrides, for `check`: never a key, only where it
+/// comes from.
+fn print_tenants(out: &mut String, router: &Router) {
+    let tenants = router.tenants();
+    if tenants.is_empty() {
+        return;
+    }
+    outln!(
+        out,
+        "  tenants: {} (every request needs a tenant's key)",
+        tenants.len()
+    );
+    for (_, tenant) in tenants.iter() {
+        let mut parts = vec![match tenant.key_source() {
+            nexus_router::KeySource::Sha256 => "key by sha256".to_owned(),
+            nexus_router::KeySource::Env(var) => format!("key from ${var}"),
+        }];
+        match tenant.monthly_limit_usd() {
+            Some(limit) => parts.push(format!("${limit} a month")),
+            None => parts.push("global limit only".to_owned()),
+        }
+        let c = tenant.constraints();
+        if c.privacy == nexus_router::core::Privacy::Restricted {
+            parts.push("restricted".to_owned());
+        }
+        if c.min_tier > 0 {
+            parts.push(format!("min_tier {}", c.min_tier));
+        }
+        if let Some(cap) = c.max_cost_per_request {
+            parts.push(format!("max ${cap} per request"));
+        }
+        if let Some(models) = tenant.models() {
+            parts.push(format!("models {}", models.join(", ")));
+        }
+        outln!(out, "    {:<16} {}", tenant.id(), parts.join(", "));
+    }
 }
 
 /// The budget's settings and where its spend stands, for `check`.

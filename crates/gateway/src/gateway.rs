@@ -44,6 +44,8 @@ pub(crate) struct Shared {
     /// For request ids: the process's start in microseconds, then a counter.
     started_micros: u64,
     requests: AtomicU64,
+    /// The admin key's digest, from `[server] admin_key_env`.
+    pub(crate) admin_key: Option<crate::auth::AdminKey>,
 }
 
 /// Why a gateway could not be built.
@@ -107,6 +109,7 @@ impl Gateway {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
         crate::metrics::describe();
+        let admin_key = crate::auth::AdminKey::from_env(server.admin_key_env.as_deref());
         Ok(Gateway {
             shared: Arc::new(Shared {
                 router,
@@ -116,6 +119,7 @@ impl Gateway {
                 loaded,
                 started_micros,
                 requests: AtomicU64::new(0),
+                admin_key,
             }),
         })
     }
@@ -130,6 +134,7 @@ impl Gateway {
             .route("/v1/models", get(e::models))
             .route("/v1/nexus/route", post(e::route))
             .route("/v1/nexus/backends", get(e::backends))
+            .route("/v1/nexus/budget", get(e::budget))
             .route("/health", get(e::health))
             .route("/ready", get(e::ready))
             .route("/metrics", get(e::metrics))

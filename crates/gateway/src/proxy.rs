@@ -22,7 +22,7 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use nexus_core::{
-    BackendId, BackendStatus, OwnedDecision, OwnedRouteGuard, RoutingDecision, TierMode,
+    BackendId, BackendStatus, OwnedDecision, OwnedRouteGuard, RoutingDecision, TenantId, TierMode,
 };
 use nexus_router::DecisionReport;
 
@@ -36,6 +36,8 @@ pub(crate) struct Exchange {
     pub(crate) endpoint: Endpoint,
     pub(crate) request_id: HeaderValue,
     pub(crate) tier_mode: TierMode,
+    /// The tenant whose key the request carries ([`crate::auth`]).
+    pub(crate) tenant: Option<TenantId>,
 }
 
 /// A committed route, with what the response headers say about it.
@@ -90,13 +92,62 @@ impl Exchange {
             endpoint,
             request_id,
             tier_mode,
+            tenant: None,
         }
+    }
+
+    /// **authenticate**: the caller's tenant, or 401 `invalid_api_key` when tenants are
+    /// configured and the key is no tenant's nor the admin's.
+    pub(crate) fn authenticate(&mut self, headers: &HeaderMap) -> Result<(), GatewayError> {
+        if let crate::auth::Caller::Tenant(id) = crate::auth::caller(&self.gateway, headers)? {
+            self.tenant = Some(id);
+        }
+        Ok(())
+    }
+
+    /// Reads the body as routing needs it: a tenant's allowed models are checked and
+    /// `[server] default_max_tokens` set where the client gave no output cap.
+    pub(crate) fn parse<'b>(&self, bytes: &'b [u8]) -> Result<RequestBody<'b>, GatewayError> {
+        let mut parsed = RequestBody::parse(self.endpoint, bytes)?;
+        if let Some(tokens) = self.gateway.server().default_max_tokens {
+            parsed.default_max_tokens(tokens);
+        }
+        let tenants = self.gateway.router().tenants();
+        if let Some(tenant) = self.tenant.and_then(|id| tenants.get(id)) {
+            let model = &parsed.summary().model;
+            if !tenant.allows_model(model) {
+                return Err(GatewayError::new(
+                    crate::ErrorCode::ModelNotFound,
+                    format!(
+                        "the model `{model}` is not among the models tenant '{}' may use ({}); ask the operator to add it to the tenant's `models` in [[tenants]]",
+                        tenant.id(),
+                        tenant.models().unwrap_or_default().join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(parsed)
+    }
+
+    /// The routing request for `summary`, made for this exchange's tenant.
+    pub(crate) fn request<'s>(
+        &self,
+        summary: &'s RequestSummary<'_>,
+        excluded: &'s [BackendId],
+    ) -> nexus_core::Request<'s> {
+        let mut request = summary
+            .to_request(self.tier_mode)
+            .max_input_tokens(summary.input_tokens_max)
+            .excluding(excluded);
+        request.tenant = self.tenant;
+        request
     }
 }
 
-async fn proxy(x: Exchange, headers: &HeaderMap, body: Body) -> Result<Response, GatewayError> {
+async fn proxy(mut x: Exchange, headers: &HeaderMap, body: Body) -> Result<Response, GatewayError> {
+    x.authenticate(headers)?;
     let bytes = read(&x.gateway, headers, body).await?;
-    let parsed = RequestBody::parse(x.endpoint, &bytes)?;
+    let parsed = x.parse(&bytes)?;
     let summary = parsed.summary();
     let max_attempts = x.gateway.server().max_attempts;
     let mut excluded: Vec<BackendId> = Vec::new();
@@ -190,10 +241,7 @@ pub(crate) async fn decide(
         tokio::pin!(changed);
         changed.as_mut().enable();
 
-        let request = summary
-            .to_request(x.tier_mode)
-            .max_input_tokens(summary.input_tokens_max)
-            .excluding(excluded);
+        let request = x.request(summary, excluded);
         let mut decision = timed_decision(gateway, &request);
         let estimated_wait = match decision.kind() {
             RoutingDecision::Route { .. } => {

@@ -109,6 +109,10 @@ pub struct Config {
     /// The `[health]` table, read by `nexus serve`.
     #[serde(default)]
     pub health: crate::HealthConfig,
+    /// The `[[tenants]]` tables: with any, a gateway serves only requests with a
+    /// tenant's key.
+    #[serde(default)]
+    pub tenants: Vec<crate::TenantConfig>,
 }
 
 /// The `[routing]` table.

@@ -26,6 +26,7 @@ mod enforcement;
 mod report;
 mod router;
 mod serving;
+mod tenants;
 mod validate;
 mod wording;
 
@@ -37,6 +38,7 @@ pub use enforcement::POLICY_KEY_STAGES;
 pub use report::{CandidateReport, CostReport, DecisionReport, FixReport, RejectionReport};
 pub use router::{Router, RouterBuilder, WithBuiltins, DEFAULT_PIPELINE};
 pub use serving::{HealthConfig, ServerConfig};
+pub use tenants::{KeySource, Tenant, TenantConfig, Tenants};
 
 #[cfg(feature = "budget")]
 pub use nexus_budget as budget;

@@ -93,12 +93,29 @@ impl RequestBody<'_> {
         enum With<'s> {
             Model(&'s str),
             Bytes(&'static [u8]),
+            /// A number: a `null` value replaced, or a member added after the opening
+            /// brace (the body is an object with at least `model`, so a comma follows).
+            Number(u32, bool),
         }
+        let cap = self
+            .default_max_tokens
+            .map(|tokens| match &self.null_max_tokens_at {
+                Some(at) => (at.clone(), With::Number(tokens, false)),
+                None => {
+                    let open = self
+                        .body
+                        .iter()
+                        .position(|&b| b == b'{')
+                        .map_or(0, |i| i + 1);
+                    (open..open, With::Number(tokens, true))
+                }
+            });
         let mut edits = [
             Some((self.model_at.clone(), With::Model(serving_model))),
             self.usage_splice
                 .as_ref()
                 .map(|s| (s.at.clone(), With::Bytes(s.with))),
+            cap,
         ];
         edits.sort_by_key(|e| e.as_ref().map_or(usize::MAX, |(at, _)| at.start));
         let mut out = Vec::with_capacity(self.body.len() + serving_model.len() + 48);
@@ -108,6 +125,10 @@ impl RequestBody<'_> {
             match with {
                 With::Model(model) => push_json_string(&mut out, model),
                 With::Bytes(bytes) => out.extend_from_slice(bytes),
+                With::Number(n, false) => out.extend_from_slice(n.to_string().as_bytes()),
+                With::Number(n, true) => {
+                    out.extend_from_slice(format!("\"max_tokens\":{n},").as_bytes());
+                }
             }
             from = at.end;
         }
