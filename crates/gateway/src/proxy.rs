@@ -363,8 +363,13 @@ pub(crate) fn refusal(
         })
         .unwrap_or_default();
     if lead == Some("budget") {
+        // The budget's own reason says which limit was hit: the tenant's or the global.
+        let why = rejections
+            .iter()
+            .find(|r| r.reconciler == "budget")
+            .map_or_else(|| reason.to_string(), |r| r.reason.to_string());
         return GatewayError::budget_exceeded(format!(
-            "the budget refuses '{requested}': {reason}.{fix_text}"
+            "the budget refuses '{requested}': {why}.{fix_text}"
         ))
         .with_decision(report);
     }
