@@ -382,11 +382,11 @@ impl Tenants {
 /// A monthly limit's range check, worded like the budget's (without depending on the
 /// budget stage, which a build may leave out).
 fn limit_check(limit: f64) -> Result<(), String> {
-    if limit.is_finite() && limit > 0.0 && limit <= 1e9 {
+    if (1e-6..=1e9).contains(&limit) {
         Ok(())
     } else {
         Err(format!(
-            "monthly_limit_usd must be a positive number of USD up to 1e9, got {limit}"
+            "monthly_limit_usd must be from 1e-6 to 1e9 USD, got {limit}"
         ))
     }
 }
