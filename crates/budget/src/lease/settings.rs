@@ -135,7 +135,7 @@ impl RedisBudgetSettings {
     pub fn validate(&self) -> Result<(), String> {
         match (&self.url, &self.url_env) {
             (Some(_), Some(_)) => {
-                return Err("set url or url_env, not both (url_env keeps a password out of the file)".to_owned())
+                return Err("url_env and url are both set: set one, not both (url_env keeps a password out of the file)".to_owned())
             }
             (None, None) => {
                 return Err("url is missing: set url = \"redis://host:6379\" or url_env = \"NAME\" (an environment variable holding the URL)".to_owned())
