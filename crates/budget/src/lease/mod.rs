@@ -55,7 +55,7 @@ mod redis_server;
 
 pub use allowance::{Allowance, Refusal};
 pub use client::{LeaseClient, LeaseError, LeaseStatus};
-pub use settings::{OnUnavailable, RedisBudgetSettings};
+pub use settings::{OnUnavailable, RedisBudgetSettings, MIN_TTL_SECS};
 
 use nexus_core::{Explanation, Reason};
 

@@ -258,6 +258,10 @@ pub async fn one_request(client: &reqwest::Client, addr: &str) -> Answer {
         },
         429 => {
             assert_eq!(json["error"]["code"], "budget_exceeded", "{json}");
+            static SHOWN: AtomicBool = AtomicBool::new(false);
+            if !SHOWN.swap(true, Ordering::Relaxed) {
+                eprintln!("first refusal: {json}");
+            }
             Answer::Refused
         }
         other => Answer::Failed(other),
