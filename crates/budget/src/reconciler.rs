@@ -171,6 +171,10 @@ impl BudgetSettings {
         if self.monthly_limit_usd.is_none() {
             return Err("redis: a shared budget needs a limit to share; set monthly_limit_usd in [routing.budget], or remove [routing.budget.redis]".to_owned());
         }
+        let max_usd = crate::lease::MAX_SHARED_LIMIT_USD;
+        if self.monthly_limit_usd.is_some_and(|limit| limit >= max_usd) {
+            return Err(format!("monthly_limit_usd: a shared budget ([routing.budget.redis]) holds less than {max_usd} USD a month, so that amounts stay exact in Redis's Lua numbers; lower the limit"));
+        }
         // Every message of `validate` leads with the key it is about: prefix the table
         // so that the error is reported at that key's line.
         redis.validate().map_err(|e| format!("redis.{e}"))
@@ -320,7 +324,16 @@ impl BudgetReconciler {
         let stage = match stage.settings.redis.clone() {
             Some(redis) if !ctx.dry_run => stage
                 .with_lease(&redis, Arc::clone(ctx.clock))
-                .map_err(|e| invalid(format!("redis: {e}")))?,
+                .map_err(|e| {
+                    invalid(match e {
+                        // `url...` / `url_env...`: reported at that key.
+                        crate::lease::LeaseError::Settings(m) if m.starts_with("url") => {
+                            format!("redis.{m}")
+                        }
+                        crate::lease::LeaseError::Settings(m) => format!("redis: {m}"),
+                        other => format!("redis: {other}"),
+                    })
+                })?,
             _ => stage,
         };
         Ok(Box::new(stage))

@@ -59,6 +59,10 @@ pub use settings::{OnUnavailable, RedisBudgetSettings, MIN_TTL_SECS};
 
 use nexus_core::{Explanation, Reason};
 
+/// The largest monthly limit a shared budget holds, in USD (2^53 nano-dollars, so that
+/// Lua's doubles stay exact).
+pub const MAX_SHARED_LIMIT_USD: f64 = model::MAX_EXACT_NANOS as f64 / 1e9;
+
 /// The scope of the one limit every request counts against, `[routing.budget]
 /// monthly_limit_usd`: its keys are `<key_prefix>:{global}:<YYYY-MM>:*`.
 ///
