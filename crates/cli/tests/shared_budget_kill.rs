@@ -62,6 +62,11 @@ async fn a_killed_replica_strands_its_lease_only_until_expiry() {
     tokio::task::block_in_place(|| stop_replicas(&mut replicas[1..]));
     background.store(true, Ordering::SeqCst);
 
+    assert_eq!(
+        redis_leases(&redis, &base),
+        0,
+        "a replica stopped by SIGTERM gives its lease back"
+    );
     // The survivors kept serving after the kill.
     for replica in [1, 2] {
         let after = records

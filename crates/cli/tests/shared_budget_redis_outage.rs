@@ -51,6 +51,11 @@ async fn outage(mode: &str) {
     tokio::task::block_in_place(|| stop_replicas(records_ref));
     background.store(true, Ordering::SeqCst);
 
+    assert_eq!(
+        redis_leases(&redis, &base),
+        0,
+        "a replica stopped by SIGTERM gives its lease back"
+    );
     let window = |from: Instant, to: Instant| -> Vec<Record> {
         records
             .iter()

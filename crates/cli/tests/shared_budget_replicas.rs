@@ -69,6 +69,11 @@ async fn three_replicas_spend_the_limit_and_never_pass_it() {
     tokio::task::block_in_place(|| stop_replicas(replicas_ref));
     background.store(true, Ordering::SeqCst);
 
+    assert_eq!(
+        redis_leases(&redis, &base),
+        0,
+        "a replica stopped by SIGTERM gives its lease back"
+    );
     let settled = redis_settled(&redis, &base);
     let tally: u64 = upstreams.iter().map(|u| u.tally_nanos()).sum();
     let (served, refused, failed, no_answer) = summary(&phase1);

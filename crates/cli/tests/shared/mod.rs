@@ -212,7 +212,7 @@ pub enum Answer {
     /// Any other status (a 502 after failed attempts, say).
     Failed(u16),
     /// No answer: the connection failed or the client's time limit passed.
-    NoAnswer,
+    Silent,
 }
 
 /// One request's record: which replica, when it was sent and answered, how it ended.
@@ -238,7 +238,7 @@ pub async fn one_request(client: &reqwest::Client, addr: &str) -> Answer {
         .send()
         .await;
     let Ok(response) = sent else {
-        return Answer::NoAnswer;
+        return Answer::Silent;
     };
     let status = response.status().as_u16();
     let backend = response
@@ -248,7 +248,7 @@ pub async fn one_request(client: &reqwest::Client, addr: &str) -> Answer {
         .and_then(|v| v.strip_prefix("cloud-"))
         .and_then(|v| v.parse().ok());
     let Ok(json) = response.json::<serde_json::Value>().await else {
-        return Answer::NoAnswer;
+        return Answer::Silent;
     };
     match status {
         200 => Answer::Served {
@@ -321,7 +321,7 @@ impl Load {
                             answered,
                             answer,
                         });
-                        if matches!(answer, Answer::NoAnswer) {
+                        if matches!(answer, Answer::Silent) {
                             // A replica that is gone: do not spin.
                             tokio::time::sleep(Duration::from_millis(20)).await;
                         }
@@ -373,7 +373,7 @@ pub fn summary(records: &[Record]) -> (usize, usize, usize, usize) {
             Answer::Served { .. } => counts.0 += 1,
             Answer::Refused => counts.1 += 1,
             Answer::Failed(_) => counts.2 += 1,
-            Answer::NoAnswer => counts.3 += 1,
+            Answer::Silent => counts.3 += 1,
         }
     }
     counts
