@@ -101,6 +101,17 @@ pub struct BudgetSettings {
     /// Seconds between reconciliation passes. Default 60.
     #[serde(default = "default_interval")]
     pub reconciliation_interval_secs: u64,
+    /// `[routing.budget.redis]`: one monthly limit shared by every replica that points
+    /// at the same Redis and `key_prefix` (see [`lease`](crate::lease)). Needs
+    /// `monthly_limit_usd`.
+    #[cfg(feature = "redis")]
+    #[serde(default)]
+    pub redis: Option<crate::lease::RedisBudgetSettings>,
+    /// `[routing.budget.redis]` in a build without the `redis` feature: refused by
+    /// [`validate`](Self::validate) with a clear error rather than "unknown field".
+    #[cfg(not(feature = "redis"))]
+    #[serde(default)]
+    pub redis: Option<serde::de::IgnoredAny>,
 }
 
 impl BudgetSettings {
@@ -123,6 +134,7 @@ impl Default for BudgetSettings {
             soft_limit_cloud_weight: default_cloud_weight(),
             store: None,
             reconciliation_interval_secs: default_interval(),
+            redis: None,
         }
     }
 }
@@ -153,7 +165,32 @@ impl BudgetSettings {
         if self.reconciliation_interval_secs == 0 {
             return Err("reconciliation_interval_secs must be at least 1".to_owned());
         }
-        Ok(())
+        self.validate_redis()
+    }
+
+    #[cfg(feature = "redis")]
+    fn validate_redis(&self) -> Result<(), String> {
+        let Some(redis) = &self.redis else {
+            return Ok(());
+        };
+        if self.monthly_limit_usd.is_none() {
+            return Err("redis: a shared budget needs a limit to share; set monthly_limit_usd in [routing.budget], or remove [routing.budget.redis]".to_owned());
+        }
+        let max_usd = crate::lease::MAX_SHARED_LIMIT_USD;
+        if self.monthly_limit_usd.is_some_and(|limit| limit >= max_usd) {
+            return Err(format!("monthly_limit_usd: a shared budget ([routing.budget.redis]) holds less than {max_usd} USD a month, so that amounts stay exact in Redis's Lua numbers; lower the limit"));
+        }
+        // Every message of `validate` leads with the key it is about: prefix the table
+        // so that the error is reported at that key's line.
+        redis.validate().map_err(|e| format!("redis.{e}"))
+    }
+
+    #[cfg(not(feature = "redis"))]
+    fn validate_redis(&self) -> Result<(), String> {
+        match self.redis {
+            None => Ok(()),
+            Some(_) => Err("redis: this build of nexus has no shared-budget support; rebuild with the `redis` feature (nexus-cli enables it by default), or remove [routing.budget.redis]".to_owned()),
+        }
     }
 }
 
@@ -214,6 +251,10 @@ pub struct BudgetReconciler {
     /// reload), and this config's tenants by [`TenantId`](nexus_core::TenantId), once
     /// attached.
     tenants: OnceLock<(Arc<crate::TenantLedgers>, Box<[TenantBudget]>)>,
+    /// This replica's lease of the shared budget (scope `global`), when
+    /// `[routing.budget.redis]` is configured.
+    #[cfg(feature = "redis")]
+    lease: Option<crate::lease::LeaseClient>,
 }
 
 impl BudgetReconciler {
@@ -249,6 +290,8 @@ impl BudgetReconciler {
             store_status: None,
             clock,
             tenants: OnceLock::new(),
+            #[cfg(feature = "redis")]
+            lease: None,
         })
     }
 
@@ -334,7 +377,113 @@ impl BudgetReconciler {
                 .map_err(|e| invalid(format!("`store`: {e}")))?,
             None => stage,
         };
+        // A dry run (`nexus check`, `nexus route`) never contacts Redis: it shows the
+        // settings and decides on local accounting.
+        #[cfg(feature = "redis")]
+        let stage = match stage.settings.redis.clone() {
+            Some(redis) if !ctx.dry_run => stage
+                .with_lease(&redis, Arc::clone(ctx.clock))
+                .map_err(|e| {
+                    invalid(match e {
+                        // `url...` / `url_env...`: reported at that key.
+                        crate::lease::LeaseError::Settings(m) if m.starts_with("url") => {
+                            format!("redis.{m}")
+                        }
+                        crate::lease::LeaseError::Settings(m) => format!("redis: {m}"),
+                        other => format!("redis: {other}"),
+                    })
+                })?,
+            _ => stage,
+        };
         Ok(Box::new(stage))
+    }
+
+    /// Shares the monthly limit with every replica on the same Redis and `key_prefix`:
+    /// starts this replica's lease of scope [`GLOBAL_SCOPE`](crate::lease::GLOBAL_SCOPE)
+    /// (its background thread connects, and until Redis first answers nothing paid is
+    /// routed). From then on a paid reservation also draws from the lease, settlements
+    /// go to Redis, and the month's settled spend of every replica is folded into the
+    /// ledger. Dropping the stage gives the lease back.
+    ///
+    /// Needs a monthly limit; under `hard_limit_action = "warn"` spend is still shared
+    /// but nothing is refused.
+    #[cfg(feature = "redis")]
+    pub fn with_lease(
+        mut self,
+        settings: &crate::lease::RedisBudgetSettings,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, crate::lease::LeaseError> {
+        if self.settings.monthly_limit_usd.is_none() {
+            return Err(crate::lease::LeaseError::Settings(
+                "a shared budget needs monthly_limit_usd in [routing.budget]".to_owned(),
+            ));
+        }
+        let lease = crate::lease::LeaseClient::start(
+            settings,
+            crate::lease::GLOBAL_SCOPE,
+            self.limit,
+            Some(Arc::clone(&self.ledger)),
+            clock,
+        )?;
+        self.settings.redis = Some(settings.clone());
+        self.lease = Some(lease);
+        Ok(self)
+    }
+
+    /// This replica's lease of the shared budget, when one was started.
+    #[cfg(feature = "redis")]
+    pub fn lease(&self) -> Option<&crate::lease::LeaseClient> {
+        self.lease.as_ref()
+    }
+
+    /// Draws a paid reservation from the lease (one compare-and-swap, no I/O).
+    #[cfg(feature = "redis")]
+    #[inline]
+    fn draw_lease(&self, ticket: &RouteTicket, reserved: u64) -> Result<(), Reason> {
+        let Some(lease) = &self.lease else {
+            return Ok(());
+        };
+        lease
+            .allowance()
+            .try_draw(reserved, ticket.decided_at_secs)
+            .map_err(|refusal| {
+                refusal.reason(
+                    OVER_LIMIT,
+                    nanos_to_usd(self.ledger.total_nanos_at(ticket.decided_at_secs)),
+                    self.limit_usd(),
+                    nanos_to_usd(reserved),
+                )
+            })
+    }
+
+    #[cfg(not(feature = "redis"))]
+    #[inline]
+    fn draw_lease(&self, _ticket: &RouteTicket, _reserved: u64) -> Result<(), Reason> {
+        Ok(())
+    }
+
+    /// Replaces a drawn reservation with the actual cost in the lease (and queues the
+    /// cost for Redis); `actual = 0` releases it.
+    #[cfg(feature = "redis")]
+    fn settle_lease(&self, ticket: &RouteTicket, drawn: u64, actual: u64) {
+        if let Some(lease) = &self.lease {
+            lease
+                .allowance()
+                .settle(drawn, actual, ticket.decided_at_secs);
+        }
+    }
+
+    #[cfg(not(feature = "redis"))]
+    fn settle_lease(&self, _ticket: &RouteTicket, _drawn: u64, _actual: u64) {}
+
+    /// What a route drew from the lease: its reservation under a block action, nothing
+    /// under `warn` (which refuses nothing, so draws nothing).
+    fn drawn_for(&self, reserved: u64) -> u64 {
+        if self.blocks() {
+            reserved
+        } else {
+            0
+        }
     }
 
     /// The ledger decisions read.
@@ -564,7 +713,17 @@ impl Reconciler for BudgetReconciler {
                     nanos_to_usd(reserved),
                 ],
             )
-        })
+        })?;
+        if self.blocks() {
+            if let Err(reason) = self.draw_lease(ticket, reserved) {
+                self.ledger.release(reserved);
+                if let Some(t) = tenant {
+                    t.ledger.release(reserved);
+                }
+                return Err(reason);
+            }
+        }
+        Ok(())
     }
 
     fn on_settle(&self, ticket: &RouteTicket, settlement: Settlement<'_>) {
@@ -575,6 +734,7 @@ impl Reconciler for BudgetReconciler {
                 if reserved == 0 && actual == 0 {
                     return;
                 }
+                self.settle_lease(ticket, self.drawn_for(reserved), actual);
                 // The journal files the cost under the month the ledger counted it in,
                 // so that a restart loads what the ledger showed.
                 let month = self.ledger.settle_at(reserved, actual, at_secs);
@@ -591,12 +751,17 @@ impl Reconciler for BudgetReconciler {
                     if let Some(t) = self.tenant(ticket.tenant) {
                         t.ledger.release(reserved);
                     }
+                    self.settle_lease(ticket, self.drawn_for(reserved), 0);
                 }
             }
         }
     }
 
     fn explain(&self, reason: &Reason, ctx: &ExplainContext<'_>) -> Explanation {
+        #[cfg(feature = "redis")]
+        if let Some(explanation) = crate::lease::explain(reason) {
+            return explanation;
+        }
         let [a, b, c] = reason.values;
         let model = ctx.fleet.model(ctx.model).name();
         let local_exists = ctx

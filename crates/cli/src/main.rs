@@ -488,7 +488,35 @@ fn print_budget(out: &mut String, router: &Router) {
         format_args!("${:.2}", snapshot.total_usd),
         snapshot.month,
     );
+    print_shared_budget(out, settings);
 }
+
+/// `[routing.budget.redis]`, for `check` (which never contacts Redis). The URL is not
+/// shown: it may hold a password.
+#[cfg(feature = "redis")]
+fn print_shared_budget(out: &mut String, settings: &nexus_router::budget::BudgetSettings) {
+    let Some(redis) = &settings.redis else {
+        return;
+    };
+    let server = match &redis.url_env {
+        Some(name) => format!("the URL in ${name}"),
+        None => "url".to_owned(),
+    };
+    outln!(
+        out,
+        "  shared budget: Redis ({server}), keys {}:{{{}}}:*; leases ${} to ${}, expiring after {} s; on_unavailable = \"{}\" (not contacted by check)",
+        redis.key_prefix,
+        nexus_router::budget::lease::GLOBAL_SCOPE,
+        redis.min_lease_usd,
+        redis.max_lease_usd,
+        redis.lease_ttl_secs,
+        redis.on_unavailable.as_str(),
+    );
+}
+
+/// Without the redis feature a `[routing.budget.redis]` table is refused at load.
+#[cfg(all(feature = "budget", not(feature = "redis")))]
+fn print_shared_budget(_out: &mut String, _settings: &nexus_router::budget::BudgetSettings) {}
 
 /// Without the budget feature there is nothing to print.
 #[cfg(not(feature = "budget"))]

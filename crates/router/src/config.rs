@@ -364,6 +364,12 @@ impl<'a> Source<'a> {
             if let Some(after) = message[lead_raw.len()..].strip_prefix(": ") {
                 rest = after;
             }
+        } else if let Some(n) = (1..lead_path.len())
+            .rev()
+            .find(|n| self.contains(&[&path[..], &lead_path[..*n]].concat()))
+        {
+            // A missing key of a sub-table (`redis.url is missing`): at that table.
+            path.extend_from_slice(&lead_path[..n]);
         }
         let (mut text, help) = match key.and_then(|key| type_error(key, rest)) {
             Some((text, help)) => (text, Some(help)),
