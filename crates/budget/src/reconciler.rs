@@ -310,11 +310,110 @@ impl BudgetReconciler {
     ) -> Result<(), String> {
         let table = tenants
             .iter()
-            .map(|spec| TenantBudget::new(spec, ledgers.ledger(&spec.id, &self.clock)))
+            .map(|spec| {
+                let budget = TenantBudget::new(spec, ledgers.ledger(&spec.id, &self.clock))?;
+                self.with_tenant_lease(budget)
+            })
             .collect::<Result<Vec<_>, String>>()?;
         self.tenants
             .set((ledgers, table.into_boxed_slice()))
             .map_err(|_| "the budget's tenants are already attached".to_owned())
+    }
+
+    /// With the budget shared through Redis (a global lease running), a tenant with a
+    /// limit of its own gets a lease of its own scope, `tenant:<id>`: its spend then
+    /// counts, across every replica, against its limit as well as the global one.
+    #[cfg(feature = "redis")]
+    fn with_tenant_lease(&self, mut budget: TenantBudget) -> Result<TenantBudget, String> {
+        let (Some(_), Some(settings), true) =
+            (&self.lease, &self.settings.redis, budget.is_limited())
+        else {
+            return Ok(budget);
+        };
+        let scope = format!("tenant:{}", budget.id);
+        let lease = crate::lease::LeaseClient::start(
+            settings,
+            &scope,
+            budget.limit,
+            Some(Arc::clone(&budget.ledger)),
+            Arc::clone(&self.clock),
+        )
+        .map_err(|e| format!("tenant '{}': its shared budget: {e}", budget.id))?;
+        budget.lease = Some(lease);
+        Ok(budget)
+    }
+
+    #[cfg(not(feature = "redis"))]
+    fn with_tenant_lease(&self, budget: TenantBudget) -> Result<TenantBudget, String> {
+        Ok(budget)
+    }
+
+    /// Draws a tenant's reservation from its own scope's lease, if it has one.
+    #[cfg(feature = "redis")]
+    fn draw_tenant_lease(
+        &self,
+        tenant: &TenantBudget,
+        ticket: &RouteTicket,
+        reserved: u64,
+    ) -> Result<(), Reason> {
+        let Some(lease) = &tenant.lease else {
+            return Ok(());
+        };
+        lease
+            .allowance()
+            .try_draw(reserved, ticket.decided_at_secs)
+            .map_err(|refusal| match refusal {
+                crate::lease::Refusal::Insufficient { .. } => Reason::with(
+                    TENANT_OVER_LIMIT,
+                    [
+                        nanos_to_usd(tenant.ledger.total_nanos_at(ticket.decided_at_secs)),
+                        tenant.limit_usd.unwrap_or(0.0),
+                        ticket.tenant.map_or(0, |id| id.index()) as f64,
+                    ],
+                ),
+                other => other.reason(
+                    OVER_LIMIT,
+                    nanos_to_usd(tenant.ledger.total_nanos_at(ticket.decided_at_secs)),
+                    tenant.limit_usd.unwrap_or(0.0),
+                    nanos_to_usd(reserved),
+                ),
+            })
+    }
+
+    #[cfg(not(feature = "redis"))]
+    fn draw_tenant_lease(
+        &self,
+        _tenant: &TenantBudget,
+        _ticket: &RouteTicket,
+        _reserved: u64,
+    ) -> Result<(), Reason> {
+        Ok(())
+    }
+
+    /// Replaces a tenant's drawn reservation with the actual cost in its lease.
+    #[cfg(feature = "redis")]
+    fn settle_tenant_lease(
+        &self,
+        tenant: &TenantBudget,
+        ticket: &RouteTicket,
+        drawn: u64,
+        actual: u64,
+    ) {
+        if let Some(lease) = &tenant.lease {
+            lease
+                .allowance()
+                .settle(drawn, actual, ticket.decided_at_secs);
+        }
+    }
+
+    #[cfg(not(feature = "redis"))]
+    fn settle_tenant_lease(
+        &self,
+        _tenant: &TenantBudget,
+        _ticket: &RouteTicket,
+        _drawn: u64,
+        _actual: u64,
+    ) {
     }
 
     /// Every tenant's ledger, by id, once tenants are attached.
@@ -714,11 +813,24 @@ impl Reconciler for BudgetReconciler {
                 ],
             )
         })?;
+        // Then the shared scopes, the tenant's first; a refusal undoes what was taken.
+        let undo_ledgers = || {
+            self.ledger.release(reserved);
+            if let Some(t) = tenant {
+                t.ledger.release(reserved);
+            }
+        };
+        if let Some(t) = tenant {
+            if let Err(reason) = self.draw_tenant_lease(t, ticket, reserved) {
+                undo_ledgers();
+                return Err(reason);
+            }
+        }
         if self.blocks() {
             if let Err(reason) = self.draw_lease(ticket, reserved) {
-                self.ledger.release(reserved);
+                undo_ledgers();
                 if let Some(t) = tenant {
-                    t.ledger.release(reserved);
+                    self.settle_tenant_lease(t, ticket, reserved, 0);
                 }
                 return Err(reason);
             }
@@ -740,6 +852,7 @@ impl Reconciler for BudgetReconciler {
                 let month = self.ledger.settle_at(reserved, actual, at_secs);
                 if let Some(t) = self.tenant(ticket.tenant) {
                     t.ledger.settle_at(reserved, actual, at_secs);
+                    self.settle_tenant_lease(t, ticket, reserved, actual);
                 }
                 if let (Some(journal), true) = (self.journal(), actual > 0) {
                     journal.record(month, actual);
@@ -750,6 +863,7 @@ impl Reconciler for BudgetReconciler {
                     self.ledger.release(reserved);
                     if let Some(t) = self.tenant(ticket.tenant) {
                         t.ledger.release(reserved);
+                        self.settle_tenant_lease(t, ticket, reserved, 0);
                     }
                     self.settle_lease(ticket, self.drawn_for(reserved), 0);
                 }

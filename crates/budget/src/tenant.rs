@@ -64,6 +64,10 @@ pub(crate) struct TenantBudget {
     /// The limit in nano-dollars; `u64::MAX` without one.
     pub(crate) limit: u64,
     pub(crate) ledger: Arc<SpendLedger>,
+    /// The tenant's lease of its own shared scope (`tenant:<id>`), when the budget is
+    /// shared through Redis and the tenant has a limit.
+    #[cfg(feature = "redis")]
+    pub(crate) lease: Option<crate::lease::LeaseClient>,
 }
 
 impl TenantBudget {
@@ -77,6 +81,8 @@ impl TenantBudget {
             limit_usd: spec.monthly_limit_usd,
             limit: spec.monthly_limit_usd.map_or(u64::MAX, usd_to_nanos),
             ledger,
+            #[cfg(feature = "redis")]
+            lease: None,
         })
     }
 

@@ -289,7 +289,15 @@ fn budget_json(gateway: &Gateway, caller: crate::auth::Caller) -> Value {
         })
     };
     let mut global = entry(limit, &snapshot);
-    global["shared"] = json!("local");
+    #[cfg(feature = "redis")]
+    let shared = if budget.lease().is_some() {
+        "redis"
+    } else {
+        "local"
+    };
+    #[cfg(not(feature = "redis"))]
+    let shared = "local";
+    global["shared"] = json!(shared);
     let tenants: Vec<Value> = budget
         .tenant_spend()
         .into_iter()

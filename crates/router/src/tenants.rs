@@ -230,6 +230,19 @@ impl Tenants {
                     "give every tenant a short name, e.g. id = \"team-a\"",
                 ));
             }
+            // The id names the tenant's Redis scope (`{tenant:<id>}`) and shows in logs.
+            if config.id.chars().count() > 64
+                || config
+                    .id
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || c == '{' || c == '}')
+            {
+                return Err(error(
+                    "id",
+                    "the id has whitespace, braces or control characters, or more than 64 characters".into(),
+                    "use a short name of letters, digits, '-', '_' or '.', e.g. id = \"team-a\"",
+                ));
+            }
             if let Some(first) = configs[..index].iter().position(|c| c.id == config.id) {
                 return Err(error(
                     "id",
@@ -481,6 +494,8 @@ mod tests {
         bad.key_sha256 = Some("abc".into());
         assert_eq!(build(&[bad]).unwrap_err().key, "key_sha256");
 
+        assert_eq!(build(&[tenant("team a")]).unwrap_err().key, "id");
+        assert_eq!(build(&[tenant("{a}")]).unwrap_err().key, "id");
         let err = build(&[tenant("a"), tenant("a")]).unwrap_err();
         assert_eq!((err.index, err.key), (1, "id"));
 
