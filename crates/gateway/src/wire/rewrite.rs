@@ -164,6 +164,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_default_cap_is_added_or_replaces_a_null_and_never_overrides_the_clients() {
+        use crate::wire::Endpoint;
+        let body = br#"{"model":"m","messages":[],"max_tokens":null,"stream":true}"#;
+        let mut read = RequestBody::parse(Endpoint::ChatCompletions, body).unwrap();
+        assert!(read.default_max_tokens(32));
+        let out: serde_json::Value = serde_json::from_slice(&read.rewrite("x")).unwrap();
+        assert_eq!(out["max_tokens"], 32);
+        assert_eq!(out["model"], "x");
+        assert_eq!(out["stream_options"]["include_usage"], true);
+
+        let body = br#"  {"model":"m","prompt":"hi","best_of":3}"#;
+        let mut read = RequestBody::parse(Endpoint::Completions, body).unwrap();
+        assert!(read.default_max_tokens(10));
+        assert_eq!(read.summary().max_output_tokens, Some(30));
+        let out: serde_json::Value = serde_json::from_slice(&read.rewrite("m")).unwrap();
+        assert_eq!(out["max_tokens"], 10);
+
+        let body = br#"{"model":"m","messages":[],"max_completion_tokens":5}"#;
+        let mut read = RequestBody::parse(Endpoint::ChatCompletions, body).unwrap();
+        assert!(!read.default_max_tokens(32), "the client's cap stands");
+        assert_eq!(read.rewrite("m"), body);
+
+        let body = br#"{"model":"m","input":"a"}"#;
+        let mut read = RequestBody::parse(Endpoint::Embeddings, body).unwrap();
+        assert!(!read.default_max_tokens(32), "embeddings produce no output");
+    }
+
+    #[test]
     fn json_strings_round_trip() {
         for s in [
             "",
