@@ -3,6 +3,7 @@
 //! Each tenant's spend counts through its own Redis scope (`{tenant:<id>}`) as well as
 //! the global one: no scope's settled spend passes its limit, and the scopes agree with
 //! each other and with what the mock upstream declared.
+#![allow(clippy::unwrap_used)]
 
 mod shared;
 

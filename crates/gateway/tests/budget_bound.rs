@@ -4,6 +4,7 @@
 //! far more tokens than the four-bytes rule estimates (all the prompt's bytes as tokens,
 //! all the cap as output), and 16 clients spend at once: the monthly limit holds, and
 //! the last refusal comes less than one request's cost before it.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

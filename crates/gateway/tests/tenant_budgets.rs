@@ -2,6 +2,7 @@
 //! once: no limit is passed, each tenant's spend counts against its own limit and the
 //! global one, and each refusal names the limit that was hit. Spend is read back from
 //! `GET /v1/nexus/budget` and from what the mock upstream declared.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

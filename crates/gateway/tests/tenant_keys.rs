@@ -2,6 +2,7 @@
 //! `invalid_api_key` otherwise, the key never echoed. A tenant's overrides apply to its
 //! requests only, and `GET /v1/nexus/budget` shows a tenant its own entry, the admin
 //! every tenant, and anyone everything when neither tenants nor an admin key are set.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
