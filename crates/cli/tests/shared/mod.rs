@@ -434,6 +434,11 @@ pub fn stop_replicas(replicas: &mut [Replica]) {
     for replica in running {
         let status = wait_exit(&mut replica.child, Duration::from_secs(20));
         assert!(status.success(), "a replica exited with {status:?}");
+        assert_eq!(
+            replica.panics.load(Ordering::SeqCst),
+            0,
+            "a replica panicked"
+        );
     }
 }
 
