@@ -91,6 +91,15 @@ async fn outage(mode: &str) {
     );
     // No hang, no failure: every request got an answer (a 10 s limit each).
     assert_eq!((failed, no_answer), (0, 0));
+    for replica in &replicas {
+        // One warning for the whole outage, not one per request or per retry.
+        assert_eq!(
+            replica.unreachable_warnings.load(Ordering::SeqCst),
+            1,
+            "warnings about the unreachable Redis"
+        );
+        assert_eq!(replica.panics.load(Ordering::SeqCst), 0, "no panic");
+    }
     assert!(
         during_lease.0 > 0,
         "the lease held is spent during the outage"

@@ -149,6 +149,53 @@ pub fn config_text(
 pub struct Replica {
     pub child: Child,
     pub addr: String,
+    /// Lines of its log that warn that Redis is unreachable.
+    pub unreachable_warnings: Arc<AtomicU64>,
+    /// Lines of its log that say it panicked.
+    pub panics: Arc<AtomicU64>,
+}
+
+/// Starts `nexus serve` on a free port, reading its log: the address it listens on, and
+/// counts of the lines the tests look for.
+fn start_replica(config: &std::path::Path) -> Replica {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nexus"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(config)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("nexus runs");
+    let stderr = child.stderr.take().expect("stderr");
+    let unreachable_warnings = Arc::new(AtomicU64::new(0));
+    let panics = Arc::new(AtomicU64::new(0));
+    let (warnings, panicked) = (Arc::clone(&unreachable_warnings), Arc::clone(&panics));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("budget lease: Redis unreachable") {
+                warnings.fetch_add(1, Ordering::SeqCst);
+            }
+            if line.contains("panicked") {
+                eprintln!("replica: {line}");
+                panicked.fetch_add(1, Ordering::SeqCst);
+            }
+            if let Some(rest) = line.split("on http://").nth(1) {
+                let addr = rest.split_whitespace().next().unwrap_or_default();
+                let _ = tx.send(addr.to_owned());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("nexus serve says where it listens");
+    Replica {
+        child,
+        addr,
+        unreachable_warnings,
+        panics,
+    }
 }
 
 /// Writes `text` to a fresh config file and starts `count` replicas on it.
@@ -157,12 +204,7 @@ pub fn start_replicas(name: &str, text: &str, count: usize) -> (Vec<Replica>, st
     std::fs::create_dir_all(&dir).expect("temp dir");
     let config = dir.join("nexus.toml");
     std::fs::write(&config, text).expect("config written");
-    let replicas = (0..count)
-        .map(|_| {
-            let (child, addr) = common::start(&config);
-            Replica { child, addr }
-        })
-        .collect();
+    let replicas = (0..count).map(|_| start_replica(&config)).collect();
     (replicas, dir)
 }
 
@@ -392,6 +434,11 @@ pub fn stop_replicas(replicas: &mut [Replica]) {
     for replica in running {
         let status = wait_exit(&mut replica.child, Duration::from_secs(20));
         assert!(status.success(), "a replica exited with {status:?}");
+        assert_eq!(
+            replica.panics.load(Ordering::SeqCst),
+            0,
+            "a replica panicked"
+        );
     }
 }
 
