@@ -46,6 +46,7 @@ fn commit_settle(c: &mut Criterion) {
         },
         fallback_used: false,
         decided_at_secs: now,
+        tenant: None,
         id: 1,
     };
     // Nothing is spent (usage 0): the limit is never reached however long the bench runs,
