@@ -61,10 +61,21 @@ static GLOBAL: Counting = Counting;
 /// Allocations in 1000 warm Route decisions for `model` (plus each guard's finish),
 /// borrowed (`Router::route`) or owned (`Router::route_owned`).
 fn allocations_per_route(backends: usize, model: &str, owned: bool) -> usize {
-    let router = Router::from_toml("alloc.toml", &fleet_config(backends)).unwrap();
-    let request = Request::new(model)
+    allocations_per_route_in(&fleet_config(backends), model, owned, None)
+}
+
+/// [`allocations_per_route`] over `config`, for `tenant` when given.
+fn allocations_per_route_in(
+    config: &str,
+    model: &str,
+    owned: bool,
+    tenant: Option<nexus_core::TenantId>,
+) -> usize {
+    let router = Router::from_toml("alloc.toml", config).unwrap();
+    let mut request = Request::new(model)
         .input_tokens(1200)
         .max_output_tokens(300);
+    request.tenant = tenant;
     let outcome = Outcome::success(Duration::from_millis(120)).usage(1200, 250);
     let run = || {
         if owned {
@@ -106,6 +117,27 @@ fn route_decision_allocates_nothing() {
                 allocations_per_route(backends, MODEL, owned),
                 0,
                 "allocations in 1000 Route decisions for {MODEL} at {backends} backends (owned: {owned})"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_tenants_route_decision_allocates_nothing() {
+    // A tenant with a limit of its own and an override: the pipeline tightens its
+    // constraints and the budget reserves in its ledger as well as the global one.
+    let config = format!(
+        "{}\n[[tenants]]\nid = \"team-a\"\nkey_sha256 = \"{}\"\nmonthly_limit_usd = 1000000.0\nmax_cost_per_request = 100.0\n",
+        fleet_config(100),
+        "ab".repeat(32)
+    );
+    let tenant = Some(nexus_core::TenantId::new(0));
+    for owned in [false, true] {
+        for model in [REQUESTED, MODEL] {
+            assert_eq!(
+                allocations_per_route_in(&config, model, owned, tenant),
+                0,
+                "allocations in 1000 Route decisions for {model} of a tenant (owned: {owned})"
             );
         }
     }

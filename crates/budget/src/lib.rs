@@ -39,6 +39,7 @@ mod ledger;
 mod month;
 mod reconciler;
 mod store;
+mod tenant;
 
 pub use amount::{
     check_limit_usd, nanos_to_usd, usd_to_nanos, MAX_LIMIT_USD, MIN_LIMIT_USD, NANOS_PER_USD,
@@ -48,6 +49,7 @@ pub use ledger::{SpendLedger, SpendSnapshot};
 pub use month::Month;
 pub use reconciler::{
     BudgetReconciler, BudgetSettings, HardLimitAction, COST_CAP, HARD_LIMIT_ALL, HARD_LIMIT_CLOUD,
-    HARD_LIMIT_WARNING, OVER_LIMIT,
+    HARD_LIMIT_WARNING, OVER_LIMIT, TENANT_OVER_LIMIT,
 };
 pub use store::{MemoryStore, RedbStore, SpendStore, StoreError, StoreErrorKind, StoreStatus};
+pub use tenant::{TenantLedgers, TenantLimit, TenantSpend};

@@ -1,7 +1,7 @@
 //! [`BudgetReconciler`]: the `budget` stage.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use nexus_core::{
@@ -12,6 +12,7 @@ use nexus_core::{
 use serde::Deserialize;
 
 use crate::journal::Background;
+use crate::tenant::TenantBudget;
 use crate::{
     check_limit_usd, nanos_to_usd, usd_to_nanos, Journal, SpendLedger, SpendSource, SpendStore,
     StoreError,
@@ -27,6 +28,10 @@ pub const HARD_LIMIT_ALL: u16 = 3;
 /// Reason: the estimate exceeds the policy's `max_cost_per_request`.
 /// `values = [cost, cap, policy or -1]`.
 pub const COST_CAP: u16 = 4;
+/// Reason: the request's cost would take its tenant's spend past the tenant's own
+/// monthly limit. `values = [tenant's spend incl. reserved, tenant's limit, tenant
+/// index]`.
+pub const TENANT_OVER_LIMIT: u16 = 5;
 /// Warning: hard limit reached, `warn`. `values = [spend, limit, 0]`.
 pub const HARD_LIMIT_WARNING: u16 = 10;
 
@@ -96,6 +101,17 @@ pub struct BudgetSettings {
     /// Seconds between reconciliation passes. Default 60.
     #[serde(default = "default_interval")]
     pub reconciliation_interval_secs: u64,
+    /// `[routing.budget.redis]`: one monthly limit shared by every replica that points
+    /// at the same Redis and `key_prefix` (see [`lease`](crate::lease)). Needs
+    /// `monthly_limit_usd`.
+    #[cfg(feature = "redis")]
+    #[serde(default)]
+    pub redis: Option<crate::lease::RedisBudgetSettings>,
+    /// `[routing.budget.redis]` in a build without the `redis` feature: refused by
+    /// [`validate`](Self::validate) with a clear error rather than "unknown field".
+    #[cfg(not(feature = "redis"))]
+    #[serde(default)]
+    pub redis: Option<serde::de::IgnoredAny>,
 }
 
 impl BudgetSettings {
@@ -118,6 +134,7 @@ impl Default for BudgetSettings {
             soft_limit_cloud_weight: default_cloud_weight(),
             store: None,
             reconciliation_interval_secs: default_interval(),
+            redis: None,
         }
     }
 }
@@ -148,7 +165,32 @@ impl BudgetSettings {
         if self.reconciliation_interval_secs == 0 {
             return Err("reconciliation_interval_secs must be at least 1".to_owned());
         }
-        Ok(())
+        self.validate_redis()
+    }
+
+    #[cfg(feature = "redis")]
+    fn validate_redis(&self) -> Result<(), String> {
+        let Some(redis) = &self.redis else {
+            return Ok(());
+        };
+        if self.monthly_limit_usd.is_none() {
+            return Err("redis: a shared budget needs a limit to share; set monthly_limit_usd in [routing.budget], or remove [routing.budget.redis]".to_owned());
+        }
+        let max_usd = crate::lease::MAX_SHARED_LIMIT_USD;
+        if self.monthly_limit_usd.is_some_and(|limit| limit >= max_usd) {
+            return Err(format!("monthly_limit_usd: a shared budget ([routing.budget.redis]) holds less than {max_usd} USD a month, so that amounts stay exact in Redis's Lua numbers; lower the limit"));
+        }
+        // Every message of `validate` leads with the key it is about: prefix the table
+        // so that the error is reported at that key's line.
+        redis.validate().map_err(|e| format!("redis.{e}"))
+    }
+
+    #[cfg(not(feature = "redis"))]
+    fn validate_redis(&self) -> Result<(), String> {
+        match self.redis {
+            None => Ok(()),
+            Some(_) => Err("redis: this build of nexus has no shared-budget support; rebuild with the `redis` feature (nexus-cli enables it by default), or remove [routing.budget.redis]".to_owned()),
+        }
     }
 }
 
@@ -205,6 +247,15 @@ pub struct BudgetReconciler {
     /// Shared with the stage a reload replaces or replaced: one journal and store.
     background: Option<Arc<Background>>,
     store_status: Option<crate::StoreStatus>,
+    clock: Arc<dyn Clock>,
+    /// Every tenant's ledger by id (to share with the stage of the next config on
+    /// reload), and this config's tenants by [`TenantId`](nexus_core::TenantId), once
+    /// attached.
+    tenants: OnceLock<(Arc<crate::TenantLedgers>, Box<[TenantBudget]>)>,
+    /// This replica's lease of the shared budget (scope `global`), when
+    /// `[routing.budget.redis]` is configured.
+    #[cfg(feature = "redis")]
+    lease: Option<Arc<crate::lease::LeaseClient>>,
 }
 
 impl BudgetReconciler {
@@ -234,11 +285,173 @@ impl BudgetReconciler {
             soft,
             settings,
             fleet,
-            ledger: Arc::new(SpendLedger::new(clock)),
+            ledger: Arc::new(SpendLedger::new(Arc::clone(&clock))),
             cloud,
             background: None,
             store_status: None,
+            clock,
+            tenants: OnceLock::new(),
+            #[cfg(feature = "redis")]
+            lease: None,
         })
+    }
+
+    /// Gives this stage its tenants, in [`TenantId`](nexus_core::TenantId) order: a
+    /// request made for a tenant counts against the tenant's own limit as well as the
+    /// global one. Each tenant's ledger is found by id in `ledgers` (pass the previous
+    /// stage's [`tenant_ledgers`](Self::tenant_ledgers) on a reload to keep the month's
+    /// spend; a new map otherwise), or added to it.
+    ///
+    /// # Errors
+    /// A limit out of range (naming the tenant), or tenants attached twice.
+    pub fn attach_tenants(
+        &self,
+        tenants: &[crate::TenantLimit],
+        ledgers: Arc<crate::TenantLedgers>,
+    ) -> Result<(), String> {
+        let table = tenants
+            .iter()
+            .map(|spec| {
+                let budget = TenantBudget::new(spec, ledgers.ledger(&spec.id, &self.clock))?;
+                self.with_tenant_lease(budget, &ledgers)
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        self.tenants
+            .set((ledgers, table.into_boxed_slice()))
+            .map_err(|_| "the budget's tenants are already attached".to_owned())
+    }
+
+    /// With the budget shared through Redis (a global lease running), a tenant with a
+    /// limit of its own gets a lease of its own scope, `tenant:<id>`: its spend then
+    /// counts, across every replica, against its limit as well as the global one.
+    #[cfg(feature = "redis")]
+    ///
+    /// A tenant's lease is kept in `ledgers` beside its ledger, so that the stage of a
+    /// reloaded config draws from the same one (started with the limit it had then).
+    fn with_tenant_lease(
+        &self,
+        mut budget: TenantBudget,
+        ledgers: &crate::TenantLedgers,
+    ) -> Result<TenantBudget, String> {
+        let (Some(_), Some(settings), true) =
+            (&self.lease, &self.settings.redis, budget.is_limited())
+        else {
+            return Ok(budget);
+        };
+        let lease = ledgers.lease(&budget.id, || {
+            crate::lease::LeaseClient::start(
+                settings,
+                &format!("tenant:{}", budget.id),
+                budget.limit,
+                Some(Arc::clone(&budget.ledger)),
+                Arc::clone(&self.clock),
+            )
+            .map_err(|e| format!("tenant '{}': its shared budget: {e}", budget.id))
+        })?;
+        budget.lease = Some(lease);
+        Ok(budget)
+    }
+
+    #[cfg(not(feature = "redis"))]
+    fn with_tenant_lease(
+        &self,
+        budget: TenantBudget,
+        _ledgers: &crate::TenantLedgers,
+    ) -> Result<TenantBudget, String> {
+        Ok(budget)
+    }
+
+    /// Draws a tenant's reservation from its own scope's lease, if it has one.
+    #[cfg(feature = "redis")]
+    fn draw_tenant_lease(
+        &self,
+        tenant: &TenantBudget,
+        ticket: &RouteTicket,
+        reserved: u64,
+    ) -> Result<(), Reason> {
+        let Some(lease) = &tenant.lease else {
+            return Ok(());
+        };
+        lease
+            .allowance()
+            .try_draw(reserved, ticket.decided_at_secs)
+            .map_err(|refusal| match refusal {
+                crate::lease::Refusal::Insufficient { .. } => Reason::with(
+                    TENANT_OVER_LIMIT,
+                    [
+                        nanos_to_usd(tenant.ledger.total_nanos_at(ticket.decided_at_secs)),
+                        tenant.limit_usd.unwrap_or(0.0),
+                        ticket.tenant.map_or(0, |id| id.index()) as f64,
+                    ],
+                ),
+                other => other.reason(
+                    OVER_LIMIT,
+                    nanos_to_usd(tenant.ledger.total_nanos_at(ticket.decided_at_secs)),
+                    tenant.limit_usd.unwrap_or(0.0),
+                    nanos_to_usd(reserved),
+                ),
+            })
+    }
+
+    #[cfg(not(feature = "redis"))]
+    fn draw_tenant_lease(
+        &self,
+        _tenant: &TenantBudget,
+        _ticket: &RouteTicket,
+        _reserved: u64,
+    ) -> Result<(), Reason> {
+        Ok(())
+    }
+
+    /// Replaces a tenant's drawn reservation with the actual cost in its lease.
+    #[cfg(feature = "redis")]
+    fn settle_tenant_lease(
+        &self,
+        tenant: &TenantBudget,
+        ticket: &RouteTicket,
+        drawn: u64,
+        actual: u64,
+    ) {
+        if let Some(lease) = &tenant.lease {
+            lease
+                .allowance()
+                .settle(drawn, actual, ticket.decided_at_secs);
+        }
+    }
+
+    #[cfg(not(feature = "redis"))]
+    fn settle_tenant_lease(
+        &self,
+        _tenant: &TenantBudget,
+        _ticket: &RouteTicket,
+        _drawn: u64,
+        _actual: u64,
+    ) {
+    }
+
+    /// Every tenant's ledger, by id, once tenants are attached.
+    pub fn tenant_ledgers(&self) -> Option<&Arc<crate::TenantLedgers>> {
+        self.tenants.get().map(|(ledgers, _)| ledgers)
+    }
+
+    /// Each attached tenant's month, in [`TenantId`](nexus_core::TenantId) order.
+    pub fn tenant_spend(&self) -> Vec<crate::TenantSpend> {
+        self.tenant_table()
+            .iter()
+            .map(|t| crate::TenantSpend {
+                id: t.id.to_string(),
+                limit_usd: t.limit_usd,
+                snapshot: t.ledger.snapshot(),
+            })
+            .collect()
+    }
+
+    fn tenant_table(&self) -> &[TenantBudget] {
+        self.tenants.get().map_or(&[], |(_, table)| table)
+    }
+
+    fn tenant(&self, tenant: Option<nexus_core::TenantId>) -> Option<&TenantBudget> {
+        tenant.and_then(|t| self.tenant_table().get(t.index()))
     }
 
     /// Persists settled spend in `store`, loading the current month from it first, and
@@ -270,16 +483,32 @@ impl BudgetReconciler {
         let store = settings.store.as_deref().map(|p| ctx.resolve_path(p));
         let stage =
             Self::new(Arc::clone(ctx.fleet), settings, Arc::clone(ctx.clock)).map_err(invalid)?;
-        if let Some(old) = ctx.previous.and_then(|p| p.stage_of::<BudgetReconciler>()) {
-            return stage
-                .take_over(old, store)
-                .map(|s| Box::new(s) as Box<dyn Reconciler>);
-        }
-        let stage = match store {
-            Some(path) => stage
-                .attach_store_file(&path, ctx.dry_run)
-                .map_err(|e| invalid(format!("`store`: {e}")))?,
-            None => stage,
+        let stage = match ctx.previous.and_then(|p| p.stage_of::<BudgetReconciler>()) {
+            Some(old) => stage.take_over(old, store)?,
+            None => match store {
+                Some(path) => stage
+                    .attach_store_file(&path, ctx.dry_run)
+                    .map_err(|e| invalid(format!("`store`: {e}")))?,
+                None => stage,
+            },
+        };
+        // A dry run (`nexus check`, `nexus route`) never contacts Redis: it shows the
+        // settings and decides on local accounting.
+        #[cfg(feature = "redis")]
+        let stage = match stage.settings.redis.clone() {
+            Some(redis) if !ctx.dry_run && stage.lease.is_none() => stage
+                .with_lease(&redis, Arc::clone(ctx.clock))
+                .map_err(|e| {
+                    invalid(match e {
+                        // `url...` / `url_env...`: reported at that key.
+                        crate::lease::LeaseError::Settings(m) if m.starts_with("url") => {
+                            format!("redis.{m}")
+                        }
+                        crate::lease::LeaseError::Settings(m) => format!("redis: {m}"),
+                        other => format!("redis: {other}"),
+                    })
+                })?,
+            _ => stage,
         };
         Ok(Box::new(stage))
     }
@@ -312,6 +541,15 @@ impl BudgetReconciler {
         }
         self.ledger = Arc::clone(&old.ledger);
         self.background = old.background.clone();
+        // The lease of the shared budget is this replica's, whatever the config: the
+        // stage of the new config draws from the same one (a second lease of the same
+        // replica would count its slice twice). It was started with the running limit
+        // and `[routing.budget.redis]`; changes to those need a restart.
+        #[cfg(feature = "redis")]
+        if old.lease.is_some() {
+            self.lease = old.lease.clone();
+            self.settings.redis = old.settings.redis.clone();
+        }
         self.store_status = old_store.map(|path| crate::StoreStatus::Durable {
             path: path.to_owned(),
         });
@@ -323,6 +561,94 @@ impl BudgetReconciler {
         match self.store_status.as_ref()? {
             crate::StoreStatus::Durable { path } => Some(path),
             _ => None,
+        }
+    }
+
+    /// Shares the monthly limit with every replica on the same Redis and `key_prefix`:
+    /// starts this replica's lease of scope [`GLOBAL_SCOPE`](crate::lease::GLOBAL_SCOPE)
+    /// (its background thread connects, and until Redis first answers nothing paid is
+    /// routed). From then on a paid reservation also draws from the lease, settlements
+    /// go to Redis, and the month's settled spend of every replica is folded into the
+    /// ledger. Dropping the stage gives the lease back.
+    ///
+    /// Needs a monthly limit; under `hard_limit_action = "warn"` spend is still shared
+    /// but nothing is refused.
+    #[cfg(feature = "redis")]
+    pub fn with_lease(
+        mut self,
+        settings: &crate::lease::RedisBudgetSettings,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, crate::lease::LeaseError> {
+        if self.settings.monthly_limit_usd.is_none() {
+            return Err(crate::lease::LeaseError::Settings(
+                "a shared budget needs monthly_limit_usd in [routing.budget]".to_owned(),
+            ));
+        }
+        let lease = crate::lease::LeaseClient::start(
+            settings,
+            crate::lease::GLOBAL_SCOPE,
+            self.limit,
+            Some(Arc::clone(&self.ledger)),
+            clock,
+        )?;
+        self.settings.redis = Some(settings.clone());
+        self.lease = Some(Arc::new(lease));
+        Ok(self)
+    }
+
+    /// This replica's lease of the shared budget, when one was started.
+    #[cfg(feature = "redis")]
+    pub fn lease(&self) -> Option<&crate::lease::LeaseClient> {
+        self.lease.as_deref()
+    }
+
+    /// Draws a paid reservation from the lease (one compare-and-swap, no I/O).
+    #[cfg(feature = "redis")]
+    #[inline]
+    fn draw_lease(&self, ticket: &RouteTicket, reserved: u64) -> Result<(), Reason> {
+        let Some(lease) = &self.lease else {
+            return Ok(());
+        };
+        lease
+            .allowance()
+            .try_draw(reserved, ticket.decided_at_secs)
+            .map_err(|refusal| {
+                refusal.reason(
+                    OVER_LIMIT,
+                    nanos_to_usd(self.ledger.total_nanos_at(ticket.decided_at_secs)),
+                    self.limit_usd(),
+                    nanos_to_usd(reserved),
+                )
+            })
+    }
+
+    #[cfg(not(feature = "redis"))]
+    #[inline]
+    fn draw_lease(&self, _ticket: &RouteTicket, _reserved: u64) -> Result<(), Reason> {
+        Ok(())
+    }
+
+    /// Replaces a drawn reservation with the actual cost in the lease (and queues the
+    /// cost for Redis); `actual = 0` releases it.
+    #[cfg(feature = "redis")]
+    fn settle_lease(&self, ticket: &RouteTicket, drawn: u64, actual: u64) {
+        if let Some(lease) = &self.lease {
+            lease
+                .allowance()
+                .settle(drawn, actual, ticket.decided_at_secs);
+        }
+    }
+
+    #[cfg(not(feature = "redis"))]
+    fn settle_lease(&self, _ticket: &RouteTicket, _drawn: u64, _actual: u64) {}
+
+    /// What a route drew from the lease: its reservation under a block action, nothing
+    /// under `warn` (which refuses nothing, so draws nothing).
+    fn drawn_for(&self, reserved: u64) -> u64 {
+        if self.blocks() {
+            reserved
+        } else {
+            0
         }
     }
 
@@ -458,8 +784,16 @@ impl Reconciler for BudgetReconciler {
         // fits under the limit and the policy's cap. Nothing to visit. (Below the soft
         // limit the total is below the limit, so the one nano-dollar a priced request
         // reserves at least always fits.)
+        let tenant = self.tenant(intent.tenant());
+        let tenant_total = tenant.map_or(0, |t| t.ledger.total_nanos_at(intent.now_secs()));
         let summary = intent.model_entry().summary();
         if status == BudgetStatus::Normal
+            && tenant.is_none_or(|t| {
+                !t.is_limited()
+                    || tenant_total.saturating_add(
+                        usd_to_nanos(summary.max_cost_usd(max_input, output)).max(1),
+                    ) <= t.limit
+            })
             && constraints
                 .max_cost_per_request
                 .is_none_or(|cap| summary.max_cost_usd(input, output) <= cap)
@@ -473,6 +807,17 @@ impl Reconciler for BudgetReconciler {
         let cloud = &self.cloud;
         let cloud_weight = self.settings.soft_limit_cloud_weight;
         let cap_policy = Reason::policy_value(constraints.max_cost_policy);
+        let tenant_limit = tenant.filter(|t| t.is_limited()).map(|t| {
+            let index = intent.tenant().map_or(0, |id| id.index()) as f64;
+            (
+                t.limit,
+                [
+                    nanos_to_usd(tenant_total),
+                    t.limit_usd.unwrap_or(0.0),
+                    index,
+                ],
+            )
+        });
         intent.visit_candidates(|candidate| {
             let cost_usd = candidate.offer().cost_usd(input, output);
             let reserved = reservation(candidate.offer(), max_input, output);
@@ -491,6 +836,10 @@ impl Reconciler for BudgetReconciler {
                     OVER_LIMIT,
                     [spend, limit, nanos_to_usd(reserved)],
                 ))
+            } else if let Some((_, values)) = tenant_limit
+                .filter(|(limit, _)| reserved > 0 && tenant_total.saturating_add(reserved) > *limit)
+            {
+                Verdict::Exclude(Reason::with(TENANT_OVER_LIMIT, values))
             } else if status == BudgetStatus::SoftLimit && is_cloud {
                 Verdict::Scale(cloud_weight)
             } else {
@@ -505,8 +854,23 @@ impl Reconciler for BudgetReconciler {
         if reserved == 0 {
             return Ok(());
         }
+        // The tenant's limit first: a refusal there takes nothing from the global one.
+        let tenant = self.tenant(ticket.tenant);
+        if let Some(t) = tenant {
+            let limit = t.is_limited().then_some(t.limit);
+            t.ledger.try_reserve(reserved, limit).map_err(|total| {
+                let index = ticket.tenant.map_or(0, |id| id.index()) as f64;
+                Reason::with(
+                    TENANT_OVER_LIMIT,
+                    [nanos_to_usd(total), t.limit_usd.unwrap_or(0.0), index],
+                )
+            })?;
+        }
         let limit = self.blocks().then_some(self.limit);
         self.ledger.try_reserve(reserved, limit).map_err(|total| {
+            if let Some(t) = tenant {
+                t.ledger.release(reserved);
+            }
             Reason::with(
                 OVER_LIMIT,
                 [
@@ -515,7 +879,30 @@ impl Reconciler for BudgetReconciler {
                     nanos_to_usd(reserved),
                 ],
             )
-        })
+        })?;
+        // Then the shared scopes, the tenant's first; a refusal undoes what was taken.
+        let undo_ledgers = || {
+            self.ledger.release(reserved);
+            if let Some(t) = tenant {
+                t.ledger.release(reserved);
+            }
+        };
+        if let Some(t) = tenant {
+            if let Err(reason) = self.draw_tenant_lease(t, ticket, reserved) {
+                undo_ledgers();
+                return Err(reason);
+            }
+        }
+        if self.blocks() {
+            if let Err(reason) = self.draw_lease(ticket, reserved) {
+                undo_ledgers();
+                if let Some(t) = tenant {
+                    self.settle_tenant_lease(t, ticket, reserved, 0);
+                }
+                return Err(reason);
+            }
+        }
+        Ok(())
     }
 
     fn on_settle(&self, ticket: &RouteTicket, settlement: Settlement<'_>) {
@@ -526,9 +913,14 @@ impl Reconciler for BudgetReconciler {
                 if reserved == 0 && actual == 0 {
                     return;
                 }
+                self.settle_lease(ticket, self.drawn_for(reserved), actual);
                 // The journal files the cost under the month the ledger counted it in,
                 // so that a restart loads what the ledger showed.
                 let month = self.ledger.settle_at(reserved, actual, at_secs);
+                if let Some(t) = self.tenant(ticket.tenant) {
+                    t.ledger.settle_at(reserved, actual, at_secs);
+                    self.settle_tenant_lease(t, ticket, reserved, actual);
+                }
                 if let (Some(journal), true) = (self.journal(), actual > 0) {
                     journal.record(month, actual);
                 }
@@ -536,12 +928,21 @@ impl Reconciler for BudgetReconciler {
             Settlement::Abandoned { .. } | Settlement::Cancelled => {
                 if reserved > 0 {
                     self.ledger.release(reserved);
+                    if let Some(t) = self.tenant(ticket.tenant) {
+                        t.ledger.release(reserved);
+                        self.settle_tenant_lease(t, ticket, reserved, 0);
+                    }
+                    self.settle_lease(ticket, self.drawn_for(reserved), 0);
                 }
             }
         }
     }
 
     fn explain(&self, reason: &Reason, ctx: &ExplainContext<'_>) -> Explanation {
+        #[cfg(feature = "redis")]
+        if let Some(explanation) = crate::lease::explain(reason) {
+            return explanation;
+        }
         let [a, b, c] = reason.values;
         let model = ctx.fleet.model(ctx.model).name();
         let local_exists = ctx
@@ -557,9 +958,19 @@ impl Reconciler for BudgetReconciler {
         };
         match reason.code {
             OVER_LIMIT => Explanation::new(
-                format!("spend ${a:.2} (with requests in flight) of the ${b:.2} monthly limit; this request would cost ${c:.4} and pass it"),
+                format!("global limit: spend ${a:.2} (with requests in flight) of the ${b:.2} monthly limit; this request would cost ${c:.4} and pass it"),
                 format!("raise monthly_limit_usd in [routing.budget], or {local_hint}"),
             ),
+            TENANT_OVER_LIMIT => {
+                let tenant = self
+                    .tenant_table()
+                    .get(c as usize)
+                    .map_or("?", |t| &*t.id);
+                Explanation::new(
+                    format!("tenant '{tenant}' limit: its spend ${a:.2} (with requests in flight) of its ${b:.2} monthly limit; this request would pass it"),
+                    format!("raise monthly_limit_usd of tenant '{tenant}' in [[tenants]], or {local_hint}"),
+                )
+            }
             HARD_LIMIT_CLOUD => Explanation::new(
                 format!("monthly budget reached: spend ${a:.2} of ${b:.2}; hard_limit_action block_cloud excludes cloud backends"),
                 format!("raise monthly_limit_usd in [routing.budget], or {local_hint}"),

@@ -115,9 +115,9 @@ fn a_priced_request_estimated_at_nothing_is_refused_at_the_limit() {
     let rejections = decision.rejections();
     assert_eq!(rejections[0].reconciler, "budget");
     assert!(
-        rejections[0]
-            .reason
-            .starts_with("spend $2.00 (with requests in flight) of the $2.00 monthly limit"),
+        rejections[0].reason.starts_with(
+            "global limit: spend $2.00 (with requests in flight) of the $2.00 monthly limit"
+        ),
         "{}",
         rejections[0].reason
     );

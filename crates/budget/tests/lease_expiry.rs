@@ -23,7 +23,7 @@ fn settings(url: String) -> RedisBudgetSettings {
     settings.key_prefix = "expiry".to_owned();
     settings.min_lease_usd = 0.000_1;
     settings.max_lease_usd = 0.004;
-    settings.lease_ttl_secs = 2;
+    settings.lease_ttl_secs = 6;
     settings.timeout_ms = 300;
     settings.settle_interval_ms = 20;
     settings
@@ -139,7 +139,7 @@ fn a_killed_replicas_lease_comes_back() {
     replica.allowance().try_draw(10_000, now).unwrap();
     replica.allowance().settle(10_000, 10_000, now);
 
-    // After the expiry (2 s) a heartbeat purges the dead lease: only ours is left, and
+    // After the expiry (6 s) a heartbeat purges the dead lease: only ours is left, and
     // the pool is shared by one live replica.
     let after = wait_until(&replica, "the dead replica's lease to come back", |s| {
         s.leased_nanos == s.lease_nanos && s.live_replicas == 1

@@ -40,7 +40,7 @@ fn outage(mode: OnUnavailable) {
     settings.key_prefix = "outage".to_owned();
     settings.min_lease_usd = 0.000_1;
     settings.max_lease_usd = 0.002;
-    settings.lease_ttl_secs = 2;
+    settings.lease_ttl_secs = 6;
     settings.timeout_ms = 200;
     settings.connect_timeout_ms = 200;
     settings.settle_interval_ms = 20;

@@ -95,7 +95,7 @@ fn a_backend_whose_cost_would_pass_the_limit_is_excluded_before_the_limit() {
     assert_eq!(rejections.len(), 1);
     assert_eq!(
         rejections[0].reason,
-        "spend $99.98 (with requests in flight) of the $100.00 monthly limit; this request would cost $0.0250 and pass it"
+        "global limit: spend $99.98 (with requests in flight) of the $100.00 monthly limit; this request would cost $0.0250 and pass it"
     );
     assert_eq!(
         rejections[0].suggested_action,

@@ -506,6 +506,7 @@ fn check(config: &ConfigArg) -> ExitCode {
         .collect();
     outln!(out, "  pipeline: {}", stages.join(" -> "));
     print_budget(&mut out, &router);
+    print_tenants(&mut out, &router);
     let server = router.server();
     outln!(
         out,
@@ -528,6 +529,20 @@ fn check(config: &ConfigArg) -> ExitCode {
         server.shutdown_grace_secs,
         server.log_format.as_str(),
     );
+    if let Some(tokens) = server.default_max_tokens {
+        outln!(
+            out,
+            "    default_max_tokens {tokens}: set on requests that give no output cap"
+        );
+    }
+    if let Some(var) = &server.admin_key_env {
+        // Whether the variable is set, never its value.
+        let state = match std::env::var_os(var) {
+            Some(value) if !value.is_empty() => "set",
+            _ => "not set: admin endpoints refuse every key",
+        };
+        outln!(out, "    admin key from ${var} ({state})");
+    }
     let health = router.health();
     match health.interval() {
         Some(_) => outln!(
@@ -541,6 +556,44 @@ fn check(config: &ConfigArg) -> ExitCode {
         None => outln!(out, "  health: checks off (interval_secs = 0)"),
     }
     print_out(&out)
+}
+
+/// The tenants, their limits and overrides, for `check`: never a key, only where it
+/// comes from.
+fn print_tenants(out: &mut String, router: &Router) {
+    let tenants = router.tenants();
+    if tenants.is_empty() {
+        return;
+    }
+    outln!(
+        out,
+        "  tenants: {} (every request needs a tenant's key)",
+        tenants.len()
+    );
+    for (_, tenant) in tenants.iter() {
+        let mut parts = vec![match tenant.key_source() {
+            nexus_router::KeySource::Sha256 => "key by sha256".to_owned(),
+            nexus_router::KeySource::Env(var) => format!("key from ${var}"),
+        }];
+        match tenant.monthly_limit_usd() {
+            Some(limit) => parts.push(format!("${limit} a month")),
+            None => parts.push("global limit only".to_owned()),
+        }
+        let c = tenant.constraints();
+        if c.privacy == nexus_router::core::Privacy::Restricted {
+            parts.push("restricted".to_owned());
+        }
+        if c.min_tier > 0 {
+            parts.push(format!("min_tier {}", c.min_tier));
+        }
+        if let Some(cap) = c.max_cost_per_request {
+            parts.push(format!("max ${cap} per request"));
+        }
+        if let Some(models) = tenant.models() {
+            parts.push(format!("models {}", models.join(", ")));
+        }
+        outln!(out, "    {:<16} {}", tenant.id(), parts.join(", "));
+    }
 }
 
 /// The budget's settings and where its spend stands, for `check`.
@@ -571,7 +624,35 @@ fn print_budget(out: &mut String, router: &Router) {
         format_args!("${:.2}", snapshot.total_usd),
         snapshot.month,
     );
+    print_shared_budget(out, settings);
 }
+
+/// `[routing.budget.redis]`, for `check` (which never contacts Redis). The URL is not
+/// shown: it may hold a password.
+#[cfg(feature = "redis")]
+fn print_shared_budget(out: &mut String, settings: &nexus_router::budget::BudgetSettings) {
+    let Some(redis) = &settings.redis else {
+        return;
+    };
+    let server = match &redis.url_env {
+        Some(name) => format!("the URL in ${name}"),
+        None => "url".to_owned(),
+    };
+    outln!(
+        out,
+        "  shared budget: Redis ({server}), keys {}:{{{}}}:*; leases ${} to ${}, expiring after {} s; on_unavailable = \"{}\" (not contacted by check)",
+        redis.key_prefix,
+        nexus_router::budget::lease::GLOBAL_SCOPE,
+        redis.min_lease_usd,
+        redis.max_lease_usd,
+        redis.lease_ttl_secs,
+        redis.on_unavailable.as_str(),
+    );
+}
+
+/// Without the redis feature a `[routing.budget.redis]` table is refused at load.
+#[cfg(all(feature = "budget", not(feature = "redis")))]
+fn print_shared_budget(_out: &mut String, _settings: &nexus_router::budget::BudgetSettings) {}
 
 /// Without the budget feature there is nothing to print.
 #[cfg(not(feature = "budget"))]

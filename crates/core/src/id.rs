@@ -32,6 +32,34 @@ impl fmt::Display for BackendId {
     }
 }
 
+/// A tenant's position in the router's tenant table (`[[tenants]]`, in declaration
+/// order).
+///
+/// A gateway that authenticated a request's key puts its tenant on the
+/// [`Request`](crate::Request); the pipeline then tightens the request's constraints by
+/// the tenant's overrides, and stages that keep per-tenant state (the budget) find it by
+/// this index, without a lookup by name on the decision path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TenantId(u32);
+
+impl TenantId {
+    /// The handle of the tenant at `index`.
+    pub const fn new(index: u32) -> Self {
+        Self(index)
+    }
+
+    /// The tenant's index in the tenant table.
+    pub const fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "tenant #{}", self.0)
+    }
+}
+
 /// A model name's position in the fleet's model index.
 ///
 /// Every distinct model name served by at least one backend gets one `ModelId`.

@@ -212,6 +212,11 @@ pub struct RoutingIntent<'a> {
     pub(crate) now_secs: u64,
     /// Backends the caller left out of this request ([`crate::Request::excluded`]).
     pub(crate) excluded: &'a [BackendId],
+    /// The request's tenant ([`crate::Request::tenant`]).
+    pub(crate) tenant: Option<crate::TenantId>,
+    /// The tenant's overrides, applied to every model's constraints
+    /// ([`Constraints::NONE`] without a tenant).
+    pub(crate) tenant_constraints: Constraints,
     pub(crate) scratch: &'a mut Scratch,
 }
 
@@ -257,6 +262,8 @@ impl<'a> RoutingIntent<'a> {
             explaining: false,
             now_secs: crate::Clock::now_secs(&crate::SystemClock),
             excluded: &[],
+            tenant: None,
+            tenant_constraints: Constraints::NONE,
             scratch,
         };
         intent.reset_for(model, constraints, 0);
@@ -273,7 +280,7 @@ impl<'a> RoutingIntent<'a> {
     pub(crate) fn reset_for(&mut self, model: ModelId, constraints: Constraints, attempt: usize) {
         let entry = self.fleet.model(model);
         self.model = model;
-        self.constraints = constraints;
+        self.constraints = constraints.tightened_by(&self.tenant_constraints);
         self.attempt = attempt;
         self.selection = Selection::None;
         self.selected_by = None;
@@ -290,6 +297,12 @@ impl<'a> RoutingIntent<'a> {
                 });
             }
         }
+    }
+
+    /// The tenant the request is made for, if any ([`crate::Request::tenant`]).
+    #[inline]
+    pub fn tenant(&self) -> Option<crate::TenantId> {
+        self.tenant
     }
 
     /// The fleet.

@@ -60,7 +60,7 @@ pub use fleet::{
     Backend, BackendKind, BackendSpec, BackendStatus, Fleet, FleetError, LiveState, ModelEntry,
     ModelSpec, OfferSummary, Offering, Zone, LATENCY_MEMORY_SECS, MAX_USD_PER_MTOK,
 };
-pub use id::{BackendId, ModelId};
+pub use id::{BackendId, ModelId, TenantId};
 pub use intent::{BudgetStatus, Candidate, QueueCause, RoutingIntent, Scratch, Selection, Verdict};
 pub use pipeline::{
     Decision, Fix, OwnedDecision, OwnedRouteGuard, Pipeline, PipelineBuilder, PipelineError,

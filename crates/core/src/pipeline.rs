@@ -133,6 +133,7 @@ pub struct PipelineBuilder {
     fallbacks: BTreeMap<String, Vec<String>>,
     stages: Vec<(Box<dyn Reconciler>, Option<ErrorPolicy>)>,
     clock: Arc<dyn Clock>,
+    tenant_constraints: Vec<Constraints>,
 }
 
 impl PipelineBuilder {
@@ -179,6 +180,15 @@ impl PipelineBuilder {
         self
     }
 
+    /// Sets each tenant's overrides, indexed by [`TenantId`](crate::TenantId): a request
+    /// made for a tenant ([`Request::tenant`]) has its constraints tightened by them, for
+    /// every model it may be served by. Overrides only tighten: combined with the
+    /// policies' constraints by taking the strictest of each.
+    pub fn tenant_constraints(mut self, tenants: Vec<Constraints>) -> Self {
+        self.tenant_constraints = tenants;
+        self
+    }
+
     /// Appends a stage with its default error policy.
     pub fn stage(mut self, reconciler: impl Reconciler + 'static) -> Self {
         self.stages.push((Box::new(reconciler), None));
@@ -220,6 +230,7 @@ impl PipelineBuilder {
             stages,
             timing: AtomicBool::new(false),
             clock: self.clock,
+            tenant_constraints: self.tenant_constraints.into_boxed_slice(),
         })
     }
 }
@@ -248,6 +259,7 @@ pub struct Pipeline {
     stages: Box<[Stage]>,
     timing: AtomicBool,
     clock: Arc<dyn Clock>,
+    tenant_constraints: Box<[Constraints]>,
 }
 
 impl Pipeline {
@@ -260,6 +272,7 @@ impl Pipeline {
             fallbacks: BTreeMap::new(),
             stages: Vec::new(),
             clock: Arc::new(SystemClock),
+            tenant_constraints: Vec::new(),
         }
     }
 
@@ -352,6 +365,12 @@ impl Pipeline {
             explaining: false,
             now_secs: self.clock.now_secs(),
             excluded: request.excluded,
+            tenant: request.tenant,
+            tenant_constraints: request
+                .tenant
+                .and_then(|t| self.tenant_constraints.get(t.index()))
+                .copied()
+                .unwrap_or(Constraints::NONE),
             scratch: &mut scratch,
         };
         // A flexible request first gets what a strict one would: a fallback that meets
@@ -359,10 +378,10 @@ impl Pipeline {
         // plan meets it is the plan tried again, flexibly, from a clean record (so the
         // decision explains the pass that decided).
         let relaxable = requirements.tier_mode == TierMode::Flexible
-            && plan
-                .attempts()
-                .iter()
-                .any(|a| a.constraints.min_tier > 0 && a.constraints.fallback_allowed);
+            && plan.attempts().iter().any(|a| {
+                let c = a.constraints.tightened_by(&intent.tenant_constraints);
+                c.min_tier > 0 && c.fallback_allowed
+            });
         if relaxable {
             intent.requirements.tier_mode = TierMode::Strict;
         }
@@ -441,7 +460,11 @@ impl Pipeline {
                 fallback,
                 Some(model),
             ),
-            None => (self.reject(plan, &requirements, &scratch), None, None),
+            None => (
+                self.reject(plan, &requirements, &scratch, request.tenant),
+                None,
+                None,
+            ),
         };
         DecisionParts {
             plan: Some(plan_index),
@@ -648,6 +671,7 @@ impl Pipeline {
             fallback_used: intent.attempt > 0,
             decided_at_secs: intent.now_secs,
             id: next_route_id(),
+            tenant: intent.tenant,
         };
         for (index, stage) in self.stages.iter().enumerate() {
             if let Err(reason) = stage.reconciler.on_route(&ticket) {
@@ -699,6 +723,7 @@ impl Pipeline {
         plan: &RoutePlan,
         requirements: &RequestRequirements,
         scratch: &Scratch,
+        tenant: Option<crate::TenantId>,
     ) -> RoutingDecision {
         let rejections = self.render_exclusions(plan, requirements, scratch);
         let primary = plan.attempts()[0].model;
@@ -716,7 +741,7 @@ impl Pipeline {
                 if plan.attempts().len() == 2 { "" } else { "s" }
             ));
         }
-        let fix = self.best_fix(plan, requirements);
+        let fix = self.best_fix(plan, requirements, tenant);
         RoutingDecision::Reject {
             reason,
             rejections,
@@ -727,7 +752,16 @@ impl Pipeline {
     /// Finds the stage whose fix would admit the most backends of the resolved model: a
     /// backend that only one stage would exclude is admitted by fixing that stage. Each
     /// stage is run alone over every server of the model to learn who excludes whom.
-    fn best_fix(&self, plan: &RoutePlan, requirements: &RequestRequirements) -> Option<Fix> {
+    fn best_fix(
+        &self,
+        plan: &RoutePlan,
+        requirements: &RequestRequirements,
+        tenant: Option<crate::TenantId>,
+    ) -> Option<Fix> {
+        let tenant_constraints = tenant
+            .and_then(|t| self.tenant_constraints.get(t.index()))
+            .copied()
+            .unwrap_or(Constraints::NONE);
         let attempt = plan.attempts()[0];
         let servers = self.fleet.model(attempt.model).servers();
         // Per backend: how many stages exclude it alone, and the first one that does.
@@ -744,6 +778,9 @@ impl Pipeline {
                 *requirements,
                 attempt.constraints,
             );
+            intent.tenant = tenant;
+            intent.tenant_constraints = tenant_constraints;
+            intent.constraints = attempt.constraints.tightened_by(&tenant_constraints);
             intent.stage = stage_index;
             intent.explaining = true;
             intent.now_secs = now_secs;

@@ -203,6 +203,43 @@ impl Constraints {
         }
     }
 
+    /// `self` tightened by every demand of `other` that is stricter, each keeping the
+    /// policy index `other` gave it (none for demands that come from no policy, such as
+    /// a tenant's overrides). Needs no [`PolicySet`]: for combining on the decision path.
+    ///
+    /// ```
+    /// use nexus_core::{Constraints, Privacy};
+    /// let tenant = Constraints { privacy: Privacy::Restricted, min_tier: 2, ..Constraints::NONE };
+    /// let policy = Constraints { min_tier: 3, max_cost_per_request: Some(0.5), ..Constraints::NONE };
+    /// let both = policy.tightened_by(&tenant);
+    /// assert_eq!((both.privacy, both.min_tier, both.max_cost_per_request), (Privacy::Restricted, 3, Some(0.5)));
+    /// ```
+    pub const fn tightened_by(mut self, other: &Constraints) -> Constraints {
+        if other.privacy as u8 > self.privacy as u8 {
+            self.privacy = other.privacy;
+            self.privacy_policy = other.privacy_policy;
+        }
+        if other.min_tier > self.min_tier {
+            self.min_tier = other.min_tier;
+            self.min_tier_policy = other.min_tier_policy;
+        }
+        if let Some(cap) = other.max_cost_per_request {
+            let tighter = match self.max_cost_per_request {
+                Some(current) => cap < current,
+                None => true,
+            };
+            if tighter {
+                self.max_cost_per_request = Some(cap);
+                self.max_cost_policy = other.max_cost_policy;
+            }
+        }
+        if !other.fallback_allowed && self.fallback_allowed {
+            self.fallback_allowed = false;
+            self.fallback_policy = other.fallback_policy;
+        }
+        self
+    }
+
     /// `self` tightened by everything `other` demands.
     pub fn combine(mut self, other: &Constraints, policies: &PolicySet) -> Constraints {
         for index in [

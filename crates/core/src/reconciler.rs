@@ -92,6 +92,8 @@ pub struct RouteTicket {
     /// state for one route (the quality stage's half-open probe) keys it by this, so
     /// that only the route that took it can give it back.
     pub id: u64,
+    /// The tenant the request was made for ([`Request::tenant`](crate::Request::tenant)).
+    pub tenant: Option<crate::TenantId>,
 }
 
 /// How a request ended, as reported by the caller.

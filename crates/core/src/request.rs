@@ -4,7 +4,7 @@
 use std::fmt;
 use std::ops::BitOr;
 
-use crate::BackendId;
+use crate::{BackendId, TenantId};
 
 /// Optional model features a request may need, as a small bit set.
 ///
@@ -186,6 +186,12 @@ pub struct Request<'a> {
     /// Backends not to consider for this request: a gateway that failed over from a
     /// backend decides again without it. Usually empty.
     pub excluded: &'a [BackendId],
+    /// The tenant the request is made for, when the caller authenticated one: the
+    /// pipeline tightens the constraints by the tenant's overrides
+    /// ([`PipelineBuilder::tenant_constraints`](crate::PipelineBuilder::tenant_constraints))
+    /// and the budget counts its spend against the tenant's limit as well as the
+    /// global one. `None`: no tenant.
+    pub tenant: Option<TenantId>,
 }
 
 impl<'a> Request<'a> {
@@ -199,7 +205,14 @@ impl<'a> Request<'a> {
             features: Features::NONE,
             tier_mode: TierMode::Strict,
             excluded: &[],
+            tenant: None,
         }
+    }
+
+    /// Makes the request on behalf of `tenant`; see [`Request::tenant`].
+    pub const fn for_tenant(mut self, tenant: TenantId) -> Self {
+        self.tenant = Some(tenant);
+        self
     }
 
     /// Sets the input token count.

@@ -12,7 +12,7 @@ use nexus_router::DecisionReport;
 use serde_json::{json, Value};
 
 use crate::proxy::{self, Exchange};
-use crate::wire::{Endpoint, RequestBody};
+use crate::wire::Endpoint;
 use crate::{ErrorCode, Gateway, GatewayError};
 
 /// `POST /v1/chat/completions`.
@@ -52,7 +52,10 @@ fn json_response(status: StatusCode, body: &Value) -> Response {
 }
 
 /// `GET /v1/models`: every served model and every alias, in OpenAI's list shape.
-pub(crate) async fn models(State(gateway): State<Gateway>) -> Response {
+pub(crate) async fn models(State(gateway): State<Gateway>, headers: HeaderMap) -> Response {
+    if let Err(refusal) = crate::auth::caller(&gateway, &headers) {
+        return refusal.into_response();
+    }
     let router = gateway.router();
     let pipeline = router.pipeline();
     let mut names: Vec<&str> = pipeline.routes().names().collect();
@@ -81,14 +84,13 @@ pub(crate) async fn route(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let x = Exchange::new(gateway.clone(), Endpoint::ChatCompletions, &headers);
+    let mut x = Exchange::new(gateway.clone(), Endpoint::ChatCompletions, &headers);
     let answer = async {
+        x.authenticate(&headers)?;
         let bytes = proxy::read(&gateway, &headers, body).await?;
-        let parsed = RequestBody::parse(Endpoint::ChatCompletions, &bytes)?;
+        let parsed = x.parse(&bytes)?;
         let summary = parsed.summary();
-        let request = summary
-            .to_request(x.tier_mode)
-            .max_input_tokens(summary.input_tokens_max);
+        let request = x.request(summary, &[]);
         let mut decision = gateway.live_router().route_owned(&request);
         if let Some(guard) = decision.take_guard() {
             guard.cancel();
@@ -112,7 +114,10 @@ pub(crate) async fn route(
 
 /// `GET /v1/nexus/backends`: each backend's id, zone, status, in flight, latency, error
 /// rate and circuit.
-pub(crate) async fn backends(State(gateway): State<Gateway>) -> Response {
+pub(crate) async fn backends(State(gateway): State<Gateway>, headers: HeaderMap) -> Response {
+    if let Err(refusal) = crate::auth::caller(&gateway, &headers) {
+        return refusal.into_response();
+    }
     let router = gateway.router();
     let fleet = router.fleet();
     let quality = router
@@ -285,4 +290,86 @@ pub(crate) fn panic_response(_panic: Box<dyn Any + Send + 'static>) -> Response 
     GatewayError::upstream_error("internal error in the gateway")
         .with_status(StatusCode::INTERNAL_SERVER_ERROR)
         .into_response()
+}
+
+/// `GET /v1/nexus/budget`: the month, and the limit, settled, reserved and remaining
+/// spend, globally and per tenant. A tenant's key sees its own entry (and the global
+/// one); the admin key sees every tenant; with neither tenants nor an admin key
+/// configured the endpoint is open, like `/v1/nexus/backends`.
+pub(crate) async fn budget(State(gateway): State<Gateway>, headers: HeaderMap) -> Response {
+    use crate::auth::Caller;
+    let caller = match crate::auth::caller(&gateway, &headers) {
+        Ok(caller) => caller,
+        Err(refusal) => return refusal.into_response(),
+    };
+    // An admin key configured closes the endpoint to anyone else, tenants or not.
+    if caller == Caller::Anyone && gateway.server().admin_key_env.is_some() {
+        return GatewayError::new(
+            crate::ErrorCode::InvalidApiKey,
+            "GET /v1/nexus/budget needs the admin key: send `Authorization: Bearer <key>` with the key in [server] admin_key_env",
+        )
+        .into_response();
+    }
+    json_response(StatusCode::OK, &budget_json(&gateway, caller))
+}
+
+fn budget_json(gateway: &Gateway, caller: crate::auth::Caller) -> Value {
+    let router = gateway.router();
+    let budget = router
+        .pipeline()
+        .stage_of::<nexus_router::budget::BudgetReconciler>();
+    let Some(budget) = budget else {
+        // No budget stage: nothing is counted, nothing is limited.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let month = nexus_router::budget::Month::from_unix_secs(now);
+        return json!({
+            "month": month.to_string(),
+            "global": {"limit_usd": null, "settled_usd": 0.0, "reserved_usd": 0.0,
+                       "remaining_usd": null, "shared": "local"},
+            "tenants": [],
+        });
+    };
+    let snapshot = budget.ledger().snapshot();
+    let limit = budget.settings().monthly_limit_usd;
+    let entry = |limit: Option<f64>, s: &nexus_router::budget::SpendSnapshot| {
+        json!({
+            "limit_usd": limit,
+            "settled_usd": round_usd(s.settled_usd + s.external_usd),
+            "reserved_usd": round_usd(s.reserved_usd),
+            "remaining_usd": limit.map(|l| round_usd((l - s.total_usd).max(0.0))),
+            "external_usd": round_usd(s.external_usd),
+        })
+    };
+    let mut global = entry(limit, &snapshot);
+    #[cfg(feature = "redis")]
+    let shared = if budget.lease().is_some() {
+        "redis"
+    } else {
+        "local"
+    };
+    #[cfg(not(feature = "redis"))]
+    let shared = "local";
+    global["shared"] = json!(shared);
+    let tenants: Vec<Value> = budget
+        .tenant_spend()
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| match caller {
+            crate::auth::Caller::Tenant(id) => id.index() == *i,
+            _ => true,
+        })
+        .map(|(_, t)| {
+            let mut value = entry(t.limit_usd, &t.snapshot);
+            value["id"] = json!(t.id);
+            value
+        })
+        .collect();
+    json!({"month": snapshot.month.to_string(), "global": global, "tenants": tenants})
+}
+
+/// Amounts to the nano-dollar the ledger counts in, without float noise in the JSON.
+fn round_usd(usd: f64) -> f64 {
+    (usd * 1e9).round() / 1e9
 }

@@ -45,14 +45,14 @@ pub(crate) struct Shared {
     /// The models each Ollama backend reported loaded at its last health check, by
     /// backend id.
     loaded: Mutex<HashMap<String, Vec<String>>>,
-    /// The admin key, from the variable `[server] admin_key_env` names; `None` when
-    /// unset: then admin endpoints are off.
-    admin_key: Option<String>,
     /// Told after each reload, so that the health checker checks new backends at once.
     pub(crate) reloaded: tokio::sync::Notify,
     /// For request ids: the process's start in microseconds, then a counter.
     started_micros: u64,
     requests: AtomicU64,
+    /// The admin key's digest, from the variable `[server] admin_key_env` names; `None`
+    /// when unset: then admin endpoints are off.
+    pub(crate) admin_key: Option<crate::auth::AdminKey>,
 }
 
 /// Why a gateway could not be built.
@@ -98,21 +98,13 @@ impl Gateway {
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
         let upstreams = ArcSwap::from_pointee(read_upstreams(router.current().fleet()));
-        let admin_key = server.admin_key_env.as_deref().and_then(|var| {
-            match std::env::var(var) {
-                Ok(key) if !key.is_empty() => Some(key),
-                _ => {
-                    tracing::warn!(var, "[server] admin_key_env names a variable that is not set; admin endpoints answer 403");
-                    None
-                }
-            }
-        });
         let loaded = Mutex::new(HashMap::new());
         let queue = Queue::new(server.max_queued);
         let started_micros = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
         crate::metrics::describe();
+        let admin_key = crate::auth::AdminKey::from_env(server.admin_key_env.as_deref());
         Ok(Gateway {
             shared: Arc::new(Shared {
                 router,
@@ -120,10 +112,10 @@ impl Gateway {
                 queue,
                 upstreams,
                 loaded,
-                admin_key,
                 reloaded: tokio::sync::Notify::new(),
                 started_micros,
                 requests: AtomicU64::new(0),
+                admin_key,
             }),
         })
     }
@@ -139,6 +131,7 @@ impl Gateway {
             .route("/v1/nexus/route", post(e::route))
             .route("/v1/nexus/backends", get(e::backends))
             .route("/v1/nexus/reload", post(e::reload))
+            .route("/v1/nexus/budget", get(e::budget))
             .route("/health", get(e::health))
             .route("/ready", get(e::ready))
             .route("/metrics", get(e::metrics))
@@ -239,13 +232,7 @@ impl Gateway {
     /// Whether `presented` is the admin key (compared in constant time); `None` when
     /// no admin key is configured.
     pub(crate) fn is_admin_key(&self, presented: &str) -> Option<bool> {
-        let expected = self.shared.admin_key.as_deref()?;
-        let (a, b) = (expected.as_bytes(), presented.as_bytes());
-        let mut differ = a.len() ^ b.len();
-        for (i, x) in a.iter().enumerate() {
-            differ |= usize::from(x ^ b.get(i).copied().unwrap_or(!x));
-        }
-        Some(differ == 0)
+        Some(self.shared.admin_key.as_ref()?.matches(presented))
     }
 
     /// Requests waiting in the queue now.

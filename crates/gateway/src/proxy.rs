@@ -26,7 +26,7 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use nexus_core::{
-    BackendId, BackendStatus, OwnedDecision, OwnedRouteGuard, RoutingDecision, TierMode,
+    BackendId, BackendStatus, OwnedDecision, OwnedRouteGuard, RoutingDecision, TenantId, TierMode,
 };
 use nexus_router::DecisionReport;
 use tracing::Instrument as _;
@@ -50,6 +50,8 @@ pub(crate) struct Exchange {
     decide_nanos: AtomicU64,
     /// Backends sent the request so far.
     attempts: AtomicUsize,
+    /// The tenant whose key the request carries ([`crate::auth`]).
+    pub(crate) tenant: Option<TenantId>,
 }
 
 /// A committed route, with what the response headers say about it.
@@ -67,10 +69,14 @@ pub(crate) async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let x = Exchange::new(gateway, endpoint, &headers);
+    let mut x = Exchange::new(gateway, endpoint, &headers);
     let request_id = x.request_id.clone();
     let span = x.span.clone();
-    let mut response = match proxy(&x, &headers, body).instrument(span).await {
+    let outcome = match x.authenticate(&headers) {
+        Ok(()) => proxy(&x, &headers, body).instrument(span).await,
+        Err(refusal) => Err(refusal),
+    };
+    let mut response = match outcome {
         Ok(response) => response,
         Err(error) => {
             let decision = match error.code() {
@@ -130,6 +136,7 @@ impl Exchange {
             requested: OnceLock::new(),
             decide_nanos: AtomicU64::new(0),
             attempts: AtomicUsize::new(0),
+            tenant: None,
         }
     }
 
@@ -148,11 +155,59 @@ impl Exchange {
             attempts: self.attempts.load(Ordering::Relaxed),
         }
     }
+
+    /// **authenticate**: the caller's tenant, or 401 `invalid_api_key` when tenants are
+    /// configured and the key is no tenant's nor the admin's.
+    pub(crate) fn authenticate(&mut self, headers: &HeaderMap) -> Result<(), GatewayError> {
+        if let crate::auth::Caller::Tenant(id) = crate::auth::caller(&self.gateway, headers)? {
+            self.tenant = Some(id);
+        }
+        Ok(())
+    }
+
+    /// Reads the body as routing needs it: a tenant's allowed models are checked and
+    /// `[server] default_max_tokens` set where the client gave no output cap.
+    pub(crate) fn parse<'b>(&self, bytes: &'b [u8]) -> Result<RequestBody<'b>, GatewayError> {
+        let mut parsed = RequestBody::parse(self.endpoint, bytes)?;
+        if let Some(tokens) = self.gateway.server().default_max_tokens {
+            parsed.default_max_tokens(tokens);
+        }
+        let router = self.gateway.router();
+        let tenants = router.tenants();
+        if let Some(tenant) = self.tenant.and_then(|id| tenants.get(id)) {
+            let model = &parsed.summary().model;
+            if !tenant.allows_model(model) {
+                return Err(GatewayError::new(
+                    crate::ErrorCode::ModelNotFound,
+                    format!(
+                        "the model `{model}` is not among the models tenant '{}' may use ({}); ask the operator to add it to the tenant's `models` in [[tenants]]",
+                        tenant.id(),
+                        tenant.models().unwrap_or_default().join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(parsed)
+    }
+
+    /// The routing request for `summary`, made for this exchange's tenant.
+    pub(crate) fn request<'s>(
+        &self,
+        summary: &'s RequestSummary<'_>,
+        excluded: &'s [BackendId],
+    ) -> nexus_core::Request<'s> {
+        let mut request = summary
+            .to_request(self.tier_mode)
+            .max_input_tokens(summary.input_tokens_max)
+            .excluding(excluded);
+        request.tenant = self.tenant;
+        request
+    }
 }
 
 async fn proxy(x: &Exchange, headers: &HeaderMap, body: Body) -> Result<Response, GatewayError> {
     let bytes = read(&x.gateway, headers, body).await?;
-    let parsed = RequestBody::parse(x.endpoint, &bytes)?;
+    let parsed = x.parse(&bytes)?;
     let summary = parsed.summary();
     let _ = x.requested.set(summary.model.to_string());
     x.span
@@ -283,10 +338,7 @@ pub(crate) async fn decide(
         tokio::pin!(changed);
         changed.as_mut().enable();
 
-        let request = summary
-            .to_request(x.tier_mode)
-            .max_input_tokens(summary.input_tokens_max)
-            .excluding(excluded);
+        let request = x.request(summary, excluded);
         let mut decision = timed_decision(x, &request);
         let estimated_wait = match decision.kind() {
             RoutingDecision::Route { .. } => {
@@ -422,8 +474,13 @@ pub(crate) fn refusal(requested: &str, decision: &OwnedDecision) -> GatewayError
         })
         .unwrap_or_default();
     if lead == Some("budget") {
+        // The budget's own reason says which limit was hit: the tenant's or the global.
+        let why = rejections
+            .iter()
+            .find(|r| r.reconciler == "budget")
+            .map_or_else(|| reason.to_string(), |r| r.reason.to_string());
         return GatewayError::budget_exceeded(format!(
-            "the budget refuses '{requested}': {reason}.{fix_text}"
+            "the budget refuses '{requested}': {why}.{fix_text}"
         ))
         .with_decision(report);
     }

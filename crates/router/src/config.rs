@@ -109,6 +109,10 @@ pub struct Config {
     /// The `[health]` table, read by `nexus serve`.
     #[serde(default)]
     pub health: crate::HealthConfig,
+    /// The `[[tenants]]` tables: with any, a gateway serves only requests with a
+    /// tenant's key.
+    #[serde(default)]
+    pub tenants: Vec<crate::TenantConfig>,
 }
 
 /// The `[routing]` table.
@@ -360,6 +364,12 @@ impl<'a> Source<'a> {
             if let Some(after) = message[lead_raw.len()..].strip_prefix(": ") {
                 rest = after;
             }
+        } else if let Some(n) = (1..lead_path.len())
+            .rev()
+            .find(|n| self.contains(&[&path[..], &lead_path[..*n]].concat()))
+        {
+            // A missing key of a sub-table (`redis.url is missing`): at that table.
+            path.extend_from_slice(&lead_path[..n]);
         }
         let (mut text, help) = match key.and_then(|key| type_error(key, rest)) {
             Some((text, help)) => (text, Some(help)),

@@ -40,7 +40,7 @@ fn demands(policy: &TrafficPolicy) -> [Option<(&'static str, &'static str, Strin
 }
 
 /// How to get a stage the pipeline lacks, or drop what needs it.
-fn way_out(registry: &Registry, stage: &str, drop: &str) -> String {
+pub(crate) fn way_out(registry: &Registry, stage: &str, drop: &str) -> String {
     if registry.contains(stage) {
         format!("add \"{stage}\" to [routing] pipeline, or remove {drop}")
     } else {

@@ -27,6 +27,7 @@ mod reload;
 mod report;
 mod router;
 mod serving;
+mod tenants;
 mod validate;
 mod wording;
 
@@ -39,6 +40,7 @@ pub use reload::{LiveRouter, ReloadSummary};
 pub use report::{CandidateReport, CostReport, DecisionReport, FixReport, RejectionReport};
 pub use router::{Router, RouterBuilder, WithBuiltins, DEFAULT_PIPELINE};
 pub use serving::{HealthConfig, LogFormat, ServerConfig};
+pub use tenants::{KeySource, Tenant, TenantConfig, Tenants};
 
 #[cfg(feature = "budget")]
 pub use nexus_budget as budget;

@@ -239,6 +239,7 @@ fn restart_required(server: &ServerConfig, health: &HealthConfig, new: &Router) 
         shutdown_grace_secs: _,
         admin_key_env: _,
         log_format: _,
+        default_max_tokens: _,
     } = old;
     let HealthConfig {
         interval_secs: _,
@@ -263,6 +264,7 @@ fn restart_required(server: &ServerConfig, health: &HealthConfig, new: &Router) 
             shutdown_grace_secs,
             admin_key_env,
             log_format,
+            default_max_tokens,
         ]
     );
     let (old, next) = (health, new.health());

@@ -218,6 +218,20 @@ impl RouterBuilder {
         crate::serving::check(source, &config)?;
         let routing = config.routing;
         let (server, health) = (config.server, config.health);
+        let tenant_path = |index: usize, key: &'static str| {
+            [Seg::Key("tenants"), Seg::Index(index), Seg::Key(key)]
+        };
+        let mut tenant_warnings = Vec::new();
+        let tenants = crate::Tenants::build(
+            &config.tenants,
+            |var| std::env::var(var).ok(),
+            self.dry_run,
+            &mut tenant_warnings,
+        )
+        .map_err(|e| source.error(&tenant_path(e.index, e.key), e.message, Some(e.help)))?;
+        for w in tenant_warnings {
+            warnings.push(source.warning(&tenant_path(w.index, w.key), w.message));
+        }
 
         let mut fleet = Fleet::new(config.backends).map_err(|e| fleet_error(source, &e))?;
         if let Some(running) = running {
@@ -331,6 +345,35 @@ impl RouterBuilder {
             policies.policies(),
             routing.stages.keys(),
         )?;
+        // A tenant's override or limit is enforced by a stage, like a policy's key.
+        for (index, tenant) in config.tenants.iter().enumerate() {
+            let demands = [
+                (tenant.privacy.is_some(), "privacy", "privacy"),
+                (tenant.min_tier.is_some(), "min_tier", "tier"),
+                (
+                    tenant.max_cost_per_request.is_some(),
+                    "max_cost_per_request",
+                    "budget",
+                ),
+                (
+                    tenant.monthly_limit_usd.is_some(),
+                    "monthly_limit_usd",
+                    "budget",
+                ),
+            ];
+            for (set, key, stage) in demands {
+                if set && !kinds.iter().any(|k| k == stage) {
+                    return Err(source.error(
+                        &tenant_path(index, key),
+                        format!(
+                            "tenant '{}': {key} needs the '{stage}' stage, which the pipeline leaves out, so it would be ignored",
+                            tenant.id
+                        ),
+                        Some(crate::enforcement::way_out(&self.registry, stage, key)),
+                    ));
+                }
+            }
+        }
         if !kinds.iter().any(|k| k == "analyzer") {
             warnings.push(source.warning(
                 &[Seg::Key("routing"), Seg::Key("pipeline")],
@@ -353,7 +396,8 @@ impl RouterBuilder {
             .clock(Arc::clone(&self.clock))
             .policies(Arc::clone(&policies))
             .aliases(routing.aliases)
-            .fallbacks(routing.fallbacks);
+            .fallbacks(routing.fallbacks)
+            .tenant_constraints(tenants.constraints());
         for (i, kind) in kinds.iter().enumerate() {
             let ctx = BuildContext {
                 kind,
@@ -382,6 +426,27 @@ impl RouterBuilder {
                 }
                 _ => source.error(&[Seg::Key("routing"), Seg::Key(kind)], e.to_string(), None),
             })?;
+            #[cfg(feature = "budget")]
+            if let Some(budget) = stage
+                .as_any()
+                .and_then(|a| a.downcast_ref::<nexus_budget::BudgetReconciler>())
+            {
+                let limits: Vec<nexus_budget::TenantLimit> = tenants
+                    .iter()
+                    .map(|(_, t)| nexus_budget::TenantLimit {
+                        id: t.id().to_owned(),
+                        monthly_limit_usd: t.monthly_limit_usd(),
+                    })
+                    .collect();
+                // A reload keeps every tenant's month (and lease) by id.
+                let ledgers = running
+                    .and_then(|r| r.pipeline().stage_of::<nexus_budget::BudgetReconciler>())
+                    .and_then(|old| old.tenant_ledgers().cloned())
+                    .unwrap_or_default();
+                budget
+                    .attach_tenants(&limits, ledgers)
+                    .map_err(|e| source.error(&[Seg::Key("tenants")], e, None))?;
+            }
             builder = builder.boxed_stage(stage, routing.on_error.get(kind).copied());
         }
         let pipeline = builder.build().map_err(|e| match e {
@@ -408,6 +473,7 @@ impl RouterBuilder {
             warnings,
             server,
             health,
+            tenants: Arc::new(tenants),
         })
     }
 }
@@ -439,6 +505,7 @@ pub struct Router {
     warnings: Vec<ConfigWarning>,
     server: ServerConfig,
     health: HealthConfig,
+    tenants: Arc<crate::Tenants>,
 }
 
 impl Router {
@@ -495,6 +562,11 @@ impl Router {
     /// The `[health]` settings, for a gateway.
     pub fn health(&self) -> &HealthConfig {
         &self.health
+    }
+
+    /// The `[[tenants]]`: empty when none are configured.
+    pub fn tenants(&self) -> &Arc<crate::Tenants> {
+        &self.tenants
     }
 
     /// What looked wrong in the config but did not stop it loading.

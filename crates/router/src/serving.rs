@@ -67,6 +67,12 @@ pub struct ServerConfig {
     /// How `nexus serve` writes its log lines to stderr: `text` (default, for a
     /// terminal) or `json` (one object a line, for a log collector).
     pub log_format: LogFormat,
+    /// The output cap the gateway sets on a chat or completions request whose client set
+    /// none (`max_tokens`, forwarded to the backend), so that the budget reserves a bound
+    /// of the request's cost instead of a guess; none by default (such a request then
+    /// reserves for half its input as output, and the limit can be passed by what the
+    /// guess missed). Per choice, like `max_tokens`.
+    pub default_max_tokens: Option<u32>,
 }
 
 /// `[server] log_format`: how the gateway's log lines are written.
@@ -106,6 +112,7 @@ impl Default for ServerConfig {
             shutdown_grace_secs: 30,
             admin_key_env: None,
             log_format: LogFormat::Text,
+            default_max_tokens: None,
         }
     }
 }
@@ -243,6 +250,22 @@ pub(crate) fn check(source: &Source<'_>, config: &Config) -> Result<(), ConfigEr
                     "give a time in milliseconds from {} to {MAX_TIMEOUT_MS} (a day)",
                     u64::from(!zero_ok)
                 )),
+            ));
+        }
+    }
+    if server.default_max_tokens == Some(0) {
+        return Err(source.error(
+            &at("server", "default_max_tokens"),
+            "[server] default_max_tokens = 0 would ask every backend for an empty answer",
+            Some("give the output cap for requests that set none, e.g. default_max_tokens = 4096, or remove the key".to_owned()),
+        ));
+    }
+    if let Some(var) = &server.admin_key_env {
+        if var.trim().is_empty() {
+            return Err(source.error(
+                &at("server", "admin_key_env"),
+                "[server] admin_key_env is empty",
+                Some("name the environment variable that holds the admin key, e.g. admin_key_env = \"NEXUS_ADMIN_KEY\"".to_owned()),
             ));
         }
     }

@@ -178,17 +178,37 @@ const BUDGET_CASES: &[Case] = &[
         spent: None,
         expect: ["route local m", "route cloud m"],
     },
+    // A shared budget whose Redis never answers (nothing listens on port 1): the month's
+    // spend is unknown, so nothing paid is routed.
+    #[cfg(feature = "redis")]
+    Case {
+        key: "redis",
+        set: "monthly_limit_usd = 100.0\n[routing.budget.redis]\nurl = \"redis://127.0.0.1:1\"",
+        other: "monthly_limit_usd = 100.0",
+        model: "m",
+        spent: None,
+        expect: ["route local m", "route cloud m"],
+    },
 ];
 
 /// Keys with no decision of their own to change, and why. Each must still be a key of
 /// the schema, and each says where its effect is tested instead.
-const NOT_DECISION_KEYS: &[(&str, &str)] = &[(
-    "reconciliation_interval_secs",
-    "how often the store and spend sources are folded into the ledger: a decision sees \
+const NOT_DECISION_KEYS: &[(&str, &str)] = &[
+    #[cfg(not(feature = "redis"))]
+    (
+        "redis",
+        "[routing.budget.redis] is refused at load without nexus-router's redis feature; \
+         with it, the case above runs, and crates/cli/tests/shared_budget_*.rs test it on \
+         a real Redis",
+    ),
+    (
+        "reconciliation_interval_secs",
+        "how often the store and spend sources are folded into the ledger: a decision sees \
      it only when another writer changes the store, which the built-in store (one \
      process per file) does not allow; the interval is tested in \
      crates/budget/tests/reconciliation.rs",
-)];
+    ),
+];
 
 fn policy_config(policy: &str) -> String {
     format!("{FLEET}\n[[routing.policies]]\n{policy}\n")

@@ -129,6 +129,7 @@ impl LeaseClient {
         server_clock: Option<Arc<dyn Clock>>,
     ) -> Result<Self, LeaseError> {
         settings.validate().map_err(LeaseError::Settings)?;
+        super::check_scope(scope).map_err(LeaseError::Settings)?;
         if limit_nanos >= MAX_EXACT_NANOS {
             return Err(LeaseError::Settings(format!(
                 "a shared budget holds at most {} USD a month (amounts must stay exact in Redis's Lua numbers); lower monthly_limit_usd",

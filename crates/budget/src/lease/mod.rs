@@ -55,9 +55,40 @@ mod redis_server;
 
 pub use allowance::{Allowance, Refusal};
 pub use client::{LeaseClient, LeaseError, LeaseStatus};
-pub use settings::{OnUnavailable, RedisBudgetSettings};
+pub use settings::{OnUnavailable, RedisBudgetSettings, MIN_TTL_SECS};
 
 use nexus_core::{Explanation, Reason};
+
+/// The largest monthly limit a shared budget holds, in USD (2^53 nano-dollars, so that
+/// Lua's doubles stay exact).
+pub const MAX_SHARED_LIMIT_USD: f64 = model::MAX_EXACT_NANOS as f64 / 1e9;
+
+/// The scope of the one limit every request counts against, `[routing.budget]
+/// monthly_limit_usd`: its keys are `<key_prefix>:{global}:<YYYY-MM>:*`.
+///
+/// **Adding a scope** (a tenant's own limit, say) is one more [`LeaseClient`]:
+/// `LeaseClient::start(&settings, "tenant:acme", limit_nanos, Some(ledger), clock)`
+/// gives that scope its own keys (`<key_prefix>:{tenant:acme}:...`), its own leases and
+/// its own [`Allowance`]; a request of that tenant then draws from both allowances
+/// (the tenant's and the global one) and settles into both, releasing the first draw
+/// if the second is refused. Scope names are checked by [`check_scope`].
+pub const GLOBAL_SCOPE: &str = "global";
+
+/// Checks a scope name: 1 to 128 characters, none of them whitespace, braces (they
+/// delimit the cluster hash tag) or control characters.
+pub fn check_scope(scope: &str) -> Result<(), String> {
+    if scope.is_empty()
+        || scope.len() > 128
+        || scope
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '{' || c == '}')
+    {
+        return Err(format!(
+            "budget scope {scope:?} must be 1 to 128 characters without spaces, braces or control characters"
+        ));
+    }
+    Ok(())
+}
 
 /// Reason: the lease expired with Redis unreachable, `fail_closed`.
 /// `values = [month-to-date spend, limit, cost]` in USD.

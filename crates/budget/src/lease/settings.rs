@@ -39,6 +39,12 @@ const fn default_min_lease() -> f64 {
 const fn default_max_lease() -> f64 {
     5.0
 }
+/// The shortest lease lifetime. A replica draws for half the lifetime after each answer,
+/// counted in whole seconds (a decision's time has one-second resolution, so up to a
+/// second of that half is lost), and renews every sixth of it: below 6 s, draws would
+/// pause between heartbeats.
+pub const MIN_TTL_SECS: u64 = 6;
+
 const fn default_ttl() -> u64 {
     30
 }
@@ -89,9 +95,9 @@ pub struct RedisBudgetSettings {
     /// Default 5.0.
     #[serde(default = "default_max_lease")]
     pub max_lease_usd: f64,
-    /// Seconds a lease lives without renewal; a dead replica's lease comes back after
-    /// this. Replicas renew every sixth of it and stop drawing after half of it without
-    /// an answer. Default 30.
+    /// Seconds a lease lives without renewal, at least 6; a dead replica's lease comes
+    /// back after this. Replicas renew every sixth of it and stop drawing after half of
+    /// it without an answer. Default 30.
     #[serde(default = "default_ttl")]
     pub lease_ttl_secs: u64,
     /// Top up when what is left falls below this fraction of the lease size, in (0, 1).
@@ -135,7 +141,7 @@ impl RedisBudgetSettings {
     pub fn validate(&self) -> Result<(), String> {
         match (&self.url, &self.url_env) {
             (Some(_), Some(_)) => {
-                return Err("set url or url_env, not both (url_env keeps a password out of the file)".to_owned())
+                return Err("url_env and url are both set: set one, not both (url_env keeps a password out of the file)".to_owned())
             }
             (None, None) => {
                 return Err("url is missing: set url = \"redis://host:6379\" or url_env = \"NAME\" (an environment variable holding the URL)".to_owned())
@@ -177,8 +183,8 @@ impl RedisBudgetSettings {
                 self.min_lease_usd
             ));
         }
-        if !(2..=86_400).contains(&self.lease_ttl_secs) {
-            return Err(format!("lease_ttl_secs must be between 2 and 86400, got {}; 30 suits most deployments (set it to at least twice the longest request)", self.lease_ttl_secs));
+        if !(MIN_TTL_SECS..=86_400).contains(&self.lease_ttl_secs) {
+            return Err(format!("lease_ttl_secs must be between {MIN_TTL_SECS} and 86400, got {}; 30 suits most deployments (set it to at least twice the longest request)", self.lease_ttl_secs));
         }
         if !(self.renew_below > 0.0 && self.renew_below < 1.0) {
             return Err(format!(
@@ -281,7 +287,7 @@ mod tests {
                 "min_lease_usd = 2.0\nmax_lease_usd = 1.0",
                 "raise max_lease_usd",
             ),
-            ("lease_ttl_secs = 1", "lease_ttl_secs must be between 2"),
+            ("lease_ttl_secs = 5", "lease_ttl_secs must be between 6"),
             ("renew_below = 1.0", "renew_below"),
             ("timeout_ms = 10000", "a sixth of lease_ttl_secs"),
             ("timeout_ms = 0", "timeout_ms"),

@@ -99,6 +99,13 @@ pub struct RequestBody<'a> {
     pub(super) model_at: Range<usize>,
     /// How to make the upstream send usage, for streams.
     pub(super) usage_splice: Option<Splice>,
+    /// The choices the output cap is multiplied by (`n`, or `best_of`).
+    choices: u64,
+    /// Where a `"max_tokens": null` value is, to be replaced by a default cap.
+    pub(super) null_max_tokens_at: Option<Range<usize>>,
+    /// The output cap the gateway set ([`RequestBody::default_max_tokens`]), written
+    /// into the body for the upstream.
+    pub(super) default_max_tokens: Option<u32>,
 }
 
 impl<'a> RequestBody<'a> {
@@ -163,6 +170,7 @@ impl<'a> RequestBody<'a> {
         let choices = |key| -> Result<u64, WireError> {
             Ok(typed::<Option<u64>>(raw(key), key, "a positive integer or null")?.unwrap_or(1))
         };
+        let mut n = 1;
         let max_output_tokens = match endpoint {
             Endpoint::Embeddings => Some(0),
             Endpoint::ChatCompletions | Endpoint::Completions => {
@@ -170,13 +178,16 @@ impl<'a> RequestBody<'a> {
                     Some(n) => Some(n),
                     None => cap("max_tokens")?,
                 };
-                let mut n = choices("n")?;
+                n = choices("n")?;
                 if endpoint == Endpoint::Completions {
                     n = n.max(choices("best_of")?);
                 }
                 per_choice.map(|t| saturate(t.saturating_mul(n.max(1))))
             }
         };
+        let null_max_tokens_at = raw("max_tokens")
+            .filter(|v| v.get() == "null")
+            .map(|v| span_of(body, v));
 
         let tools = |key| -> Result<bool, WireError> {
             let list = typed::<Option<Vec<IgnoredAny>>>(raw(key), key, "an array or null")?;
@@ -225,6 +236,9 @@ impl<'a> RequestBody<'a> {
             body,
             model_at: span_of(body, model_raw),
             usage_splice,
+            choices: n.max(1),
+            null_max_tokens_at,
+            default_max_tokens: None,
             summary: RequestSummary {
                 endpoint,
                 model,
@@ -236,6 +250,32 @@ impl<'a> RequestBody<'a> {
                 input_tokens_max,
             },
         })
+    }
+
+    /// Gives a chat or completions request whose client set no output cap (neither
+    /// `max_completion_tokens` nor `max_tokens`) the cap `tokens` per choice: the summary's
+    /// [`max_output_tokens`](RequestSummary::max_output_tokens) becomes `tokens` times the
+    /// choices, and [`rewrite`](Self::rewrite) sends `"max_tokens": tokens` upstream, so
+    /// that the budget reserves a bound of the answer's cost that the backend honours.
+    /// Returns whether the cap was set. `[server] default_max_tokens` of the gateway.
+    ///
+    /// ```
+    /// use nexus_gateway::wire::{Endpoint, RequestBody};
+    /// let body = br#"{"model": "m", "messages": [], "n": 2}"#;
+    /// let mut read = RequestBody::parse(Endpoint::ChatCompletions, body)?;
+    /// assert!(read.default_max_tokens(500));
+    /// assert_eq!(read.summary().max_output_tokens, Some(1000));
+    /// assert_eq!(read.rewrite("m"), br#"{"max_tokens":500,"model": "m", "messages": [], "n": 2}"#);
+    /// # Ok::<(), nexus_gateway::wire::WireError>(())
+    /// ```
+    pub fn default_max_tokens(&mut self, tokens: u32) -> bool {
+        if self.summary.max_output_tokens.is_some() {
+            return false;
+        }
+        self.summary.max_output_tokens =
+            Some(saturate(u64::from(tokens).saturating_mul(self.choices)));
+        self.default_max_tokens = Some(tokens);
+        true
     }
 
     /// What routing needs to know.

@@ -93,12 +93,29 @@ impl RequestBody<'_> {
         enum With<'s> {
             Model(&'s str),
             Bytes(&'static [u8]),
+            /// A number: a `null` value replaced, or a member added after the opening
+            /// brace (the body is an object with at least `model`, so a comma follows).
+            Number(u32, bool),
         }
+        let cap = self
+            .default_max_tokens
+            .map(|tokens| match &self.null_max_tokens_at {
+                Some(at) => (at.clone(), With::Number(tokens, false)),
+                None => {
+                    let open = self
+                        .body
+                        .iter()
+                        .position(|&b| b == b'{')
+                        .map_or(0, |i| i + 1);
+                    (open..open, With::Number(tokens, true))
+                }
+            });
         let mut edits = [
             Some((self.model_at.clone(), With::Model(serving_model))),
             self.usage_splice
                 .as_ref()
                 .map(|s| (s.at.clone(), With::Bytes(s.with))),
+            cap,
         ];
         edits.sort_by_key(|e| e.as_ref().map_or(usize::MAX, |(at, _)| at.start));
         let mut out = Vec::with_capacity(self.body.len() + serving_model.len() + 48);
@@ -108,6 +125,10 @@ impl RequestBody<'_> {
             match with {
                 With::Model(model) => push_json_string(&mut out, model),
                 With::Bytes(bytes) => out.extend_from_slice(bytes),
+                With::Number(n, false) => out.extend_from_slice(n.to_string().as_bytes()),
+                With::Number(n, true) => {
+                    out.extend_from_slice(format!("\"max_tokens\":{n},").as_bytes());
+                }
             }
             from = at.end;
         }
@@ -141,6 +162,34 @@ fn push_json_string(out: &mut Vec<u8>, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_default_cap_is_added_or_replaces_a_null_and_never_overrides_the_clients() {
+        use crate::wire::Endpoint;
+        let body = br#"{"model":"m","messages":[],"max_tokens":null,"stream":true}"#;
+        let mut read = RequestBody::parse(Endpoint::ChatCompletions, body).unwrap();
+        assert!(read.default_max_tokens(32));
+        let out: serde_json::Value = serde_json::from_slice(&read.rewrite("x")).unwrap();
+        assert_eq!(out["max_tokens"], 32);
+        assert_eq!(out["model"], "x");
+        assert_eq!(out["stream_options"]["include_usage"], true);
+
+        let body = br#"  {"model":"m","prompt":"hi","best_of":3}"#;
+        let mut read = RequestBody::parse(Endpoint::Completions, body).unwrap();
+        assert!(read.default_max_tokens(10));
+        assert_eq!(read.summary().max_output_tokens, Some(30));
+        let out: serde_json::Value = serde_json::from_slice(&read.rewrite("m")).unwrap();
+        assert_eq!(out["max_tokens"], 10);
+
+        let body = br#"{"model":"m","messages":[],"max_completion_tokens":5}"#;
+        let mut read = RequestBody::parse(Endpoint::ChatCompletions, body).unwrap();
+        assert!(!read.default_max_tokens(32), "the client's cap stands");
+        assert_eq!(read.rewrite("m"), body);
+
+        let body = br#"{"model":"m","input":"a"}"#;
+        let mut read = RequestBody::parse(Endpoint::Embeddings, body).unwrap();
+        assert!(!read.default_max_tokens(32), "embeddings produce no output");
+    }
 
     #[test]
     fn json_strings_round_trip() {
