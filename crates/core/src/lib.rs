@@ -40,6 +40,7 @@
 
 mod analyzer;
 mod clock;
+mod decision;
 mod fleet;
 mod id;
 mod intent;
@@ -56,17 +57,17 @@ pub use analyzer::{
     UNHEALTHY,
 };
 pub use clock::{Clock, FakeClock, SystemClock};
+pub use decision::{
+    Decision, Fix, OwnedDecision, OwnedRouteGuard, QueueReason, RouteGuard, RouteReason,
+    RoutingDecision, Significant,
+};
 pub use fleet::{
     Backend, BackendKind, BackendSpec, BackendStatus, Fleet, FleetError, LiveState, ModelEntry,
     ModelSpec, OfferSummary, Offering, Zone, LATENCY_MEMORY_SECS, MAX_USD_PER_MTOK,
 };
 pub use id::{BackendId, ModelId};
 pub use intent::{BudgetStatus, Candidate, QueueCause, RoutingIntent, Scratch, Selection, Verdict};
-pub use pipeline::{
-    Decision, Fix, OwnedDecision, OwnedRouteGuard, Pipeline, PipelineBuilder, PipelineError,
-    PipelineRef, QueueReason, RouteGuard, RouteReason, RoutingDecision, Significant, Stage,
-    StageTiming,
-};
+pub use pipeline::{Pipeline, PipelineBuilder, PipelineError, PipelineRef, Stage, StageTiming};
 pub use policy::{Constraints, PolicyError, PolicySet, Privacy, Shadowed, TrafficPolicy};
 pub use reason::{Exclusion, ExplainContext, Explanation, Reason, Rejection, Warning};
 pub use reconciler::{
