@@ -5,9 +5,9 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::analyzer::RoutePlan;
 use crate::intent::{cost_estimate, Scratch};
 use crate::pipeline::{return_scratch, scored, Pipeline, PipelineRef};
+use crate::routes::RoutePlan;
 use crate::{
     Backend, BackendId, BudgetStatus, Constraints, CostEstimate, Fleet, ModelId, Outcome,
     QueueCause, Rejection, RequestRequirements, RouteTicket, Settlement,

@@ -50,12 +50,10 @@ mod reason;
 mod reconciler;
 mod registry;
 mod request;
+mod routes;
 mod set;
 
-pub use analyzer::{
-    closest, Attempt, ModelRoutes, RequestAnalyzer, RoutePlan, RoutesError, MAX_ALIAS_NAMES,
-    UNHEALTHY,
-};
+pub use analyzer::{RequestAnalyzer, UNHEALTHY};
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use decision::{
     Decision, Fix, OwnedDecision, OwnedRouteGuard, QueueReason, RouteGuard, RouteReason,
@@ -77,4 +75,5 @@ pub use registry::{BuildContext, BuildError, DuplicateKind, ReconcilerFactory, R
 pub use request::{
     estimate_tokens, CostEstimate, Features, Request, RequestRequirements, TierMode, TokenTier,
 };
+pub use routes::{closest, Attempt, ModelRoutes, RoutePlan, RoutesError, MAX_ALIAS_NAMES};
 pub use set::{BackendSet, Iter as BackendSetIter};

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 
 use super::{Pipeline, PipelineError, Stage};
-use crate::analyzer::ModelRoutes;
+use crate::routes::ModelRoutes;
 use crate::{Clock, ErrorPolicy, Fleet, PolicySet, Reconciler};
 
 /// Builds a [`Pipeline`]; see [`Pipeline::builder`].

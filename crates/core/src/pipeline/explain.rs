@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use super::Pipeline;
-use crate::analyzer::{closest, RoutePlan};
 use crate::decision::{DecisionParts, Fix, RoutingDecision};
 use crate::intent::{Phase, Scratch};
+use crate::routes::{closest, RoutePlan};
 use crate::{
     BackendId, BudgetStatus, Constraints, ErrorPolicy, ExplainContext, Explanation, ModelId,
     Reason, Rejection, RequestRequirements, RoutingIntent,

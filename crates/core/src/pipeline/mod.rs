@@ -22,8 +22,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::analyzer::{ModelRoutes, RoutesError};
 use crate::decision::{Decision, OwnedDecision};
+use crate::routes::{ModelRoutes, RoutesError};
 use crate::{Clock, ErrorPolicy, Fleet, PolicySet, Reconciler, Request, SystemClock};
 
 mod builder;

@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use super::{Pipeline, Stage};
-use crate::analyzer::RoutePlan;
 use crate::decision::{DecisionParts, QueueReason, RouteReason, RoutingDecision};
 use crate::intent::{Phase, Scratch};
+use crate::routes::RoutePlan;
 use crate::{
     BackendId, BudgetStatus, ErrorPolicy, QueueCause, Reason, Request, RouteTicket, RoutingIntent,
     Selection, Settlement, TierMode,
