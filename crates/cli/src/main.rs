@@ -141,14 +141,6 @@ fn config_name(config: &ConfigArg) -> String {
     )
 }
 
-/// `println!` into a `String`, which cannot fail.
-macro_rules! outln {
-    ($out:expr, $($arg:tt)*) => {{
-        use std::fmt::Write as _;
-        let _ = writeln!($out, $($arg)*);
-    }};
-}
-
 /// Writes `text` to stdout: success also when the reader has gone (a closed pipe),
 /// exit code 1 with a message for any other failure (a full disk).
 fn print_out(text: &str) -> ExitCode {
@@ -290,156 +282,8 @@ fn check(config: &ConfigArg) -> ExitCode {
     for warning in router.warnings() {
         print_err(&warning.to_string());
     }
-    let mut out = String::new();
-    let pipeline = router.pipeline();
-    let fleet = pipeline.fleet();
-    outln!(out, "{}: ok", config_name(config));
-    outln!(out, "  backends: {}", fleet.len());
-    for backend in fleet.backends() {
-        let zone = match backend.configured_zone() {
-            Some(zone) => zone.to_string(),
-            None => "cloud (no zone set)".to_owned(),
-        };
-        let models: Vec<&str> = backend
-            .models()
-            .iter()
-            .map(|m| fleet.model(*m).name())
-            .collect();
-        outln!(
-            out,
-            "    {:<16} {:<20} {}, priority {}, max {} at once, {}; serves {}",
-            backend.name(),
-            zone,
-            backend.kind(),
-            backend.priority(),
-            backend.max_concurrency(),
-            backend.live().status(),
-            models.join(", "),
-        );
-        if let Some(var) = backend.api_key_env() {
-            // Whether the variable is set, never its value.
-            let state = match std::env::var_os(var) {
-                Some(value) if !value.is_empty() => "set",
-                _ => "not set: requests to it go without a key",
-            };
-            outln!(out, "    {:<16} api key from ${var} ({state})", "");
-        }
-    }
-    outln!(out, "  models: {}", fleet.models().len());
-    let mut names: Vec<&str> = pipeline.routes().names().collect();
-    names.sort_unstable();
-    for name in names {
-        let Some(plan) = pipeline.routes().plan(name) else {
-            continue;
-        };
-        let chain: Vec<&str> = plan.alias_chain().collect();
-        let attempts: Vec<&str> = plan
-            .attempts()
-            .iter()
-            .map(|a| fleet.model(a.model).name())
-            .collect();
-        if chain.len() > 1 || attempts.len() > 1 {
-            let fallbacks = match attempts.get(1..) {
-                Some(rest) if !rest.is_empty() => format!(" (fallbacks: {})", rest.join(", ")),
-                _ => String::new(),
-            };
-            outln!(out, "    {}{fallbacks}", chain.join(" -> "));
-        }
-    }
-    outln!(out, "  policies: {}", pipeline.policies().len());
-    for (i, policy) in pipeline.policies().policies().iter().enumerate() {
-        let mut parts = vec![policy.privacy.as_str().to_owned()];
-        if let Some(tier) = policy.min_tier {
-            parts.push(format!("min_tier {tier}"));
-        }
-        if let Some(cost) = policy.max_cost_per_request {
-            parts.push(format!("max ${cost} per request"));
-        }
-        if !policy.fallback_allowed {
-            parts.push("no fallbacks".to_owned());
-        }
-        outln!(
-            out,
-            "    #{i} {:<16} {}",
-            policy.model_pattern,
-            parts.join(", ")
-        );
-    }
-    let stages: Vec<String> = pipeline
-        .stages()
-        .iter()
-        .map(|s| format!("{} ({})", s.reconciler().name(), s.error_policy().as_str()))
-        .collect();
-    outln!(out, "  pipeline: {}", stages.join(" -> "));
-    print_budget(&mut out, &router);
-    let server = router.server();
-    outln!(
-        out,
-        "  serve: listen {}, queue {} ms (at most {}), {} attempt{} per request, bodies up to {} bytes",
-        server.listen,
-        server.queue_timeout_ms,
-        server.max_queued,
-        server.max_attempts,
-        if server.max_attempts == 1 { "" } else { "s" },
-        server.max_body_bytes,
-    );
-    outln!(
-        out,
-        "    timeouts: connect {} ms, first byte {} ms, idle stream {} ms, request body {} ms; shutdown grace {} s",
-        server.connect_timeout_ms,
-        server.first_byte_timeout_ms,
-        server.idle_timeout_ms,
-        server.body_read_timeout_ms,
-        server.shutdown_grace_secs,
-    );
-    let health = router.health();
-    match health.interval() {
-        Some(_) => outln!(
-            out,
-            "  health: every {} s, {} ms timeout, unhealthy after {} failed check{}",
-            health.interval_secs,
-            health.timeout_ms,
-            health.unhealthy_after,
-            if health.unhealthy_after == 1 { "" } else { "s" },
-        ),
-        None => outln!(out, "  health: checks off (interval_secs = 0)"),
-    }
-    print_out(&out)
+    print_out(&router.summary(&config_name(config)))
 }
-
-/// The budget's settings and where its spend stands, for `check`.
-#[cfg(feature = "budget")]
-fn print_budget(out: &mut String, router: &Router) {
-    let Some(budget) = router
-        .pipeline()
-        .stage_of::<nexus_router::budget::BudgetReconciler>()
-    else {
-        return;
-    };
-    let settings = budget.settings();
-    let store = budget
-        .store_status()
-        .map_or_else(|| "in memory".to_owned(), ToString::to_string);
-    let snapshot = budget.ledger().snapshot();
-    let limit = match settings.monthly_limit_usd {
-        Some(limit) => format!(
-            "${limit} a month, soft limit at {}%, {} at the limit",
-            settings.soft_limit_percent * 100.0,
-            settings.hard_limit_action.as_str(),
-        ),
-        None => "no monthly limit (per-request caps only)".to_owned(),
-    };
-    outln!(
-        out,
-        "  budget: {limit}; {} spent in {} ({store})",
-        format_args!("${:.2}", snapshot.total_usd),
-        snapshot.month,
-    );
-}
-
-/// Without the budget feature there is nothing to print.
-#[cfg(not(feature = "budget"))]
-fn print_budget(_out: &mut String, _router: &Router) {}
 
 /// Why the budget's spend so far could not be read, if it could not.
 #[cfg(feature = "budget")]
@@ -466,7 +310,7 @@ fn route(args: &RouteArgs) -> ExitCode {
         }
     };
     if let Some(path) = &args.outcomes {
-        if let Err(error) = replay_outcomes(&router, path) {
+        if let Err(error) = router.replay_outcomes(path) {
             print_err(&error.to_string());
             return ExitCode::from(2);
         }
@@ -522,80 +366,4 @@ fn set_spent(router: &Router, usd: f64) -> bool {
 #[cfg(not(feature = "budget"))]
 fn set_spent(_router: &Router, _usd: f64) -> bool {
     false
-}
-
-/// One line of an `--outcomes` file.
-#[cfg(feature = "quality")]
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RecordedOutcome {
-    backend: String,
-    success: bool,
-    #[serde(default)]
-    latency_ms: u64,
-    #[serde(default)]
-    ttft_ms: Option<u64>,
-    #[serde(default)]
-    seconds_ago: u64,
-}
-
-/// Feeds recorded outcomes to the quality stage, so that a dry run decides as the
-/// router would after that traffic.
-#[cfg(feature = "quality")]
-fn replay_outcomes(router: &Router, path: &std::path::Path) -> Result<(), String> {
-    use std::time::Duration;
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("{}: cannot read the outcomes file: {e}", path.display()))?;
-    let Some(quality) = router
-        .pipeline()
-        .stage_of::<nexus_router::quality::QualityReconciler>()
-    else {
-        return Err(format!(
-            "{}: --outcomes needs the quality stage in the pipeline",
-            path.display()
-        ));
-    };
-    let tracker = quality.tracker();
-    let now = tracker.now_secs();
-    for (index, line) in text.lines().enumerate() {
-        let line_no = index + 1;
-        if line.trim().is_empty() || line.trim_start().starts_with('#') {
-            continue;
-        }
-        let outcome: RecordedOutcome = serde_json::from_str(line).map_err(|e| {
-            format!(
-                "{}:{line_no}:{}: {e}; each line is {{\"backend\": \"id\", \"success\": true, \"latency_ms\": 500, \"ttft_ms\": 120, \"seconds_ago\": 30}}",
-                path.display(),
-                e.column()
-            )
-        })?;
-        let Some(backend) = router.fleet().backend_by_name(&outcome.backend) else {
-            let known = router.fleet().backends().iter().map(|b| b.name());
-            let hint = nexus_core::closest(&outcome.backend, known)
-                .map(|b| format!(" (did you mean '{b}'?)"))
-                .unwrap_or_default();
-            return Err(format!(
-                "{}:{line_no}:1: unknown backend '{}'{hint}",
-                path.display(),
-                outcome.backend
-            ));
-        };
-        tracker.record_at(
-            backend.id(),
-            now.saturating_sub(outcome.seconds_ago),
-            outcome.success,
-            Duration::from_millis(outcome.latency_ms),
-            outcome.ttft_ms.map(Duration::from_millis),
-        );
-    }
-    Ok(())
-}
-
-/// Without the quality feature there is no stage to replay into.
-#[cfg(not(feature = "quality"))]
-fn replay_outcomes(_router: &Router, path: &std::path::Path) -> Result<(), String> {
-    Err(format!(
-        "{}: --outcomes needs the quality stage, which this build does not include",
-        path.display()
-    ))
 }

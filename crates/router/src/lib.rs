@@ -23,9 +23,11 @@
 
 mod config;
 mod enforcement;
+mod replay;
 mod report;
 mod router;
 mod serving;
+mod summary;
 mod validate;
 mod wording;
 
@@ -34,6 +36,7 @@ pub use config::{
     MAX_CONFIG_BYTES,
 };
 pub use enforcement::POLICY_KEY_STAGES;
+pub use replay::ReplayError;
 pub use report::{CandidateReport, CostReport, DecisionReport, FixReport, RejectionReport};
 pub use router::{Router, RouterBuilder, WithBuiltins, DEFAULT_PIPELINE};
 pub use serving::{HealthConfig, ServerConfig};

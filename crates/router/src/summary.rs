@@ -1,0 +1,173 @@
+//! The summary of a loaded configuration that `nexus check` prints: backends, models
+//! with their aliases and fallbacks, policies, the pipeline, the budget, the server
+//! and health settings.
+
+use crate::Router;
+
+/// `writeln!` into a `String`, which cannot fail.
+macro_rules! outln {
+    ($out:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
+
+impl Router {
+    /// A summary of what was loaded, for people, headed `"{config_name}: ok"`: each
+    /// backend (zone, kind, priority, concurrency, health, models, whether its API key
+    /// variable is set, never its value), the aliases and fallbacks, the policies, the
+    /// pipeline with each stage's error policy, the budget and its spend, and the
+    /// gateway's server and health settings. What `nexus check` prints.
+    pub fn summary(&self, config_name: &str) -> String {
+        let router = self;
+        let mut out = String::new();
+        let pipeline = router.pipeline();
+        let fleet = pipeline.fleet();
+        outln!(out, "{}: ok", config_name);
+        outln!(out, "  backends: {}", fleet.len());
+        for backend in fleet.backends() {
+            let zone = match backend.configured_zone() {
+                Some(zone) => zone.to_string(),
+                None => "cloud (no zone set)".to_owned(),
+            };
+            let models: Vec<&str> = backend
+                .models()
+                .iter()
+                .map(|m| fleet.model(*m).name())
+                .collect();
+            outln!(
+                out,
+                "    {:<16} {:<20} {}, priority {}, max {} at once, {}; serves {}",
+                backend.name(),
+                zone,
+                backend.kind(),
+                backend.priority(),
+                backend.max_concurrency(),
+                backend.live().status(),
+                models.join(", "),
+            );
+            if let Some(var) = backend.api_key_env() {
+                // Whether the variable is set, never its value.
+                let state = match std::env::var_os(var) {
+                    Some(value) if !value.is_empty() => "set",
+                    _ => "not set: requests to it go without a key",
+                };
+                outln!(out, "    {:<16} api key from ${var} ({state})", "");
+            }
+        }
+        outln!(out, "  models: {}", fleet.models().len());
+        let mut names: Vec<&str> = pipeline.routes().names().collect();
+        names.sort_unstable();
+        for name in names {
+            let Some(plan) = pipeline.routes().plan(name) else {
+                continue;
+            };
+            let chain: Vec<&str> = plan.alias_chain().collect();
+            let attempts: Vec<&str> = plan
+                .attempts()
+                .iter()
+                .map(|a| fleet.model(a.model).name())
+                .collect();
+            if chain.len() > 1 || attempts.len() > 1 {
+                let fallbacks = match attempts.get(1..) {
+                    Some(rest) if !rest.is_empty() => format!(" (fallbacks: {})", rest.join(", ")),
+                    _ => String::new(),
+                };
+                outln!(out, "    {}{fallbacks}", chain.join(" -> "));
+            }
+        }
+        outln!(out, "  policies: {}", pipeline.policies().len());
+        for (i, policy) in pipeline.policies().policies().iter().enumerate() {
+            let mut parts = vec![policy.privacy.as_str().to_owned()];
+            if let Some(tier) = policy.min_tier {
+                parts.push(format!("min_tier {tier}"));
+            }
+            if let Some(cost) = policy.max_cost_per_request {
+                parts.push(format!("max ${cost} per request"));
+            }
+            if !policy.fallback_allowed {
+                parts.push("no fallbacks".to_owned());
+            }
+            outln!(
+                out,
+                "    #{i} {:<16} {}",
+                policy.model_pattern,
+                parts.join(", ")
+            );
+        }
+        let stages: Vec<String> = pipeline
+            .stages()
+            .iter()
+            .map(|s| format!("{} ({})", s.reconciler().name(), s.error_policy().as_str()))
+            .collect();
+        outln!(out, "  pipeline: {}", stages.join(" -> "));
+        print_budget(&mut out, router);
+        let server = router.server();
+        outln!(
+            out,
+            "  serve: listen {}, queue {} ms (at most {}), {} attempt{} per request, bodies up to {} bytes",
+            server.listen,
+            server.queue_timeout_ms,
+            server.max_queued,
+            server.max_attempts,
+            if server.max_attempts == 1 { "" } else { "s" },
+            server.max_body_bytes,
+        );
+        outln!(
+            out,
+            "    timeouts: connect {} ms, first byte {} ms, idle stream {} ms, request body {} ms; shutdown grace {} s",
+            server.connect_timeout_ms,
+            server.first_byte_timeout_ms,
+            server.idle_timeout_ms,
+            server.body_read_timeout_ms,
+            server.shutdown_grace_secs,
+        );
+        let health = router.health();
+        match health.interval() {
+            Some(_) => outln!(
+                out,
+                "  health: every {} s, {} ms timeout, unhealthy after {} failed check{}",
+                health.interval_secs,
+                health.timeout_ms,
+                health.unhealthy_after,
+                if health.unhealthy_after == 1 { "" } else { "s" },
+            ),
+            None => outln!(out, "  health: checks off (interval_secs = 0)"),
+        }
+        out
+    }
+}
+
+/// The budget's settings and where its spend stands, for `check`.
+#[cfg(feature = "budget")]
+fn print_budget(out: &mut String, router: &Router) {
+    let Some(budget) = router
+        .pipeline()
+        .stage_of::<crate::budget::BudgetReconciler>()
+    else {
+        return;
+    };
+    let settings = budget.settings();
+    let store = budget
+        .store_status()
+        .map_or_else(|| "in memory".to_owned(), ToString::to_string);
+    let snapshot = budget.ledger().snapshot();
+    let limit = match settings.monthly_limit_usd {
+        Some(limit) => format!(
+            "${limit} a month, soft limit at {}%, {} at the limit",
+            settings.soft_limit_percent * 100.0,
+            settings.hard_limit_action.as_str(),
+        ),
+        None => "no monthly limit (per-request caps only)".to_owned(),
+    };
+    outln!(
+        out,
+        "  budget: {limit}; {} spent in {} ({store})",
+        format_args!("${:.2}", snapshot.total_usd),
+        snapshot.month,
+    );
+}
+
+/// Without the budget feature there is nothing to print.
+#[cfg(not(feature = "budget"))]
+fn print_budget(_out: &mut String, _router: &Router) {}
