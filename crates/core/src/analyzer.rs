@@ -29,7 +29,7 @@ impl Reconciler for RequestAnalyzer {
     }
 
     fn explain(&self, reason: &Reason, _ctx: &ExplainContext<'_>) -> Explanation {
-        match reason.code {
+        match reason.code() {
             UNHEALTHY => Explanation::new(
                 "backend is unhealthy",
                 "check the backend's logs; it is admitted again once its health check passes",

@@ -54,7 +54,9 @@ mod routes;
 mod set;
 
 pub use analyzer::{RequestAnalyzer, UNHEALTHY};
-pub use clock::{Clock, FakeClock, SystemClock};
+#[cfg(any(test, feature = "test-util"))]
+pub use clock::FakeClock;
+pub use clock::{Clock, SystemClock};
 pub use decision::{
     Decision, Fix, OwnedDecision, OwnedRouteGuard, QueueReason, RouteGuard, RouteReason,
     RoutingDecision, Significant,

@@ -176,9 +176,9 @@ impl Reconciler for TierReconciler {
     }
 
     fn explain(&self, reason: &Reason, ctx: &ExplainContext<'_>) -> Explanation {
-        let [a, b, c] = reason.values;
+        let [a, b, c] = reason.values();
         let model = ctx.fleet.model(ctx.model).name();
-        match reason.code {
+        match reason.code() {
             BELOW_TIER => {
                 let policy = ctx.policy_label(Reason::policy_index(c));
                 let flexible = if ctx.constraints.fallback_allowed {

@@ -110,7 +110,7 @@ impl Pipeline {
             };
             if result.is_err() && stage.on_error == ErrorPolicy::FailClosed {
                 for b in servers.iter() {
-                    count(b, Reason::new(Reason::STAGE_FAILED));
+                    count(b, Reason::pipeline(Reason::STAGE_FAILED, [0.0; 3]));
                 }
                 continue;
             }
@@ -176,14 +176,14 @@ impl Pipeline {
             .stages
             .get(usize::from(stage))
             .map_or("pipeline", |s| s.reconciler.name());
-        if reason.code == Reason::EXCLUDED_BY_CALLER && stage == Reason::PIPELINE_STAGE {
+        if reason.code() == Reason::EXCLUDED_BY_CALLER && stage == Reason::PIPELINE_STAGE {
             return Explanation::new(
                 "left out by the caller: an earlier attempt of this request failed there",
                 "none needed: the request was decided again without it",
             );
         }
-        if reason.code == Reason::STAGE_FAILED {
-            let message = errors.get(reason.values[0] as usize).map_or_else(
+        if reason.code() == Reason::STAGE_FAILED {
+            let message = errors.get(reason.values()[0] as usize).map_or_else(
                 || "it returned an error".to_owned(),
                 |(_, e)| e.message.to_string(),
             );

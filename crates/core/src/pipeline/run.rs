@@ -272,7 +272,7 @@ impl Pipeline {
         tracing::warn!(stage = stage.reconciler.name(), %error, policy = stage.on_error.as_str(), "routing stage failed");
         let error_index = intent.scratch.errors.len() as f64;
         intent.scratch.errors.push((index as u16, error));
-        let reason = Reason::with(Reason::STAGE_FAILED, [error_index, 0.0, 0.0]);
+        let reason = Reason::pipeline(Reason::STAGE_FAILED, [error_index, 0.0, 0.0]);
         match stage.on_error {
             ErrorPolicy::FailOpen => intent.warn(None, reason),
             ErrorPolicy::FailClosed => {
