@@ -127,8 +127,8 @@ pub enum RoutingDecision {
 }
 
 impl RoutingDecision {
-    /// `"route"`, `"queue"` or `"reject"`.
-    pub fn kind(&self) -> &'static str {
+    /// `"route"`, `"queue"` or `"reject"`, as written in JSON output.
+    pub fn as_str(&self) -> &'static str {
         match self {
             RoutingDecision::Route { .. } => "route",
             RoutingDecision::Queue { .. } => "queue",

@@ -248,7 +248,7 @@ pub(crate) async fn decide(
 fn timed_decision(gateway: &Gateway, request: &nexus_core::Request<'_>) -> OwnedDecision {
     let started = Instant::now();
     let decision = gateway.router().route_owned(request);
-    crate::metrics::decision(decision.kind().kind(), started.elapsed());
+    crate::metrics::decision(decision.kind().as_str(), started.elapsed());
     decision
 }
 
@@ -260,7 +260,7 @@ fn route_info(
     let reason = match (decision.kind(), note) {
         (RoutingDecision::Route { reason, .. }, _) => reason.to_string(),
         (RoutingDecision::Queue { reason, .. }, Some(note)) => format!("{reason}; {note}"),
-        (kind, _) => kind.kind().to_owned(),
+        (kind, _) => kind.as_str().to_owned(),
     };
     let budget_status = decision.budget_status().as_str();
     move |guard| {

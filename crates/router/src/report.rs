@@ -116,7 +116,7 @@ impl DecisionReport {
         let requirements = decision.requirements();
         let cost = decision.cost_estimate();
         let mut report = DecisionReport {
-            decision: decision.kind().kind().to_owned(),
+            decision: decision.kind().as_str().to_owned(),
             requested_model: requested_model.to_owned(),
             model: decision.model().map(str::to_owned),
             backend: None,

@@ -75,7 +75,7 @@ fn outcome(router: &Router, request: &Request<'_>, spent: Option<f64>) -> String
     let decision = router.route(request);
     format!(
         "{} {} {}",
-        decision.kind().kind(),
+        decision.kind().as_str(),
         decision.backend().map_or("-", |b| b.name()),
         decision.model().unwrap_or("-"),
     )

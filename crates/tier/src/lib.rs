@@ -65,7 +65,7 @@ pub struct TierSettings {}
 /// let pipeline = Pipeline::builder(fleet).policies(policies).stage(TierReconciler).build()?;
 ///
 /// let strict = pipeline.decide(&Request::new("m"));
-/// assert_eq!(strict.kind().kind(), "reject");
+/// assert_eq!(strict.kind().as_str(), "reject");
 ///
 /// let flexible = pipeline.decide(&Request::new("m").tier_mode(TierMode::Flexible));
 /// assert_eq!(flexible.backend().unwrap().name(), "small");
