@@ -79,3 +79,8 @@ pub use request::{
 };
 pub use routes::{closest, Attempt, ModelRoutes, RoutePlan, RoutesError, MAX_ALIAS_NAMES};
 pub use set::{BackendSet, Iter as BackendSetIter};
+
+/// The snippets of `docs/writing-a-reconciler.md`, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/writing-a-reconciler.md")]
+pub struct WritingAReconcilerDoc;

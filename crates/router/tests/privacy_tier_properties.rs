@@ -259,7 +259,7 @@ proptest! {
                 }
             }
         }
-        // The stages in DESIGN.md's order, and in an order shuffled by the case's seed.
+        // The stages in the default pipeline's order, and in an order shuffled by the case's seed.
         let stages = |order: &[usize]| -> Vec<Box<dyn Reconciler>> {
             order
                 .iter()
