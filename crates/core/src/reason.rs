@@ -98,24 +98,6 @@ impl Reason {
     pub(crate) const PIPELINE_STAGE: u16 = u16::MAX;
 }
 
-#[cfg(test)]
-mod tests {
-    use super::Reason;
-
-    #[test]
-    fn stages_get_every_code_below_the_pipelines_range() {
-        for code in [0, 1, 0x1234, Reason::MAX_STAGE_CODE] {
-            assert_eq!(Reason::new(code).code(), code);
-        }
-    }
-
-    #[test]
-    #[should_panic(expected = "are the pipeline's own")]
-    fn a_stage_cannot_use_a_pipeline_code() {
-        let _ = Reason::new(Reason::STAGE_FAILED);
-    }
-}
-
 /// One backend excluded by one stage while deciding for one model.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Exclusion {
@@ -206,4 +188,22 @@ pub struct Rejection {
     pub reason: Cow<'static, str>,
     /// What would fix it.
     pub suggested_action: Cow<'static, str>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Reason;
+
+    #[test]
+    fn stages_get_every_code_below_the_pipelines_range() {
+        for code in [0, 1, 0x1234, Reason::MAX_STAGE_CODE] {
+            assert_eq!(Reason::new(code).code(), code);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "are the pipeline's own")]
+    fn a_stage_cannot_use_a_pipeline_code() {
+        let _ = Reason::new(Reason::STAGE_FAILED);
+    }
 }
