@@ -11,7 +11,7 @@ pub const UNHEALTHY: u16 = 1;
 
 /// The `analyzer` stage: admits only backends whose health allows traffic.
 ///
-/// Name resolution, fallbacks and policy matching are done by [`ModelRoutes`] when the
+/// Name resolution, fallbacks and policy matching are done by [`ModelRoutes`](crate::ModelRoutes) when the
 /// pipeline is built; this stage is the per-decision part of request analysis.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RequestAnalyzer;

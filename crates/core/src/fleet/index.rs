@@ -11,7 +11,7 @@ use super::{
 };
 use crate::{BackendId, BackendSet, Features, ModelId};
 
-/// What one backend offers for one model, resolved from its [`ModelSpec`].
+/// What one backend offers for one model, resolved from its [`ModelSpec`](super::ModelSpec).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Offering {
     /// Capability tier: the model's tier, else the backend's, else 0.

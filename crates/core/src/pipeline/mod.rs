@@ -190,7 +190,7 @@ mod sealed {
     impl Sealed for std::sync::Arc<super::Pipeline> {}
 }
 
-/// How a [`Decision`] and its [`RouteGuard`] hold the pipeline that made them: borrowed
+/// How a [`Decision`] and its [`RouteGuard`](crate::RouteGuard) hold the pipeline that made them: borrowed
 /// (`&Pipeline`, from [`Pipeline::decide`]: nothing shared is written) or shared
 /// (`Arc<Pipeline>`, from [`Pipeline::decide_owned`]: `Send + 'static`, for servers).
 /// Sealed: those are the only two.
