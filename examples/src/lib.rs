@@ -126,7 +126,8 @@ impl Reconciler for MaintenanceWindow {
         Explanation::new(
             format!(
                 "in its maintenance window ({:02}:00-{:02}:00 UTC)",
-                reason.values[0], reason.values[1]
+                reason.values()[0],
+                reason.values()[1]
             ),
             "wait for the window to end, or remove the backend from [routing.maintenance] backends",
         )

@@ -943,7 +943,7 @@ impl Reconciler for BudgetReconciler {
         if let Some(explanation) = crate::lease::explain(reason) {
             return explanation;
         }
-        let [a, b, c] = reason.values;
+        let [a, b, c] = reason.values();
         let model = ctx.fleet.model(ctx.model).name();
         let local_exists = ctx
             .fleet
@@ -956,7 +956,7 @@ impl Reconciler for BudgetReconciler {
         } else {
             format!("add a local backend for '{model}'")
         };
-        match reason.code {
+        match reason.code() {
             OVER_LIMIT => Explanation::new(
                 format!("global limit: spend ${a:.2} (with requests in flight) of the ${b:.2} monthly limit; this request would cost ${c:.4} and pass it"),
                 format!("raise monthly_limit_usd in [routing.budget], or {local_hint}"),

@@ -270,12 +270,6 @@ impl<'a> RoutingIntent<'a> {
         intent
     }
 
-    /// Sets the decision's time (a standalone intent reads the system clock).
-    pub fn with_now_secs(mut self, now_secs: u64) -> Self {
-        self.now_secs = now_secs;
-        self
-    }
-
     /// Starts over for another model (a fallback): its servers become the candidates.
     pub(crate) fn reset_for(&mut self, model: ModelId, constraints: Constraints, attempt: usize) {
         let entry = self.fleet.model(model);
@@ -293,7 +287,7 @@ impl<'a> RoutingIntent<'a> {
                     backend,
                     model,
                     stage: Reason::PIPELINE_STAGE,
-                    reason: Reason::new(Reason::EXCLUDED_BY_CALLER),
+                    reason: Reason::pipeline(Reason::EXCLUDED_BY_CALLER, [0.0; 3]),
                 });
             }
         }
@@ -423,23 +417,6 @@ impl<'a> RoutingIntent<'a> {
         self.scratch.weight(backend)
     }
 
-    /// Records the score the selecting stage computed for `backend`, for explanations.
-    #[inline]
-    pub fn record_score(&mut self, backend: BackendId, score: f64) {
-        self.scratch.scores[backend.index()] = score;
-        self.scratch.scored.insert_within(backend);
-    }
-
-    /// The score recorded for `backend` by [`record_score`](Self::record_score) for the
-    /// current model, if any.
-    #[inline]
-    pub fn score(&self, backend: BackendId) -> Option<f64> {
-        self.scratch
-            .scored
-            .contains(backend)
-            .then(|| self.scratch.scores[backend.index()])
-    }
-
     /// Visits every candidate with what it offers for the current model, in backend
     /// order, and applies the [`Verdict`] `visit` returns for it. This is the fast way
     /// for a stage to check each candidate: it walks the candidate bitset, finds each
@@ -556,11 +533,6 @@ impl<'a> RoutingIntent<'a> {
             fallback_backend,
         };
         self.selected_by = Some((self.stage, self.phase));
-    }
-
-    /// What has been selected so far.
-    pub fn selection(&self) -> Selection {
-        self.selection
     }
 }
 

@@ -40,6 +40,7 @@
 
 mod analyzer;
 mod clock;
+mod decision;
 mod fleet;
 mod id;
 mod intent;
@@ -49,24 +50,24 @@ mod reason;
 mod reconciler;
 mod registry;
 mod request;
+mod routes;
 mod set;
 
-pub use analyzer::{
-    closest, Attempt, ModelRoutes, RequestAnalyzer, RoutePlan, RoutesError, MAX_ALIAS_NAMES,
-    UNHEALTHY,
+pub use analyzer::{RequestAnalyzer, UNHEALTHY};
+#[cfg(any(test, feature = "test-util"))]
+pub use clock::FakeClock;
+pub use clock::{Clock, SystemClock};
+pub use decision::{
+    Decision, Fix, OwnedDecision, OwnedRouteGuard, QueueReason, RouteGuard, RouteReason,
+    RoutingDecision, Significant,
 };
-pub use clock::{Clock, FakeClock, SystemClock};
 pub use fleet::{
     Backend, BackendKind, BackendSpec, BackendStatus, Fleet, FleetError, LiveState, ModelEntry,
     ModelSpec, OfferSummary, Offering, Zone, LATENCY_MEMORY_SECS, MAX_USD_PER_MTOK,
 };
 pub use id::{BackendId, ModelId, TenantId};
 pub use intent::{BudgetStatus, Candidate, QueueCause, RoutingIntent, Scratch, Selection, Verdict};
-pub use pipeline::{
-    Decision, Fix, OwnedDecision, OwnedRouteGuard, Pipeline, PipelineBuilder, PipelineError,
-    PipelineRef, QueueReason, RouteGuard, RouteReason, RoutingDecision, Significant, Stage,
-    StageTiming,
-};
+pub use pipeline::{Pipeline, PipelineBuilder, PipelineError, PipelineRef, Stage, StageTiming};
 pub use policy::{Constraints, PolicyError, PolicySet, Privacy, Shadowed, TrafficPolicy};
 pub use reason::{Exclusion, ExplainContext, Explanation, Reason, Rejection, Warning};
 pub use reconciler::{
@@ -76,4 +77,10 @@ pub use registry::{BuildContext, BuildError, DuplicateKind, ReconcilerFactory, R
 pub use request::{
     estimate_tokens, CostEstimate, Features, Request, RequestRequirements, TierMode, TokenTier,
 };
+pub use routes::{closest, Attempt, ModelRoutes, RoutePlan, RoutesError, MAX_ALIAS_NAMES};
 pub use set::{BackendSet, Iter as BackendSetIter};
+
+/// The snippets of `docs/writing-a-reconciler.md`, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/writing-a-reconciler.md")]
+pub struct WritingAReconcilerDoc;

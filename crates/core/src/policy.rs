@@ -239,22 +239,6 @@ impl Constraints {
         }
         self
     }
-
-    /// `self` tightened by everything `other` demands.
-    pub fn combine(mut self, other: &Constraints, policies: &PolicySet) -> Constraints {
-        for index in [
-            other.privacy_policy,
-            other.min_tier_policy,
-            other.max_cost_policy,
-            other.fallback_policy,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            self.tighten(index, policies.policy(index));
-        }
-        self
-    }
 }
 
 /// Every traffic policy, compiled.

@@ -14,27 +14,65 @@ use crate::{BackendId, Constraints, Fleet, ModelId, PolicySet, RequestRequiremen
 /// A compact, stage-defined reason code with up to three numeric arguments.
 ///
 /// Each stage defines its own codes (constants in its crate) and is the only one that
-/// renders them. Codes from `0xFF00` up belong to the pipeline itself.
+/// renders them. Codes from [`Reason::MAX_STAGE_CODE`]` + 1` (`0xFF00`) up belong to the
+/// pipeline itself: [`Reason::new`] and [`Reason::with`] refuse them, so that a stage's
+/// reason is never read as a pipeline failure.
+///
+/// ```
+/// use nexus_core::Reason;
+///
+/// const TOO_FAR: u16 = 3;
+/// let reason = Reason::with(TOO_FAR, [120.0, 80.0, 0.0]);
+/// assert_eq!((reason.code(), reason.values()[0]), (TOO_FAR, 120.0));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Reason {
-    /// The stage-defined code.
-    pub code: u16,
-    /// Arguments: tiers, policy indexes, amounts; whatever the code needs.
-    pub values: [f64; 3],
+    code: u16,
+    values: [f64; 3],
 }
 
 impl Reason {
+    /// The highest code a stage may use.
+    pub const MAX_STAGE_CODE: u16 = 0xFEFF;
+
     /// A reason with no arguments.
+    ///
+    /// # Panics
+    /// If `code` is above [`MAX_STAGE_CODE`](Self::MAX_STAGE_CODE) (a bug in the stage,
+    /// caught at compile time when `code` is a constant in a const context).
+    #[inline]
     pub const fn new(code: u16) -> Self {
-        Self {
-            code,
-            values: [0.0; 3],
-        }
+        Self::with(code, [0.0; 3])
     }
 
     /// A reason with arguments.
+    ///
+    /// # Panics
+    /// If `code` is above [`MAX_STAGE_CODE`](Self::MAX_STAGE_CODE).
+    #[inline]
     pub const fn with(code: u16, values: [f64; 3]) -> Self {
+        assert!(
+            code <= Self::MAX_STAGE_CODE,
+            "reason codes above Reason::MAX_STAGE_CODE (0xFEFF) are the pipeline's own"
+        );
         Self { code, values }
+    }
+
+    /// One of the pipeline's own reasons.
+    pub(crate) const fn pipeline(code: u16, values: [f64; 3]) -> Self {
+        Self { code, values }
+    }
+
+    /// The stage-defined code.
+    #[inline]
+    pub const fn code(&self) -> u16 {
+        self.code
+    }
+
+    /// The arguments: tiers, policy indexes, amounts; whatever the code needs.
+    #[inline]
+    pub const fn values(&self) -> [f64; 3] {
+        self.values
     }
 
     /// A policy index as a reason argument: the index, or -1 for "no policy" (the
@@ -50,16 +88,14 @@ impl Reason {
 
     /// The pipeline's code for "this stage failed and its error policy is fail-closed".
     /// `values[0]` is the index of the stage error in the decision.
-    pub const STAGE_FAILED: u16 = 0xFF00;
+    pub(crate) const STAGE_FAILED: u16 = 0xFF00;
     /// The pipeline's code for "the caller left this backend out"
     /// ([`Request::excluding`](crate::Request::excluding)), recorded under
     /// [`PIPELINE_STAGE`](Self::PIPELINE_STAGE).
-    pub const EXCLUDED_BY_CALLER: u16 = 0xFF01;
-    /// The first code reserved for the pipeline; stages use codes below it.
-    pub const FIRST_PIPELINE_CODE: u16 = 0xFF00;
+    pub(crate) const EXCLUDED_BY_CALLER: u16 = 0xFF01;
     /// The stage index under which the pipeline records its own exclusions (no stage
     /// has it: a pipeline holds fewer stages).
-    pub const PIPELINE_STAGE: u16 = u16::MAX;
+    pub(crate) const PIPELINE_STAGE: u16 = u16::MAX;
 }
 
 /// One backend excluded by one stage while deciding for one model.
@@ -152,4 +188,22 @@ pub struct Rejection {
     pub reason: Cow<'static, str>,
     /// What would fix it.
     pub suggested_action: Cow<'static, str>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Reason;
+
+    #[test]
+    fn stages_get_every_code_below_the_pipelines_range() {
+        for code in [0, 1, 0x1234, Reason::MAX_STAGE_CODE] {
+            assert_eq!(Reason::new(code).code(), code);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "are the pipeline's own")]
+    fn a_stage_cannot_use_a_pipeline_code() {
+        let _ = Reason::new(Reason::STAGE_FAILED);
+    }
 }

@@ -244,7 +244,7 @@ pub trait Reconciler: Send + Sync + std::fmt::Debug {
     /// say what was measured and how to fix it.
     fn explain(&self, reason: &Reason, _ctx: &ExplainContext<'_>) -> Explanation {
         Explanation::new(
-            format!("excluded by {} (code {})", self.name(), reason.code),
+            format!("excluded by {} (code {})", self.name(), reason.code()),
             "see the documentation of this reconciler",
         )
     }

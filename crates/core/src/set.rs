@@ -99,13 +99,6 @@ impl BackendSet {
         self.words.clone_from(&other.words);
     }
 
-    /// Keeps only the backends that are also in `other`.
-    pub fn intersect_with(&mut self, other: &BackendSet) {
-        for (i, w) in self.words.iter_mut().enumerate() {
-            *w &= other.words.get(i).copied().unwrap_or(0);
-        }
-    }
-
     /// Removes every backend of `other` from `self`, calling `removed` for each one that
     /// was present, in ascending order.
     pub fn remove_all(&mut self, other: &BackendSet, removed: impl FnMut(BackendId)) {

@@ -400,8 +400,8 @@ fn timed_decision(x: &Exchange, request: &nexus_core::Request<'_>) -> OwnedDecis
         u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
         Ordering::Relaxed,
     );
-    crate::metrics::decision(decision.kind().kind(), took);
-    let kind = decision.kind().kind();
+    crate::metrics::decision(decision.kind().as_str(), took);
+    let kind = decision.kind().as_str();
     span.record("nexus.decision", kind)
         .record("nexus.budget_status", decision.budget_status().as_str());
     if let Some(backend) = decision.backend() {
@@ -422,7 +422,7 @@ fn route_info(
     let reason = match (decision.kind(), note) {
         (RoutingDecision::Route { reason, .. }, _) => reason.to_string(),
         (RoutingDecision::Queue { reason, .. }, Some(note)) => format!("{reason}; {note}"),
-        (kind, _) => kind.kind().to_owned(),
+        (kind, _) => kind.as_str().to_owned(),
     };
     let budget_status = decision.budget_status().as_str();
     move |guard| {

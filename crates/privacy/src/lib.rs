@@ -107,7 +107,7 @@ impl Reconciler for PrivacyReconciler {
     }
 
     fn explain(&self, reason: &Reason, ctx: &ExplainContext<'_>) -> Explanation {
-        let [zone, policy, _] = reason.values;
+        let [zone, policy, _] = reason.values();
         let policy_index = Reason::policy_index(policy);
         let policy = ctx.policy_label(policy_index);
         let zone = if zone == ZONE_MISSING {
@@ -131,7 +131,7 @@ impl Reconciler for PrivacyReconciler {
                 model.name()
             )
         };
-        let suggested = if reason.values[0] == ZONE_MISSING {
+        let suggested = if reason.values()[0] == ZONE_MISSING {
             format!("{suggested}; if this backend runs on your own hardware, set its zone to \"local\" or \"private\"")
         } else {
             suggested

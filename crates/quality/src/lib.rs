@@ -296,9 +296,9 @@ impl Reconciler for QualityReconciler {
     }
 
     fn explain(&self, reason: &Reason, _ctx: &ExplainContext<'_>) -> Explanation {
-        let [a, b, c] = reason.values;
+        let [a, b, c] = reason.values();
         let check = "check the backend's logs; it is probed again when the cooldown ends";
-        match reason.code {
+        match reason.code() {
             CIRCUIT_OPEN => Explanation::new(
                 format!("{a} consecutive failures; circuit open for {b} s more"),
                 check,

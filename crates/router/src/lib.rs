@@ -24,9 +24,11 @@
 mod config;
 mod enforcement;
 mod reload;
+mod replay;
 mod report;
 mod router;
 mod serving;
+mod summary;
 mod tenants;
 mod validate;
 mod wording;
@@ -37,6 +39,7 @@ pub use config::{
 };
 pub use enforcement::POLICY_KEY_STAGES;
 pub use reload::{LiveRouter, ReloadSummary};
+pub use replay::ReplayError;
 pub use report::{CandidateReport, CostReport, DecisionReport, FixReport, RejectionReport};
 pub use router::{Router, RouterBuilder, WithBuiltins, DEFAULT_PIPELINE};
 pub use serving::{HealthConfig, LogFormat, ServerConfig};

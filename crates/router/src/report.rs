@@ -1,6 +1,6 @@
 //! [`DecisionReport`]: a decision rendered for people (text) and machines (JSON).
 //!
-//! The JSON keys are a contract (see DESIGN.md): `decision`, `requested_model`, `model`,
+//! The JSON keys are a contract (see docs/decisions.md): `decision`, `requested_model`, `model`,
 //! `backend`, `fallback_used`, `estimated_wait_ms`, `fallback_backend`, `reason`,
 //! `budget_status`, `cost_estimate`, `warnings`, `rejections`. Extra keys
 //! (`alias_chain`, `candidates`, `suggested_fix`) only add detail.
@@ -116,7 +116,7 @@ impl DecisionReport {
         let requirements = decision.requirements();
         let cost = decision.cost_estimate();
         let mut report = DecisionReport {
-            decision: decision.kind().kind().to_owned(),
+            decision: decision.kind().as_str().to_owned(),
             requested_model: requested_model.to_owned(),
             model: decision.model().map(str::to_owned),
             backend: None,

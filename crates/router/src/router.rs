@@ -1,6 +1,7 @@
 //! [`Router`]: a [`Pipeline`] built from configuration, and the [`RouterBuilder`] that
 //! registers third-party stages before loading it.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -10,8 +11,8 @@ use nexus_core::{
 };
 
 use crate::config::{
-    Config, ConfigError, ConfigWarning, Seg, Source, EXAMPLE_CONFIG, EXAMPLE_CONFIG_NAME,
-    ROUTING_KEYS,
+    Config, ConfigError, ConfigWarning, RoutingConfig, Seg, Source, EXAMPLE_CONFIG,
+    EXAMPLE_CONFIG_NAME, ROUTING_KEYS,
 };
 use crate::serving::{HealthConfig, ServerConfig};
 
@@ -206,6 +207,8 @@ impl RouterBuilder {
         self.build(&source, config, None, None)
     }
 
+    /// Checks and builds, step by step: the whole config's shape, the fleet, the
+    /// policies, the `[routing]` stage tables, the pipeline's kinds, then the stages.
     fn build(
         &self,
         source: &Source<'_>,
@@ -216,7 +219,7 @@ impl RouterBuilder {
         let mut warnings = Vec::new();
         crate::validate::check(source, &config)?;
         crate::serving::check(source, &config)?;
-        let routing = config.routing;
+        let mut routing = config.routing;
         let (server, health) = (config.server, config.health);
         let tenant_path = |index: usize, key: &'static str| {
             [Seg::Key("tenants"), Seg::Index(index), Seg::Key(key)]
@@ -233,65 +236,34 @@ impl RouterBuilder {
             warnings.push(source.warning(&tenant_path(w.index, w.key), w.message));
         }
 
-        let mut fleet = Fleet::new(config.backends).map_err(|e| fleet_error(source, &e))?;
-        if let Some(running) = running {
-            fleet.adopt_live_state(running.fleet());
-        }
-        if fleet.is_empty() {
-            warnings.push(source.warning(
-                &[],
-                "no [[backends]]: every request will be rejected; add a backend with the models it serves",
-            ));
-        }
-        for backend in fleet.backends().iter().filter(|b| b.models().is_empty()) {
-            warnings.push(source.warning(
-                &[Seg::Key("backends"), Seg::Index(backend.id().index())],
-                format!(
-                    "backend '{}' serves no models, so it never receives traffic; add [[backends.models]] entries",
-                    backend.name()
-                ),
-            ));
-        }
-        let fleet = Arc::new(fleet);
+        let fleet = build_fleet(source, config.backends, running, &mut warnings)?;
+        let policies =
+            build_policies(source, std::mem::take(&mut routing.policies), &mut warnings)?;
+        self.check_stage_tables(source, &routing.stages)?;
+        let kinds =
+            self.pipeline_kinds(source, &routing, &policies, &config.tenants, &mut warnings)?;
+        let prior = Prior {
+            config_dir,
+            running,
+            tenants: &tenants,
+        };
+        let pipeline = self.build_pipeline(source, &kinds, fleet, policies, routing, prior)?;
+        Ok(Router {
+            pipeline: Arc::new(pipeline),
+            warnings,
+            server,
+            health,
+            tenants: Arc::new(tenants),
+        })
+    }
 
-        let policies = PolicySet::new(routing.policies).map_err(|e| {
-            let index = e.index();
-            let key = match e {
-                PolicyError::InvalidCost { .. } => "max_cost_per_request",
-                _ => "model_pattern",
-            };
-            source.error(
-                &[
-                    Seg::Key("routing"),
-                    Seg::Key("policies"),
-                    Seg::Index(index),
-                    Seg::Key(key),
-                ],
-                e.to_string(),
-                None,
-            )
-        })?;
-        for shadowed in policies.shadowed() {
-            warnings.push(source.warning(
-                &[
-                    Seg::Key("routing"),
-                    Seg::Key("policies"),
-                    Seg::Index(shadowed.policy),
-                    Seg::Key("model_pattern"),
-                ],
-                format!(
-                    "policy {} ('{}') never matches: policy {} ('{}') before it matches every name it does; move it up or remove it",
-                    shadowed.policy,
-                    policies.policy(shadowed.policy).model_pattern,
-                    shadowed.by,
-                    policies.policy(shadowed.by).model_pattern,
-                ),
-            ));
-        }
-        let policies = Arc::new(policies);
-
-        // Stage settings tables must name a known kind; anything else is a typo.
-        for key in routing.stages.keys() {
+    /// Stage settings tables must name a known kind; anything else is a typo.
+    fn check_stage_tables(
+        &self,
+        source: &Source<'_>,
+        stages: &BTreeMap<String, toml::Value>,
+    ) -> Result<(), ConfigError> {
+        for key in stages.keys() {
             if !self.registry.contains(key) {
                 let known = ROUTING_KEYS.iter().copied().chain(self.registry.kinds());
                 let help = match nexus_core::closest(key, known) {
@@ -309,7 +281,20 @@ impl RouterBuilder {
                 ));
             }
         }
+        Ok(())
+    }
 
+    /// The pipeline's stage kinds (`[routing] pipeline`, else the default), checked:
+    /// each once, `[routing.on_error]` naming only them, every policy enforceable; and
+    /// warnings for a missing analyzer and a scheduler that is missing or not last.
+    fn pipeline_kinds(
+        &self,
+        source: &Source<'_>,
+        routing: &RoutingConfig,
+        policies: &PolicySet,
+        tenants: &[crate::TenantConfig],
+        warnings: &mut Vec<ConfigWarning>,
+    ) -> Result<Vec<String>, ConfigError> {
         let kinds: Vec<String> = match &routing.pipeline {
             Some(kinds) => kinds.clone(),
             None => DEFAULT_PIPELINE
@@ -318,7 +303,6 @@ impl RouterBuilder {
                 .map(|k| (*k).to_owned())
                 .collect(),
         };
-        let pipeline_path = |i: usize| [Seg::Key("routing"), Seg::Key("pipeline"), Seg::Index(i)];
         for (i, kind) in kinds.iter().enumerate() {
             if kinds[..i].contains(kind) {
                 return Err(source.error(
@@ -346,7 +330,7 @@ impl RouterBuilder {
             routing.stages.keys(),
         )?;
         // A tenant's override or limit is enforced by a stage, like a policy's key.
-        for (index, tenant) in config.tenants.iter().enumerate() {
+        for (index, tenant) in tenants.iter().enumerate() {
             let demands = [
                 (tenant.privacy.is_some(), "privacy", "privacy"),
                 (tenant.min_tier.is_some(), "min_tier", "tier"),
@@ -364,7 +348,7 @@ impl RouterBuilder {
             for (set, key, stage) in demands {
                 if set && !kinds.iter().any(|k| k == stage) {
                     return Err(source.error(
-                        &tenant_path(index, key),
+                        &[Seg::Key("tenants"), Seg::Index(index), Seg::Key(key)],
                         format!(
                             "tenant '{}': {key} needs the '{stage}' stage, which the pipeline leaves out, so it would be ignored",
                             tenant.id
@@ -391,19 +375,44 @@ impl RouterBuilder {
             )),
             Some(_) => {}
         }
+        Ok(kinds)
+    }
 
+    /// Builds each stage of `kinds` from its settings, then the pipeline (which
+    /// resolves `routing`'s aliases and fallbacks).
+    fn build_pipeline(
+        &self,
+        source: &Source<'_>,
+        kinds: &[String],
+        fleet: Arc<Fleet>,
+        policies: Arc<PolicySet>,
+        routing: RoutingConfig,
+        prior: Prior<'_>,
+    ) -> Result<Pipeline, ConfigError> {
+        let Prior {
+            config_dir,
+            running,
+            tenants,
+        } = prior;
+        let RoutingConfig {
+            aliases,
+            fallbacks,
+            stages: settings,
+            on_error,
+            ..
+        } = routing;
         let mut builder = Pipeline::builder(Arc::clone(&fleet))
             .clock(Arc::clone(&self.clock))
             .policies(Arc::clone(&policies))
-            .aliases(routing.aliases)
-            .fallbacks(routing.fallbacks)
+            .aliases(aliases)
+            .fallbacks(fallbacks)
             .tenant_constraints(tenants.constraints());
         for (i, kind) in kinds.iter().enumerate() {
             let ctx = BuildContext {
                 kind,
                 fleet: &fleet,
                 policies: &policies,
-                settings: routing.stages.get(kind),
+                settings: settings.get(kind),
                 clock: &self.clock,
                 config_dir,
                 dry_run: self.dry_run,
@@ -447,9 +456,9 @@ impl RouterBuilder {
                     .attach_tenants(&limits, ledgers)
                     .map_err(|e| source.error(&[Seg::Key("tenants")], e, None))?;
             }
-            builder = builder.boxed_stage(stage, routing.on_error.get(kind).copied());
+            builder = builder.boxed_stage(stage, on_error.get(kind).copied());
         }
-        let pipeline = builder.build().map_err(|e| match e {
+        builder.build().map_err(|e| match e {
             PipelineError::Routes(e) => {
                 let table = if e.is_fallback() {
                     "fallbacks"
@@ -467,15 +476,94 @@ impl RouterBuilder {
                 other.to_string(),
                 None,
             ),
-        })?;
-        Ok(Router {
-            pipeline: Arc::new(pipeline),
-            warnings,
-            server,
-            health,
-            tenants: Arc::new(tenants),
         })
     }
+}
+
+/// Where the `i`-th kind of `[routing] pipeline` is.
+fn pipeline_path(i: usize) -> [Seg<'static>; 3] {
+    [Seg::Key("routing"), Seg::Key("pipeline"), Seg::Index(i)]
+}
+
+/// What building a pipeline needs besides the config: where relative paths resolve,
+/// the router a reload replaces (whose stages hand their state over) and the tenants.
+struct Prior<'a> {
+    config_dir: Option<&'a Path>,
+    running: Option<&'a Router>,
+    tenants: &'a crate::Tenants,
+}
+
+/// The fleet of `[[backends]]`, with warnings for an empty fleet and backends that
+/// serve no models.
+fn build_fleet(
+    source: &Source<'_>,
+    backends: Vec<nexus_core::BackendSpec>,
+    running: Option<&Router>,
+    warnings: &mut Vec<ConfigWarning>,
+) -> Result<Arc<Fleet>, ConfigError> {
+    let mut fleet = Fleet::new(backends).map_err(|e| fleet_error(source, &e))?;
+    if let Some(running) = running {
+        fleet.adopt_live_state(running.fleet());
+    }
+    if fleet.is_empty() {
+        warnings.push(source.warning(
+            &[],
+            "no [[backends]]: every request will be rejected; add a backend with the models it serves",
+        ));
+    }
+    for backend in fleet.backends().iter().filter(|b| b.models().is_empty()) {
+        warnings.push(source.warning(
+            &[Seg::Key("backends"), Seg::Index(backend.id().index())],
+            format!(
+                "backend '{}' serves no models, so it never receives traffic; add [[backends.models]] entries",
+                backend.name()
+            ),
+        ));
+    }
+    Ok(Arc::new(fleet))
+}
+
+/// The `[[routing.policies]]`, with a warning for each policy an earlier one shadows.
+fn build_policies(
+    source: &Source<'_>,
+    policies: Vec<nexus_core::TrafficPolicy>,
+    warnings: &mut Vec<ConfigWarning>,
+) -> Result<Arc<PolicySet>, ConfigError> {
+    let policies = PolicySet::new(policies).map_err(|e| {
+        let index = e.index();
+        let key = match e {
+            PolicyError::InvalidCost { .. } => "max_cost_per_request",
+            _ => "model_pattern",
+        };
+        source.error(
+            &[
+                Seg::Key("routing"),
+                Seg::Key("policies"),
+                Seg::Index(index),
+                Seg::Key(key),
+            ],
+            e.to_string(),
+            None,
+        )
+    })?;
+    for shadowed in policies.shadowed() {
+        warnings.push(source.warning(
+            &[
+                Seg::Key("routing"),
+                Seg::Key("policies"),
+                Seg::Index(shadowed.policy),
+                Seg::Key("model_pattern"),
+            ],
+            format!(
+                "policy {} ('{}') never matches: policy {} ('{}') before it matches every name it does; move it up or remove it",
+                shadowed.policy,
+                policies.policy(shadowed.policy).model_pattern,
+                shadowed.by,
+                policies.policy(shadowed.by).model_pattern,
+            ),
+        ));
+    }
+    Ok(Arc::new(policies))
 }
 
 fn fleet_error(source: &Source<'_>, e: &FleetError) -> ConfigError {

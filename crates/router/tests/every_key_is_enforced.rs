@@ -1,4 +1,4 @@
-//! Whatever a config sets is enforced, or refused at its line (DESIGN.md, issue 11).
+//! Whatever a config sets is enforced, or refused at its line (docs/configuration.md).
 //!
 //! The walk below takes every key of the policy and budget schemas, read from the
 //! schemas themselves, and needs a case for each: two configs that differ only in that
@@ -75,7 +75,7 @@ fn outcome(router: &Router, request: &Request<'_>, spent: Option<f64>) -> String
     let decision = router.route(request);
     format!(
         "{} {} {}",
-        decision.kind().kind(),
+        decision.kind().as_str(),
         decision.backend().map_or("-", |b| b.name()),
         decision.model().unwrap_or("-"),
     )

@@ -259,7 +259,7 @@ proptest! {
                 }
             }
         }
-        // The stages in DESIGN.md's order, and in an order shuffled by the case's seed.
+        // The stages in the default pipeline's order, and in an order shuffled by the case's seed.
         let stages = |order: &[usize]| -> Vec<Box<dyn Reconciler>> {
             order
                 .iter()
@@ -306,7 +306,7 @@ proptest! {
             let mut candidates: Vec<String> =
                 d.scored_candidates().iter().map(|(b, _)| b.name().to_owned()).collect();
             candidates.sort();
-            (d.kind().kind(), d.backend().map(|b| b.name().to_owned()), d.model().map(str::to_owned), candidates)
+            (d.kind().as_str(), d.backend().map(|b| b.name().to_owned()), d.model().map(str::to_owned), candidates)
         };
         prop_assert_eq!(summary(&a), summary(&b));
 
@@ -351,7 +351,7 @@ proptest! {
                     return Err(TestCaseError::fail(format!(
                         "strict routes ({}), flexible decided {}",
                         fleet.model(*strict_model).name(),
-                        a.kind().kind()
+                        a.kind().as_str()
                     )));
                 };
                 let tier = fleet.model(*model).offer(*backend).unwrap().tier;
@@ -429,10 +429,10 @@ proptest! {
                 prop_assert!(flexible.warnings().is_empty(), "{:?}", flexible.warnings());
             }
             (RoutingDecision::Route { .. }, other) => {
-                prop_assert!(false, "strict routes, flexible decided {}", other.kind());
+                prop_assert!(false, "strict routes, flexible decided {}", other.as_str());
             }
             (_, RoutingDecision::Reject { .. }) => {
-                prop_assert_eq!(strict.kind().kind(), "reject", "flexible rejects what strict does not");
+                prop_assert_eq!(strict.kind().as_str(), "reject", "flexible rejects what strict does not");
             }
             _ => {}
         }

@@ -47,7 +47,7 @@ fn fallback_of(decision: &Decision<&Pipeline>) -> Option<String> {
         RoutingDecision::Queue {
             fallback_backend, ..
         } => fallback_backend.map(|b| decision.pipeline().fleet().backend(b).name().to_owned()),
-        other => panic!("expected a queue, got {}", other.kind()),
+        other => panic!("expected a queue, got {}", other.as_str()),
     }
 }
 
@@ -320,7 +320,7 @@ max_error_rate = 1.0
                     let input = 100 + (rng.next() % 2_000) as u32;
                     let request = Request::new("m").input_tokens(input).max_output_tokens(200);
                     let mut decision = router.route(&request);
-                    assert_eq!(decision.kind().kind(), "queue");
+                    assert_eq!(decision.kind().as_str(), "queue");
                     if fallback_of(&decision).is_some() {
                         offers.fetch_add(1, Ordering::Relaxed);
                     }

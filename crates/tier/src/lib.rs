@@ -65,7 +65,7 @@ pub struct TierSettings {}
 /// let pipeline = Pipeline::builder(fleet).policies(policies).stage(TierReconciler).build()?;
 ///
 /// let strict = pipeline.decide(&Request::new("m"));
-/// assert_eq!(strict.kind().kind(), "reject");
+/// assert_eq!(strict.kind().as_str(), "reject");
 ///
 /// let flexible = pipeline.decide(&Request::new("m").tier_mode(TierMode::Flexible));
 /// assert_eq!(flexible.backend().unwrap().name(), "small");
@@ -176,9 +176,9 @@ impl Reconciler for TierReconciler {
     }
 
     fn explain(&self, reason: &Reason, ctx: &ExplainContext<'_>) -> Explanation {
-        let [a, b, c] = reason.values;
+        let [a, b, c] = reason.values();
         let model = ctx.fleet.model(ctx.model).name();
-        match reason.code {
+        match reason.code() {
             BELOW_TIER => {
                 let policy = ctx.policy_label(Reason::policy_index(c));
                 let flexible = if ctx.constraints.fallback_allowed {

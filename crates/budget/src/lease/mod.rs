@@ -114,9 +114,9 @@ impl Refusal {
 
 /// Renders a lease reason; `None` for codes that are not the lease's.
 pub fn explain(reason: &Reason) -> Option<Explanation> {
-    let [spend, limit, cost] = reason.values;
+    let [spend, limit, cost] = reason.values();
     let fix = "check that Redis ([routing.budget.redis] url) is reachable from this replica";
-    match reason.code {
+    match reason.code() {
         LEASE_UNAVAILABLE => Some(Explanation::new(
             format!("the shared budget in Redis has not answered for half a lease lifetime; on_unavailable = \"fail_closed\" counts paid backends as over budget (spend ${spend:.2} of ${limit:.2}, this request ${cost:.4})"),
             format!("{fix}, or set on_unavailable = \"fail_open\" to route on local accounting meanwhile"),
