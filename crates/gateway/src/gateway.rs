@@ -269,6 +269,22 @@ impl Gateway {
         upstream.targets[index].clone()
     }
 
+    /// Calls `f` with `backend`'s metric handles: `None` when the config in force has
+    /// none for it (a request decided before a reload that removed or moved it), and
+    /// the metrics then build their labels as they go.
+    pub(crate) fn with_metrics<R>(
+        &self,
+        backend: &Backend,
+        f: impl FnOnce(Option<&crate::metrics::BackendMetrics>) -> R,
+    ) -> R {
+        let upstreams = self.shared.upstreams.load();
+        let cached = upstreams
+            .get(backend.name())
+            .map(|upstream| &upstream.metrics)
+            .filter(|metrics| metrics.is_for(backend));
+        f(cached)
+    }
+
     /// The models an Ollama backend reported loaded at its last check.
     pub(crate) fn loaded_models(&self, backend: &Backend) -> Option<Vec<String>> {
         self.shared
@@ -315,6 +331,8 @@ struct Upstream {
     /// Its URL for each proxied endpoint ([`Endpoint::ALL`]'s order), parsed once here:
     /// parsing it per request was a tenth of the gateway's instructions.
     targets: [Option<reqwest::Url>; 3],
+    /// Its metric handles, made at first use.
+    metrics: crate::metrics::BackendMetrics,
 }
 
 /// Each backend's [`Upstream`], by id.
@@ -332,6 +350,7 @@ fn read_upstreams(fleet: &Fleet) -> HashMap<String, Upstream> {
                 base: backend.url().to_owned(),
                 key: keys.remove(backend.name()),
                 targets,
+                metrics: crate::metrics::BackendMetrics::new(fleet, backend),
             };
             (backend.name().to_owned(), upstream)
         })

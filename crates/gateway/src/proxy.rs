@@ -250,7 +250,7 @@ async fn proxy(x: &Exchange, headers: &HeaderMap, body: Body) -> Result<Response
             Err(failure) => {
                 attempt_span.record("error.type", failure.status);
                 tracing::warn!(request_id = ?x.request_id, backend = backend.name(), error = %failure.message, "upstream attempt failed");
-                crate::metrics::upstream(backend, failure.status, sent_at.elapsed());
+                crate::metrics::upstream(None, backend, failure.status, sent_at.elapsed());
                 failures.push(format!("{}: {}", backend.name(), failure.message));
                 if let Some(asked) = failure.rate_limited {
                     let shortest = match (rate_limited.flatten(), asked) {
@@ -592,11 +592,21 @@ async fn send(
         Some(url) => client.post(url),
         None => client.post(upstream_url(backend.url(), x.endpoint.path())),
     }
-    .header(header::CONTENT_TYPE, "application/json")
-    .header("x-request-id", x.request_id.clone())
+    // Static names and values: a `&str` would be parsed and checked on every request.
+    .header(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    )
+    .header(
+        HeaderName::from_static("x-request-id"),
+        x.request_id.clone(),
+    )
     .body(body);
     if stream {
-        request = request.header(header::ACCEPT, "text/event-stream");
+        request = request.header(
+            header::ACCEPT,
+            HeaderValue::from_static("text/event-stream"),
+        );
     }
     if let Some(key) = gateway.key_of(backend) {
         request = request.header(header::AUTHORIZATION, key);
@@ -813,9 +823,14 @@ fn routing_headers(x: &Exchange, routed: &Routed) -> HeaderMap {
 /// `text` as a header value: visible ASCII kept, anything else percent-encoded (names
 /// may be any printable Unicode; headers carry ASCII).
 pub(crate) fn header_value(text: &str) -> HeaderValue {
+    let plain = |byte: u8| byte == b' ' || (byte.is_ascii_graphic() && byte != b'%');
+    if text.bytes().all(plain) {
+        // The usual case, copied once, without the escaping loop below.
+        return HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static("?"));
+    }
     let mut out = String::with_capacity(text.len());
     for byte in text.bytes() {
-        if byte == b' ' || (byte.is_ascii_graphic() && byte != b'%') {
+        if plain(byte) {
             out.push(byte as char);
         } else {
             out.push_str(&format!("%{byte:02X}"));

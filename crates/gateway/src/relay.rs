@@ -260,7 +260,6 @@ impl Settle {
         .usage(input, output);
         if let Some(ttft) = first_content {
             outcome = outcome.time_to_first_token(ttft);
-            crate::metrics::ttft(backend, ttft);
         }
         let label = match ending {
             Ending::Complete => crate::proxy::status_label(self.status),
@@ -272,19 +271,25 @@ impl Settle {
             Ending::Broken => "broken",
             Ending::ClientGone => "client_closed",
         };
-        crate::metrics::upstream(backend, label, latency);
         let fleet = self.guard.pipeline().fleet();
         let usd = fleet
             .model(ticket.model)
             .offer(ticket.backend)
             .map_or(0.0, |offer| offer.cost_usd(input, output));
-        crate::metrics::usage(
-            backend,
-            self.guard.model(),
-            u64::from(input),
-            u64::from(output),
-            usd,
-        );
+        self.gateway.with_metrics(backend, |cached| {
+            if let Some(ttft) = first_content {
+                crate::metrics::ttft(cached, backend, ttft);
+            }
+            crate::metrics::upstream(cached, backend, label, latency);
+            crate::metrics::usage(
+                cached,
+                backend,
+                self.guard.model(),
+                u64::from(input),
+                u64::from(output),
+                usd,
+            );
+        });
         self.stream_span
             .record("nexus.ending", ending_name)
             .record("gen_ai.usage.input_tokens", input)

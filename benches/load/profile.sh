@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Instructions per proxied request, from callgrind: deterministic where timings are not.
+#
+#   benches/load/profile.sh [--requests N] [--stream] [--out DIR] [--nexus PATH]
+#
+# Starts nexus-mock, then `nexus serve` (release) under callgrind with the 100-backend
+# config (health checks every hour, so none run during the count), warms it with 1 000
+# requests, zeroes the counters, sends N requests (default 20 000, 4 connections, oha),
+# dumps, and prints the gateway process's instructions divided by N (everything the
+# process did: both HTTP sides, tokio, the decision) and the top inclusive functions.
+# Needs valgrind and oha. Builds nexus and nexus-mock in release first; `--nexus PATH`
+# profiles that binary instead (a build kept from before a change, to compare).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+requests=20000
+stream=false
+nexus=
+out="$root/target/load/profile"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --requests) requests=$2; shift 2 ;;
+    --stream) stream=true; shift ;;
+    --out) out=$2; shift 2 ;;
+    --nexus) nexus=$2; shift 2 ;;
+    *) echo "profile.sh: unknown argument $1 (see the header of this script)" >&2; exit 2 ;;
+  esac
+done
+command -v valgrind >/dev/null || { echo "profile.sh: valgrind is not installed" >&2; exit 1; }
+command -v oha >/dev/null || { echo "profile.sh: oha is not on PATH: cargo install oha --locked" >&2; exit 1; }
+mkdir -p "$out"
+rm -f "$out"/callgrind.out*
+release="$root/target/release"
+if [ -z "$nexus" ]; then
+  (cd "$root" && cargo build --release -q -p nexus-cli -p nexus-testkit --bins)
+  nexus="$release/nexus"
+else
+  (cd "$root" && cargo build --release -q -p nexus-testkit --bins)
+fi
+mock_port=9381
+gw_port=9382
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+"$release/nexus-mock" --listen "127.0.0.1:$mock_port" --threads 1 >"$out/mock.log" 2>&1 &
+pids+=($!)
+python3 "$here/fleet.py" --backends 100 --upstream "http://127.0.0.1:$mock_port" --health-secs 3600 >"$out/fleet.toml"
+valgrind --tool=callgrind --callgrind-out-file="$out/callgrind.out" \
+  "$nexus" serve --config "$out/fleet.toml" --listen "127.0.0.1:$gw_port" --log-level error \
+  >"$out/gateway.log" 2>&1 &
+gw=$!
+pids+=($gw)
+for _ in $(seq 1 600); do
+  curl -fs "http://127.0.0.1:$gw_port/health" >/dev/null 2>&1 && break
+  sleep 0.2
+done
+if [ "$stream" = true ]; then
+  body='{"model":"mock-model","messages":[{"role":"user","content":"Say hello in five words."}],"max_tokens":32,"stream":true,"stream_options":{"include_usage":true}}'
+else
+  body='{"model":"mock-model","messages":[{"role":"user","content":"Say hello in five words."}],"max_tokens":32}'
+fi
+send() {
+  oha --no-tui -m POST -T application/json -d "$body" -c 4 -n "$1" "http://127.0.0.1:$gw_port/v1/chat/completions" >"$out/oha-$1.txt"
+}
+send 1000
+callgrind_control -z "$gw" >/dev/null
+send "$requests"
+callgrind_control -d "$gw" >/dev/null
+grep -E "Success rate|\] [0-9]+ responses" "$out/oha-$requests.txt" || true
+dump=$(ls -t "$out"/callgrind.out.* | head -1)
+total=$(callgrind_annotate "$dump" | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
+echo "instructions: $total over $requests requests = $((total / requests)) per request"
+callgrind_annotate --inclusive=yes "$dump" 2>/dev/null | sed -n '1,60p' >"$out/inclusive.txt"
+callgrind_annotate "$dump" 2>/dev/null | sed -n '1,45p' >"$out/exclusive.txt"
+echo "top functions: $out/inclusive.txt, $out/exclusive.txt; dump: $dump"
