@@ -3,7 +3,7 @@
 //!
 //! It is written exactly as an out-of-tree crate would write one: it depends on
 //! `nexus-core` only, implements [`Reconciler`], renders its own reasons, reads time
-//! from the [`Clock`] it is given, and has a factory ([`MaintenanceWindow::factory`])
+//! from the decision ([`RoutingIntent::now_secs`], the pipeline's clock), and has a factory ([`MaintenanceWindow::factory`])
 //! that config can name once it is registered.
 //!
 //! Run the examples with `cargo run -p nexus-examples --example compose` (or `plugin`,
@@ -11,10 +11,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-use std::sync::Arc;
-
 use nexus_core::{
-    BackendSet, BuildContext, BuildError, Clock, ExplainContext, Explanation, Fleet, Reason,
+    BackendSet, BuildContext, BuildError, ExplainContext, Explanation, Fleet, Reason,
     ReconcileError, Reconciler, RoutingIntent,
 };
 use serde::Deserialize;
@@ -23,8 +21,9 @@ use serde::Deserialize;
 /// window's start and end hour (UTC).
 const IN_MAINTENANCE: u16 = 1;
 
-/// The `[routing.maintenance]` settings.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// The `[routing.maintenance]` settings (required: the stage has nothing to do
+/// without them).
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MaintenanceSettings {
     /// Ids of the backends that go down for maintenance.
@@ -41,7 +40,6 @@ pub struct MaintenanceWindow {
     backends: BackendSet,
     start_hour: u8,
     end_hour: u8,
-    clock: Arc<dyn Clock>,
 }
 
 impl MaintenanceWindow {
@@ -51,7 +49,6 @@ impl MaintenanceWindow {
         backends: &[String],
         start_hour: u8,
         end_hour: u8,
-        clock: Arc<dyn Clock>,
     ) -> Result<Self, String> {
         if start_hour > 23 || end_hour > 24 {
             return Err(format!(
@@ -72,29 +69,25 @@ impl MaintenanceWindow {
             backends: set,
             start_hour,
             end_hour,
-            clock,
         })
     }
 
     /// The factory to register under a kind name, e.g. `"maintenance"`.
     pub fn factory(ctx: &BuildContext<'_>) -> Result<Box<dyn Reconciler>, BuildError> {
-        let settings: MaintenanceSettings = ctx.settings()?;
+        let settings: MaintenanceSettings = ctx.required_settings()?;
         Self::new(
             ctx.fleet,
             &settings.backends,
             settings.start_hour_utc,
             settings.end_hour_utc,
-            Arc::clone(ctx.clock),
         )
         .map(|stage| Box::new(stage) as Box<dyn Reconciler>)
-        .map_err(|message| BuildError::InvalidSettings {
-            kind: ctx.kind.to_owned(),
-            message,
-        })
+        .map_err(|message| ctx.invalid(message))
     }
 
-    fn in_window(&self) -> bool {
-        let hour = ((self.clock.now_secs() / 3600) % 24) as u8;
+    /// Whether `now_secs` (seconds since the Unix epoch) is inside the window.
+    fn in_window(&self, now_secs: u64) -> bool {
+        let hour = ((now_secs / 3600) % 24) as u8;
         if self.start_hour <= self.end_hour {
             (self.start_hour..self.end_hour).contains(&hour)
         } else {
@@ -109,7 +102,7 @@ impl Reconciler for MaintenanceWindow {
     }
 
     fn reconcile(&self, intent: &mut RoutingIntent<'_>) -> Result<(), ReconcileError> {
-        if !self.in_window() {
+        if !self.in_window(intent.now_secs()) {
             return Ok(());
         }
         let reason = Reason::with(

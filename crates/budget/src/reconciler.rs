@@ -145,17 +145,11 @@ impl BudgetSettings {
         if let Some(limit) = self.monthly_limit_usd {
             check_limit_usd("monthly_limit_usd", limit)?;
         }
-        let soft = self.soft_limit_percent;
-        if !(soft > 0.0 && soft <= 1.0) {
-            let hint = if soft > 1.0 && soft <= 100.0 {
-                format!("; did you mean {}?", soft / 100.0)
-            } else {
-                String::new()
-            };
-            return Err(format!(
-                "soft_limit_percent is a fraction of the limit in (0, 1], got {soft}{hint}"
-            ));
-        }
+        nexus_core::check_fraction(
+            "soft_limit_percent",
+            "a fraction of the limit",
+            self.soft_limit_percent,
+        )?;
         let weight = self.soft_limit_cloud_weight;
         if !(weight > 0.0 && weight <= 1.0) {
             return Err(format!(
@@ -475,10 +469,7 @@ impl BudgetReconciler {
     /// Without the table, the stage enforces per-request caps only.
     /// With `store = "path"`, spend is kept in a [`RedbStore`](crate::RedbStore) there.
     pub fn from_context(ctx: &BuildContext<'_>) -> Result<Box<dyn Reconciler>, BuildError> {
-        let invalid = |message: String| BuildError::InvalidSettings {
-            kind: ctx.kind.to_owned(),
-            message,
-        };
+        let invalid = |message: String| ctx.invalid(message);
         let settings: BudgetSettings = ctx.settings()?;
         let store = settings.store.as_deref().map(|p| ctx.resolve_path(p));
         let stage =

@@ -73,7 +73,9 @@ pub use reason::{Exclusion, ExplainContext, Explanation, Reason, Rejection, Warn
 pub use reconciler::{
     ErrorKind, ErrorPolicy, Outcome, ReconcileError, Reconciler, RouteTicket, Settlement,
 };
-pub use registry::{BuildContext, BuildError, DuplicateKind, ReconcilerFactory, Registry};
+pub use registry::{
+    check_fraction, BuildContext, BuildError, DuplicateKind, ReconcilerFactory, Registry,
+};
 pub use request::{
     estimate_tokens, CostEstimate, Features, Request, RequestRequirements, TierMode, TokenTier,
 };

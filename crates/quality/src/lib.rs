@@ -120,17 +120,7 @@ impl QualitySettings {
     /// Checks the values; the error names the key (in backticks, so that config errors
     /// point at its line) and how to fix it.
     pub fn validate(&self) -> Result<(), String> {
-        let rate = self.max_error_rate;
-        if !(rate > 0.0 && rate <= 1.0) {
-            let hint = if rate > 1.0 && rate <= 100.0 {
-                format!("; did you mean {}?", rate / 100.0)
-            } else {
-                String::new()
-            };
-            return Err(format!(
-                "`max_error_rate` is a fraction in (0, 1], got {rate}{hint}"
-            ));
-        }
+        nexus_core::check_fraction("`max_error_rate`", "a fraction", self.max_error_rate)?;
         if self.min_samples == 0 {
             return Err("`min_samples` must be at least 1".to_owned());
         }
@@ -195,10 +185,7 @@ impl QualityReconciler {
         };
         stage
             .map(|stage| Box::new(stage) as Box<dyn Reconciler>)
-            .map_err(|message| BuildError::InvalidSettings {
-                kind: ctx.kind.to_owned(),
-                message,
-            })
+            .map_err(|message| ctx.invalid(message))
     }
 
     /// The tracker the stage reads and the route guards feed.
@@ -251,7 +238,9 @@ impl Reconciler for QualityReconciler {
     }
 
     fn on_route(&self, ticket: &RouteTicket) -> Result<(), Reason> {
-        let now = self.tracker.now_secs();
+        // The decision's time, as `reconcile` saw it: the circuit state it admitted the
+        // backend in is the one claimed here.
+        let now = ticket.decided_at_secs;
         match self.tracker.circuit_at(ticket.backend, now) {
             Circuit::Closed => Ok(()),
             Circuit::HalfOpen { .. } => {
