@@ -13,13 +13,48 @@
 
 use nexus_core::{
     BackendSet, BuildContext, BuildError, ExplainContext, Explanation, Fleet, Reason,
-    ReconcileError, Reconciler, RoutingIntent,
+    ReconcileError, Reconciler, RoutingIntent, StageReason,
 };
 use serde::Deserialize;
 
-/// Reason code: the backend is in its maintenance window; `values[0..2]` are the
-/// window's start and end hour (UTC).
+/// Why the stage excluded a backend: typed here, compact ([`Reason`]) in the decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MaintenanceReason {
+    /// The backend is in its maintenance window.
+    InWindow {
+        /// First hour (UTC) of the window.
+        start_hour: u8,
+        /// Hour (UTC) the window ends.
+        end_hour: u8,
+    },
+}
+
+/// Compact code of [`MaintenanceReason::InWindow`]: `values = [start, end, 0]`.
 const IN_MAINTENANCE: u16 = 1;
+
+impl From<MaintenanceReason> for Reason {
+    fn from(reason: MaintenanceReason) -> Reason {
+        match reason {
+            MaintenanceReason::InWindow {
+                start_hour,
+                end_hour,
+            } => Reason::with(
+                IN_MAINTENANCE,
+                [f64::from(start_hour), f64::from(end_hour), 0.0],
+            ),
+        }
+    }
+}
+
+impl StageReason for MaintenanceReason {
+    fn from_reason(reason: Reason) -> Option<Self> {
+        let [start, end, _] = reason.values();
+        (reason.code() == IN_MAINTENANCE).then_some(MaintenanceReason::InWindow {
+            start_hour: start as u8,
+            end_hour: end as u8,
+        })
+    }
+}
 
 /// The `[routing.maintenance]` settings (required: the stage has nothing to do
 /// without them).
@@ -105,10 +140,11 @@ impl Reconciler for MaintenanceWindow {
         if !self.in_window(intent.now_secs()) {
             return Ok(());
         }
-        let reason = Reason::with(
-            IN_MAINTENANCE,
-            [f64::from(self.start_hour), f64::from(self.end_hour), 0.0],
-        );
+        let reason = MaintenanceReason::InWindow {
+            start_hour: self.start_hour,
+            end_hour: self.end_hour,
+        }
+        .into();
         for backend in self.backends.iter() {
             intent.exclude(backend, reason);
         }
@@ -116,13 +152,18 @@ impl Reconciler for MaintenanceWindow {
     }
 
     fn explain(&self, reason: &Reason, _ctx: &ExplainContext<'_>) -> Explanation {
-        Explanation::new(
-            format!(
-                "in its maintenance window ({:02}:00-{:02}:00 UTC)",
-                reason.values()[0],
-                reason.values()[1]
+        match MaintenanceReason::from_reason(*reason) {
+            Some(MaintenanceReason::InWindow {
+                start_hour,
+                end_hour,
+            }) => Explanation::new(
+                format!("in its maintenance window ({start_hour:02}:00-{end_hour:02}:00 UTC)"),
+                "wait for the window to end, or remove the backend from [routing.maintenance] backends",
             ),
-            "wait for the window to end, or remove the backend from [routing.maintenance] backends",
-        )
+            None => Explanation::new(
+                format!("excluded by maintenance (code {})", reason.code()),
+                "see the stage's documentation",
+            ),
+        }
     }
 }
