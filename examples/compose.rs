@@ -24,11 +24,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .with_model(ModelSpec::new("llama3:70b").with_tier(3)),
     ])?);
 
-    // 02:30 UTC: inside gpu-box's maintenance window (02:00-04:00).
+    // gpu-box's maintenance window is 02:00-04:00 UTC. The stage reads the decision's
+    // time, which is the pipeline's clock: one clock, set below to 02:30 and 05:30.
     let clock = Arc::new(FakeClock::at_secs(2 * 3600 + 1800));
-    let maintenance = MaintenanceWindow::new(&fleet, &["gpu-box".to_owned()], 2, 4, clock.clone())?;
+    let maintenance = MaintenanceWindow::new(&fleet, &["gpu-box".to_owned()], 2, 4)?;
 
     let pipeline = Pipeline::builder(Arc::clone(&fleet))
+        .clock(clock.clone())
         .alias("gpt-4", "llama3:70b")
         .stage(RequestAnalyzer)
         .stage(maintenance)

@@ -5,9 +5,7 @@
 
 use std::sync::Arc;
 
-use nexus_core::{
-    BackendSpec, Fleet, ModelSpec, Pipeline, Request, RequestAnalyzer, SystemClock, Zone,
-};
+use nexus_core::{BackendSpec, Fleet, ModelSpec, Pipeline, Request, RequestAnalyzer, Zone};
 use nexus_examples::MaintenanceWindow;
 use nexus_scheduler::SchedulerReconciler;
 
@@ -30,7 +28,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &["rack-a".to_owned()],
             0,
             24,
-            Arc::new(SystemClock),
         )?),
         "lab" => None,
         other => return Err(format!("unknown deployment '{other}': use prod or lab").into()),

@@ -3,7 +3,7 @@
 //!
 //! It is written exactly as an out-of-tree crate would write one: it depends on
 //! `nexus-core` only, implements [`Reconciler`], renders its own reasons, reads time
-//! from the [`Clock`] it is given, and has a factory ([`MaintenanceWindow::factory`])
+//! from the decision ([`RoutingIntent::now_secs`], the pipeline's clock), and has a factory ([`MaintenanceWindow::factory`])
 //! that config can name once it is registered.
 //!
 //! Run the examples with `cargo run -p nexus-examples --example compose` (or `plugin`,
@@ -11,20 +11,54 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-use std::sync::Arc;
-
 use nexus_core::{
-    BackendSet, BuildContext, BuildError, Clock, ExplainContext, Explanation, Fleet, Reason,
-    ReconcileError, Reconciler, RoutingIntent,
+    BackendSet, BuildContext, BuildError, ExplainContext, Explanation, Fleet, Reason,
+    ReconcileError, Reconciler, RoutingIntent, StageReason,
 };
 use serde::Deserialize;
 
-/// Reason code: the backend is in its maintenance window; `values[0..2]` are the
-/// window's start and end hour (UTC).
+/// Why the stage excluded a backend: typed here, compact ([`Reason`]) in the decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MaintenanceReason {
+    /// The backend is in its maintenance window.
+    InWindow {
+        /// First hour (UTC) of the window.
+        start_hour: u8,
+        /// Hour (UTC) the window ends.
+        end_hour: u8,
+    },
+}
+
+/// Compact code of [`MaintenanceReason::InWindow`]: `values = [start, end, 0]`.
 const IN_MAINTENANCE: u16 = 1;
 
-/// The `[routing.maintenance]` settings.
-#[derive(Debug, Clone, Default, Deserialize)]
+impl From<MaintenanceReason> for Reason {
+    fn from(reason: MaintenanceReason) -> Reason {
+        match reason {
+            MaintenanceReason::InWindow {
+                start_hour,
+                end_hour,
+            } => Reason::with(
+                IN_MAINTENANCE,
+                [f64::from(start_hour), f64::from(end_hour), 0.0],
+            ),
+        }
+    }
+}
+
+impl StageReason for MaintenanceReason {
+    fn from_reason(reason: Reason) -> Option<Self> {
+        let [start, end, _] = reason.values();
+        (reason.code() == IN_MAINTENANCE).then_some(MaintenanceReason::InWindow {
+            start_hour: start as u8,
+            end_hour: end as u8,
+        })
+    }
+}
+
+/// The `[routing.maintenance]` settings (required: the stage has nothing to do
+/// without them).
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MaintenanceSettings {
     /// Ids of the backends that go down for maintenance.
@@ -41,7 +75,6 @@ pub struct MaintenanceWindow {
     backends: BackendSet,
     start_hour: u8,
     end_hour: u8,
-    clock: Arc<dyn Clock>,
 }
 
 impl MaintenanceWindow {
@@ -51,7 +84,6 @@ impl MaintenanceWindow {
         backends: &[String],
         start_hour: u8,
         end_hour: u8,
-        clock: Arc<dyn Clock>,
     ) -> Result<Self, String> {
         if start_hour > 23 || end_hour > 24 {
             return Err(format!(
@@ -72,29 +104,25 @@ impl MaintenanceWindow {
             backends: set,
             start_hour,
             end_hour,
-            clock,
         })
     }
 
     /// The factory to register under a kind name, e.g. `"maintenance"`.
     pub fn factory(ctx: &BuildContext<'_>) -> Result<Box<dyn Reconciler>, BuildError> {
-        let settings: MaintenanceSettings = ctx.settings()?;
+        let settings: MaintenanceSettings = ctx.required_settings()?;
         Self::new(
             ctx.fleet,
             &settings.backends,
             settings.start_hour_utc,
             settings.end_hour_utc,
-            Arc::clone(ctx.clock),
         )
         .map(|stage| Box::new(stage) as Box<dyn Reconciler>)
-        .map_err(|message| BuildError::InvalidSettings {
-            kind: ctx.kind.to_owned(),
-            message,
-        })
+        .map_err(|message| ctx.invalid(message))
     }
 
-    fn in_window(&self) -> bool {
-        let hour = ((self.clock.now_secs() / 3600) % 24) as u8;
+    /// Whether `now_secs` (seconds since the Unix epoch) is inside the window.
+    fn in_window(&self, now_secs: u64) -> bool {
+        let hour = ((now_secs / 3600) % 24) as u8;
         if self.start_hour <= self.end_hour {
             (self.start_hour..self.end_hour).contains(&hour)
         } else {
@@ -109,13 +137,14 @@ impl Reconciler for MaintenanceWindow {
     }
 
     fn reconcile(&self, intent: &mut RoutingIntent<'_>) -> Result<(), ReconcileError> {
-        if !self.in_window() {
+        if !self.in_window(intent.now_secs()) {
             return Ok(());
         }
-        let reason = Reason::with(
-            IN_MAINTENANCE,
-            [f64::from(self.start_hour), f64::from(self.end_hour), 0.0],
-        );
+        let reason = MaintenanceReason::InWindow {
+            start_hour: self.start_hour,
+            end_hour: self.end_hour,
+        }
+        .into();
         for backend in self.backends.iter() {
             intent.exclude(backend, reason);
         }
@@ -123,13 +152,18 @@ impl Reconciler for MaintenanceWindow {
     }
 
     fn explain(&self, reason: &Reason, _ctx: &ExplainContext<'_>) -> Explanation {
-        Explanation::new(
-            format!(
-                "in its maintenance window ({:02}:00-{:02}:00 UTC)",
-                reason.values()[0],
-                reason.values()[1]
+        match MaintenanceReason::from_reason(*reason) {
+            Some(MaintenanceReason::InWindow {
+                start_hour,
+                end_hour,
+            }) => Explanation::new(
+                format!("in its maintenance window ({start_hour:02}:00-{end_hour:02}:00 UTC)"),
+                "wait for the window to end, or remove the backend from [routing.maintenance] backends",
             ),
-            "wait for the window to end, or remove the backend from [routing.maintenance] backends",
-        )
+            None => Explanation::new(
+                format!("excluded by maintenance (code {})", reason.code()),
+                "see the stage's documentation",
+            ),
+        }
     }
 }

@@ -47,9 +47,6 @@ pub use amount::{
 pub use journal::{Journal, JournalLag, ReconciliationLoop, SpendSource, DEFAULT_FLUSH_DEADLINE};
 pub use ledger::{SpendLedger, SpendSnapshot};
 pub use month::Month;
-pub use reconciler::{
-    BudgetReconciler, BudgetSettings, HardLimitAction, COST_CAP, HARD_LIMIT_ALL, HARD_LIMIT_CLOUD,
-    HARD_LIMIT_WARNING, OVER_LIMIT, TENANT_OVER_LIMIT,
-};
+pub use reconciler::{BudgetReason, BudgetReconciler, BudgetSettings, HardLimitAction};
 pub use store::{MemoryStore, RedbStore, SpendStore, StoreError, StoreErrorKind, StoreStatus};
 pub use tenant::{TenantLedgers, TenantLimit, TenantSpend};

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use nexus_core::{
     BackendSet, BudgetStatus, BuildContext, BuildError, Clock, ExplainContext, Explanation, Fleet,
-    Offering, Reason, ReconcileError, Reconciler, RouteTicket, RoutingIntent, Settlement, Verdict,
-    Zone,
+    Offering, Reason, ReconcileError, Reconciler, RouteTicket, RoutingIntent, Settlement,
+    StageReason, Verdict, Zone,
 };
 use serde::Deserialize;
 
@@ -18,22 +18,140 @@ use crate::{
     StoreError,
 };
 
-/// Reason: the request's cost would take spend past the limit.
-/// `values = [month-to-date spend incl. reserved, limit, cost reserved]` in USD.
-pub const OVER_LIMIT: u16 = 1;
-/// Reason: hard limit reached, `block_cloud`. `values = [spend, limit, 0]`.
-pub const HARD_LIMIT_CLOUD: u16 = 2;
-/// Reason: hard limit reached, `block_all`. `values = [spend, limit, 0]`.
-pub const HARD_LIMIT_ALL: u16 = 3;
-/// Reason: the estimate exceeds the policy's `max_cost_per_request`.
-/// `values = [cost, cap, policy or -1]`.
-pub const COST_CAP: u16 = 4;
-/// Reason: the request's cost would take its tenant's spend past the tenant's own
-/// monthly limit. `values = [tenant's spend incl. reserved, tenant's limit, tenant
-/// index]`.
-pub const TENANT_OVER_LIMIT: u16 = 5;
-/// Warning: hard limit reached, `warn`. `values = [spend, limit, 0]`.
-pub const HARD_LIMIT_WARNING: u16 = 10;
+/// Why the budget stage excluded (or, in `on_route`, vetoed) a backend, or what it
+/// warned about. Amounts are USD. (A shared budget's lease refusals have their own
+/// codes, rendered by the lease module.)
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum BudgetReason {
+    /// The request's cost would take spend past the limit.
+    OverLimit {
+        /// Month-to-date spend, reservations of requests in flight included.
+        spend_usd: f64,
+        /// The monthly limit.
+        limit_usd: f64,
+        /// What this request reserves.
+        cost_usd: f64,
+    },
+    /// Hard limit reached, `block_cloud`.
+    HardLimitCloud {
+        /// Month-to-date spend.
+        spend_usd: f64,
+        /// The monthly limit.
+        limit_usd: f64,
+    },
+    /// Hard limit reached, `block_all`.
+    HardLimitAll {
+        /// Month-to-date spend.
+        spend_usd: f64,
+        /// The monthly limit.
+        limit_usd: f64,
+    },
+    /// The estimate exceeds the policy's `max_cost_per_request`.
+    CostCap {
+        /// The estimated cost.
+        cost_usd: f64,
+        /// The cap.
+        cap_usd: f64,
+        /// The traffic policy that set the cap (its index), `None` for the request.
+        policy: Option<usize>,
+    },
+    /// The request's cost would take its tenant's spend past the tenant's own limit.
+    TenantOverLimit {
+        /// The tenant's spend, reservations included.
+        spend_usd: f64,
+        /// The tenant's monthly limit.
+        limit_usd: f64,
+        /// The tenant's index in the tenant table.
+        tenant: usize,
+    },
+    /// A warning, not an exclusion: hard limit reached, `warn`.
+    HardLimitWarning {
+        /// Month-to-date spend.
+        spend_usd: f64,
+        /// The monthly limit.
+        limit_usd: f64,
+    },
+}
+
+// Compact codes: `values = [spend, limit, cost]`, `[spend, limit, 0]`, `[cost, cap,
+// policy or -1]`, `[tenant's spend, tenant's limit, tenant index]`.
+pub(crate) const OVER_LIMIT: u16 = 1;
+const HARD_LIMIT_CLOUD: u16 = 2;
+const HARD_LIMIT_ALL: u16 = 3;
+const COST_CAP: u16 = 4;
+const TENANT_OVER_LIMIT: u16 = 5;
+const HARD_LIMIT_WARNING: u16 = 10;
+
+impl From<BudgetReason> for Reason {
+    #[inline]
+    fn from(reason: BudgetReason) -> Reason {
+        match reason {
+            BudgetReason::OverLimit {
+                spend_usd,
+                limit_usd,
+                cost_usd,
+            } => Reason::with(OVER_LIMIT, [spend_usd, limit_usd, cost_usd]),
+            BudgetReason::HardLimitCloud {
+                spend_usd,
+                limit_usd,
+            } => Reason::with(HARD_LIMIT_CLOUD, [spend_usd, limit_usd, 0.0]),
+            BudgetReason::HardLimitAll {
+                spend_usd,
+                limit_usd,
+            } => Reason::with(HARD_LIMIT_ALL, [spend_usd, limit_usd, 0.0]),
+            BudgetReason::CostCap {
+                cost_usd,
+                cap_usd,
+                policy,
+            } => Reason::with(COST_CAP, [cost_usd, cap_usd, Reason::policy_value(policy)]),
+            BudgetReason::TenantOverLimit {
+                spend_usd,
+                limit_usd,
+                tenant,
+            } => Reason::with(TENANT_OVER_LIMIT, [spend_usd, limit_usd, tenant as f64]),
+            BudgetReason::HardLimitWarning {
+                spend_usd,
+                limit_usd,
+            } => Reason::with(HARD_LIMIT_WARNING, [spend_usd, limit_usd, 0.0]),
+        }
+    }
+}
+
+impl StageReason for BudgetReason {
+    fn from_reason(reason: Reason) -> Option<Self> {
+        let [a, b, c] = reason.values();
+        Some(match reason.code() {
+            OVER_LIMIT => BudgetReason::OverLimit {
+                spend_usd: a,
+                limit_usd: b,
+                cost_usd: c,
+            },
+            HARD_LIMIT_CLOUD => BudgetReason::HardLimitCloud {
+                spend_usd: a,
+                limit_usd: b,
+            },
+            HARD_LIMIT_ALL => BudgetReason::HardLimitAll {
+                spend_usd: a,
+                limit_usd: b,
+            },
+            COST_CAP => BudgetReason::CostCap {
+                cost_usd: a,
+                cap_usd: b,
+                policy: Reason::policy_index(c),
+            },
+            TENANT_OVER_LIMIT => BudgetReason::TenantOverLimit {
+                spend_usd: a,
+                limit_usd: b,
+                tenant: c as usize,
+            },
+            HARD_LIMIT_WARNING => BudgetReason::HardLimitWarning {
+                spend_usd: a,
+                limit_usd: b,
+            },
+            _ => return None,
+        })
+    }
+}
 
 /// What happens at or above the monthly limit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
@@ -145,17 +263,11 @@ impl BudgetSettings {
         if let Some(limit) = self.monthly_limit_usd {
             check_limit_usd("monthly_limit_usd", limit)?;
         }
-        let soft = self.soft_limit_percent;
-        if !(soft > 0.0 && soft <= 1.0) {
-            let hint = if soft > 1.0 && soft <= 100.0 {
-                format!("; did you mean {}?", soft / 100.0)
-            } else {
-                String::new()
-            };
-            return Err(format!(
-                "soft_limit_percent is a fraction of the limit in (0, 1], got {soft}{hint}"
-            ));
-        }
+        nexus_core::check_fraction(
+            "soft_limit_percent",
+            "a fraction of the limit",
+            self.soft_limit_percent,
+        )?;
         let weight = self.soft_limit_cloud_weight;
         if !(weight > 0.0 && weight <= 1.0) {
             return Err(format!(
@@ -376,14 +488,12 @@ impl BudgetReconciler {
             .allowance()
             .try_draw(reserved, ticket.decided_at_secs)
             .map_err(|refusal| match refusal {
-                crate::lease::Refusal::Insufficient { .. } => Reason::with(
-                    TENANT_OVER_LIMIT,
-                    [
-                        nanos_to_usd(tenant.ledger.total_nanos_at(ticket.decided_at_secs)),
-                        tenant.limit_usd.unwrap_or(0.0),
-                        ticket.tenant.map_or(0, |id| id.index()) as f64,
-                    ],
-                ),
+                crate::lease::Refusal::Insufficient { .. } => BudgetReason::TenantOverLimit {
+                    spend_usd: nanos_to_usd(tenant.ledger.total_nanos_at(ticket.decided_at_secs)),
+                    limit_usd: tenant.limit_usd.unwrap_or(0.0),
+                    tenant: ticket.tenant.map_or(0, |id| id.index()),
+                }
+                .into(),
                 other => other.reason(
                     OVER_LIMIT,
                     nanos_to_usd(tenant.ledger.total_nanos_at(ticket.decided_at_secs)),
@@ -475,10 +585,7 @@ impl BudgetReconciler {
     /// Without the table, the stage enforces per-request caps only.
     /// With `store = "path"`, spend is kept in a [`RedbStore`](crate::RedbStore) there.
     pub fn from_context(ctx: &BuildContext<'_>) -> Result<Box<dyn Reconciler>, BuildError> {
-        let invalid = |message: String| BuildError::InvalidSettings {
-            kind: ctx.kind.to_owned(),
-            message,
-        };
+        let invalid = |message: String| ctx.invalid(message);
         let settings: BudgetSettings = ctx.settings()?;
         let store = settings.store.as_deref().map(|p| ctx.resolve_path(p));
         let stage =
@@ -778,7 +885,14 @@ impl Reconciler for BudgetReconciler {
         let action = self.settings.hard_limit_action;
         let hard = status == BudgetStatus::HardLimit;
         if hard && action == HardLimitAction::Warn && !intent.is_explaining() {
-            intent.warn(None, Reason::with(HARD_LIMIT_WARNING, [spend, limit, 0.0]));
+            intent.warn(
+                None,
+                BudgetReason::HardLimitWarning {
+                    spend_usd: spend,
+                    limit_usd: limit,
+                }
+                .into(),
+            );
         }
         // The usual case: below the soft limit, and even the dearest server of the model
         // fits under the limit and the policy's cap. Nothing to visit. (Below the soft
@@ -806,16 +920,15 @@ impl Reconciler for BudgetReconciler {
         let blocks = self.blocks();
         let cloud = &self.cloud;
         let cloud_weight = self.settings.soft_limit_cloud_weight;
-        let cap_policy = Reason::policy_value(constraints.max_cost_policy);
+        let cap_policy = constraints.max_cost_policy;
         let tenant_limit = tenant.filter(|t| t.is_limited()).map(|t| {
-            let index = intent.tenant().map_or(0, |id| id.index()) as f64;
             (
                 t.limit,
-                [
-                    nanos_to_usd(tenant_total),
-                    t.limit_usd.unwrap_or(0.0),
-                    index,
-                ],
+                BudgetReason::TenantOverLimit {
+                    spend_usd: nanos_to_usd(tenant_total),
+                    limit_usd: t.limit_usd.unwrap_or(0.0),
+                    tenant: intent.tenant().map_or(0, |id| id.index()),
+                },
             )
         });
         intent.visit_candidates(|candidate| {
@@ -826,20 +939,43 @@ impl Reconciler for BudgetReconciler {
                 .max_cost_per_request
                 .filter(|cap| cost_usd > *cap)
             {
-                Verdict::Exclude(Reason::with(COST_CAP, [cost_usd, cap, cap_policy]))
+                Verdict::Exclude(
+                    BudgetReason::CostCap {
+                        cost_usd,
+                        cap_usd: cap,
+                        policy: cap_policy,
+                    }
+                    .into(),
+                )
             } else if hard && action == HardLimitAction::BlockAll {
-                Verdict::Exclude(Reason::with(HARD_LIMIT_ALL, [spend, limit, 0.0]))
+                Verdict::Exclude(
+                    BudgetReason::HardLimitAll {
+                        spend_usd: spend,
+                        limit_usd: limit,
+                    }
+                    .into(),
+                )
             } else if hard && action == HardLimitAction::BlockCloud && is_cloud {
-                Verdict::Exclude(Reason::with(HARD_LIMIT_CLOUD, [spend, limit, 0.0]))
+                Verdict::Exclude(
+                    BudgetReason::HardLimitCloud {
+                        spend_usd: spend,
+                        limit_usd: limit,
+                    }
+                    .into(),
+                )
             } else if blocks && reserved > 0 && total.saturating_add(reserved) > self.limit {
-                Verdict::Exclude(Reason::with(
-                    OVER_LIMIT,
-                    [spend, limit, nanos_to_usd(reserved)],
-                ))
-            } else if let Some((_, values)) = tenant_limit
+                Verdict::Exclude(
+                    BudgetReason::OverLimit {
+                        spend_usd: spend,
+                        limit_usd: limit,
+                        cost_usd: nanos_to_usd(reserved),
+                    }
+                    .into(),
+                )
+            } else if let Some((_, reason)) = tenant_limit
                 .filter(|(limit, _)| reserved > 0 && tenant_total.saturating_add(reserved) > *limit)
             {
-                Verdict::Exclude(Reason::with(TENANT_OVER_LIMIT, values))
+                Verdict::Exclude(reason.into())
             } else if status == BudgetStatus::SoftLimit && is_cloud {
                 Verdict::Scale(cloud_weight)
             } else {
@@ -859,11 +995,11 @@ impl Reconciler for BudgetReconciler {
         if let Some(t) = tenant {
             let limit = t.is_limited().then_some(t.limit);
             t.ledger.try_reserve(reserved, limit).map_err(|total| {
-                let index = ticket.tenant.map_or(0, |id| id.index()) as f64;
-                Reason::with(
-                    TENANT_OVER_LIMIT,
-                    [nanos_to_usd(total), t.limit_usd.unwrap_or(0.0), index],
-                )
+                Reason::from(BudgetReason::TenantOverLimit {
+                    spend_usd: nanos_to_usd(total),
+                    limit_usd: t.limit_usd.unwrap_or(0.0),
+                    tenant: ticket.tenant.map_or(0, |id| id.index()),
+                })
             })?;
         }
         let limit = self.blocks().then_some(self.limit);
@@ -871,14 +1007,11 @@ impl Reconciler for BudgetReconciler {
             if let Some(t) = tenant {
                 t.ledger.release(reserved);
             }
-            Reason::with(
-                OVER_LIMIT,
-                [
-                    nanos_to_usd(total),
-                    self.limit_usd(),
-                    nanos_to_usd(reserved),
-                ],
-            )
+            Reason::from(BudgetReason::OverLimit {
+                spend_usd: nanos_to_usd(total),
+                limit_usd: self.limit_usd(),
+                cost_usd: nanos_to_usd(reserved),
+            })
         })?;
         // Then the shared scopes, the tenant's first; a refusal undoes what was taken.
         let undo_ledgers = || {
@@ -943,7 +1076,6 @@ impl Reconciler for BudgetReconciler {
         if let Some(explanation) = crate::lease::explain(reason) {
             return explanation;
         }
-        let [a, b, c] = reason.values();
         let model = ctx.fleet.model(ctx.model).name();
         let local_exists = ctx
             .fleet
@@ -956,38 +1088,64 @@ impl Reconciler for BudgetReconciler {
         } else {
             format!("add a local backend for '{model}'")
         };
-        match reason.code() {
-            OVER_LIMIT => Explanation::new(
+        let Some(typed) = BudgetReason::from_reason(*reason) else {
+            return Explanation::new(
+                format!("excluded by budget (code {})", reason.code()),
+                "see nexus-budget's documentation",
+            );
+        };
+        match typed {
+            BudgetReason::OverLimit {
+                spend_usd: a,
+                limit_usd: b,
+                cost_usd: c,
+            } => Explanation::new(
                 format!("global limit: spend ${a:.2} (with requests in flight) of the ${b:.2} monthly limit; this request would cost ${c:.4} and pass it"),
                 format!("raise monthly_limit_usd in [routing.budget], or {local_hint}"),
             ),
-            TENANT_OVER_LIMIT => {
+            BudgetReason::TenantOverLimit {
+                spend_usd: a,
+                limit_usd: b,
+                tenant,
+            } => {
                 let tenant = self
                     .tenant_table()
-                    .get(c as usize)
+                    .get(tenant)
                     .map_or("?", |t| &*t.id);
                 Explanation::new(
                     format!("tenant '{tenant}' limit: its spend ${a:.2} (with requests in flight) of its ${b:.2} monthly limit; this request would pass it"),
                     format!("raise monthly_limit_usd of tenant '{tenant}' in [[tenants]], or {local_hint}"),
                 )
             }
-            HARD_LIMIT_CLOUD => Explanation::new(
+            BudgetReason::HardLimitCloud {
+                spend_usd: a,
+                limit_usd: b,
+            } => Explanation::new(
                 format!("monthly budget reached: spend ${a:.2} of ${b:.2}; hard_limit_action block_cloud excludes cloud backends"),
                 format!("raise monthly_limit_usd in [routing.budget], or {local_hint}"),
             ),
-            HARD_LIMIT_ALL => Explanation::new(
+            BudgetReason::HardLimitAll {
+                spend_usd: a,
+                limit_usd: b,
+            } => Explanation::new(
                 format!("monthly budget reached: spend ${a:.2} of ${b:.2}; hard_limit_action block_all excludes every backend"),
                 "raise monthly_limit_usd, or set hard_limit_action = \"block_cloud\" to keep local backends serving",
             ),
-            COST_CAP => Explanation::new(
-                format!("estimated cost ${a:.4} exceeds the ${b:.4} per request of {}", ctx.policy_label(Reason::policy_index(c))),
+            BudgetReason::CostCap {
+                cost_usd: a,
+                cap_usd: b,
+                policy,
+            } => Explanation::new(
+                format!("estimated cost ${a:.4} exceeds the ${b:.4} per request of {}", ctx.policy_label(policy)),
                 "send fewer tokens or a lower max output, use a cheaper backend, or raise max_cost_per_request",
             ),
-            HARD_LIMIT_WARNING => Explanation::new(
+            BudgetReason::HardLimitWarning {
+                spend_usd: a,
+                limit_usd: b,
+            } => Explanation::new(
                 format!("monthly budget reached: spend ${a:.2} of ${b:.2}; routing anyway (hard_limit_action = \"warn\")"),
                 "raise monthly_limit_usd or switch hard_limit_action to block_cloud",
             ),
-            code => Explanation::new(format!("excluded by budget (code {code})"), "see nexus-budget's documentation"),
         }
     }
 
@@ -997,5 +1155,53 @@ impl Reconciler for BudgetReconciler {
 
     fn default_error_policy(&self) -> nexus_core::ErrorPolicy {
         nexus_core::ErrorPolicy::FailClosed
+    }
+}
+
+#[cfg(test)]
+mod reason_tests {
+    use super::*;
+
+    #[test]
+    fn reasons_convert_to_the_compact_form_and_back() {
+        let all = [
+            BudgetReason::OverLimit {
+                spend_usd: 99.5,
+                limit_usd: 100.0,
+                cost_usd: 0.75,
+            },
+            BudgetReason::HardLimitCloud {
+                spend_usd: 100.0,
+                limit_usd: 100.0,
+            },
+            BudgetReason::HardLimitAll {
+                spend_usd: 120.0,
+                limit_usd: 100.0,
+            },
+            BudgetReason::CostCap {
+                cost_usd: 0.5,
+                cap_usd: 0.25,
+                policy: Some(2),
+            },
+            BudgetReason::CostCap {
+                cost_usd: 0.5,
+                cap_usd: 0.25,
+                policy: None,
+            },
+            BudgetReason::TenantOverLimit {
+                spend_usd: 9.0,
+                limit_usd: 10.0,
+                tenant: 3,
+            },
+            BudgetReason::HardLimitWarning {
+                spend_usd: 101.0,
+                limit_usd: 100.0,
+            },
+        ];
+        for typed in all {
+            let compact: Reason = typed.into();
+            assert_eq!(BudgetReason::from_reason(compact), Some(typed));
+        }
+        assert_eq!(BudgetReason::from_reason(Reason::new(77)), None);
     }
 }

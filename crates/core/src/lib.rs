@@ -53,7 +53,7 @@ mod request;
 mod routes;
 mod set;
 
-pub use analyzer::{RequestAnalyzer, UNHEALTHY};
+pub use analyzer::{AnalyzerReason, RequestAnalyzer};
 #[cfg(any(test, feature = "test-util"))]
 pub use clock::FakeClock;
 pub use clock::{Clock, SystemClock};
@@ -69,11 +69,13 @@ pub use id::{BackendId, ModelId, TenantId};
 pub use intent::{BudgetStatus, Candidate, QueueCause, RoutingIntent, Scratch, Selection, Verdict};
 pub use pipeline::{Pipeline, PipelineBuilder, PipelineError, PipelineRef, Stage, StageTiming};
 pub use policy::{Constraints, PolicyError, PolicySet, Privacy, Shadowed, TrafficPolicy};
-pub use reason::{Exclusion, ExplainContext, Explanation, Reason, Rejection, Warning};
+pub use reason::{Exclusion, ExplainContext, Explanation, Reason, Rejection, StageReason, Warning};
 pub use reconciler::{
     ErrorKind, ErrorPolicy, Outcome, ReconcileError, Reconciler, RouteTicket, Settlement,
 };
-pub use registry::{BuildContext, BuildError, DuplicateKind, ReconcilerFactory, Registry};
+pub use registry::{
+    check_fraction, BuildContext, BuildError, DuplicateKind, ReconcilerFactory, Registry,
+};
 pub use request::{
     estimate_tokens, CostEstimate, Features, Request, RequestRequirements, TierMode, TokenTier,
 };

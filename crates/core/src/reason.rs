@@ -76,7 +76,8 @@ impl Reason {
     }
 
     /// A policy index as a reason argument: the index, or -1 for "no policy" (the
-    /// request itself asked). [`Reason::policy_index`] reads it back.
+    /// request itself asked). [`Reason::policy_index`] reads it back. For the
+    /// conversions of a [`StageReason`], whose own field is an `Option<usize>`.
     pub fn policy_value(policy: Option<usize>) -> f64 {
         policy.map_or(-1.0, |i| i as f64)
     }
@@ -96,6 +97,51 @@ impl Reason {
     /// The stage index under which the pipeline records its own exclusions (no stage
     /// has it: a pipeline holds fewer stages).
     pub(crate) const PIPELINE_STAGE: u16 = u16::MAX;
+}
+
+/// A stage's reasons as a type: an enum whose variants say what the stage records, with
+/// named fields (a policy is an `Option<usize>`, a tier a `u8`), converting to the compact
+/// [`Reason`] a decision stores (`Into<Reason>`: `Copy`, heap-free, for the hot path)
+/// and back ([`from_reason`](Self::from_reason)) when the stage renders it in
+/// [`Reconciler::explain`](crate::Reconciler::explain).
+///
+/// ```
+/// use nexus_core::{Reason, StageReason};
+///
+/// #[derive(Clone, Copy, Debug, PartialEq)]
+/// enum GeoReason {
+///     TooFar { km: u32, limit_km: u32 },
+///     NoRegion,
+/// }
+///
+/// impl From<GeoReason> for Reason {
+///     fn from(reason: GeoReason) -> Reason {
+///         match reason {
+///             GeoReason::TooFar { km, limit_km } => {
+///                 Reason::with(1, [f64::from(km), f64::from(limit_km), 0.0])
+///             }
+///             GeoReason::NoRegion => Reason::new(2),
+///         }
+///     }
+/// }
+///
+/// impl StageReason for GeoReason {
+///     fn from_reason(reason: Reason) -> Option<Self> {
+///         let [a, b, _] = reason.values();
+///         match reason.code() {
+///             1 => Some(GeoReason::TooFar { km: a as u32, limit_km: b as u32 }),
+///             2 => Some(GeoReason::NoRegion),
+///             _ => None,
+///         }
+///     }
+/// }
+///
+/// let reason = GeoReason::TooFar { km: 120, limit_km: 80 };
+/// assert_eq!(GeoReason::from_reason(reason.into()), Some(reason));
+/// ```
+pub trait StageReason: Copy + Into<Reason> {
+    /// The typed reason a compact one holds; `None` for a code the stage does not define.
+    fn from_reason(reason: Reason) -> Option<Self>;
 }
 
 /// One backend excluded by one stage while deciding for one model.

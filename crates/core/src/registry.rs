@@ -88,6 +88,59 @@ impl BuildContext<'_> {
         }
     }
 
+    /// A [`BuildError::InvalidSettings`] for this kind: what a factory returns when its
+    /// settings parse but do not make sense (`message` names the key first, then what is
+    /// wrong and how to fix it).
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use nexus_core::{BuildContext, BuildError, Clock, Fleet, PolicySet, SystemClock};
+    /// # let fleet = Arc::new(Fleet::new(Vec::new()).unwrap());
+    /// # let policies = Arc::new(PolicySet::new(Vec::new()).unwrap());
+    /// # let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    /// # let ctx = BuildContext { kind: "geo", fleet: &fleet, policies: &policies,
+    /// #     settings: None, clock: &clock, config_dir: None, dry_run: false, previous: None };
+    /// let err = ctx.invalid("`regions` is empty; name at least one region");
+    /// assert_eq!(
+    ///     err,
+    ///     BuildError::InvalidSettings {
+    ///         kind: "geo".to_owned(),
+    ///         message: "`regions` is empty; name at least one region".to_owned(),
+    ///     }
+    /// );
+    /// ```
+    pub fn invalid(&self, message: impl Into<String>) -> BuildError {
+        BuildError::InvalidSettings {
+            kind: self.kind.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    /// The settings deserialized into `T`, then checked by `validate` (whose `Err` is a
+    /// message naming the key, turned into [`invalid`](Self::invalid)); `T::default()`
+    /// (also validated) when the section is absent. The usual first line of a factory:
+    /// `let settings: MySettings = ctx.validated_settings(MySettings::validate)?;`
+    pub fn validated_settings<T: DeserializeOwned + Default>(
+        &self,
+        validate: impl FnOnce(&T) -> Result<(), String>,
+    ) -> Result<T, BuildError> {
+        let settings: T = self.settings()?;
+        validate(&settings).map_err(|message| self.invalid(message))?;
+        Ok(settings)
+    }
+
+    /// The settings deserialized into `T`, for a stage that cannot run without them:
+    /// an absent section is an error that says so (and, for a type with defaults,
+    /// [`settings`](Self::settings) is the one to call).
+    pub fn required_settings<T: DeserializeOwned>(&self) -> Result<T, BuildError> {
+        match self.settings {
+            None => Err(self.invalid(
+                "this stage needs settings, and the section is missing; add it with the stage's required keys",
+            )),
+            Some(value) => deserialize(self.kind, value),
+        }
+    }
+
     /// The settings deserialized into `T`, or `T::default()` when the section is absent.
     ///
     /// An error about one key starts with the key's path (`load_wait_ms: invalid type:
@@ -96,44 +149,77 @@ impl BuildContext<'_> {
     pub fn settings<T: DeserializeOwned + Default>(&self) -> Result<T, BuildError> {
         match self.settings {
             None => Ok(T::default()),
-            Some(value) => serde_path_to_error::deserialize(value.clone()).map_err(
-                |e: serde_path_to_error::Error<toml::de::Error>| {
-                    use serde_path_to_error::Segment;
-                    let message = e.inner().message().trim();
-                    let mut segments: Vec<&Segment> = e
-                        .path()
-                        .iter()
-                        .filter(|s| !matches!(s, Segment::Unknown))
-                        .collect();
-                    // serde names an unknown field itself: the path is its table's.
-                    if message.starts_with("unknown field") {
-                        segments.pop();
-                    }
-                    let mut path = String::new();
-                    for segment in segments {
-                        match segment {
-                            Segment::Seq { index } => path.push_str(&format!("[{index}]")),
-                            Segment::Map { key } | Segment::Enum { variant: key } => {
-                                if !path.is_empty() {
-                                    path.push('.');
-                                }
-                                path.push_str(key);
-                            }
-                            Segment::Unknown => {}
-                        }
-                    }
-                    BuildError::InvalidSettings {
-                        kind: self.kind.to_owned(),
-                        message: if path.is_empty() {
-                            message.to_owned()
-                        } else {
-                            format!("{path}: {message}")
-                        },
-                    }
-                },
-            ),
+            Some(value) => deserialize(self.kind, value),
         }
     }
+}
+
+/// `value` deserialized into `T`; an error about one key starts with the key's path.
+fn deserialize<T: DeserializeOwned>(kind: &str, value: &toml::Value) -> Result<T, BuildError> {
+    serde_path_to_error::deserialize(value.clone()).map_err(
+        |e: serde_path_to_error::Error<toml::de::Error>| {
+            use serde_path_to_error::Segment;
+            let message = e.inner().message().trim();
+            let mut segments: Vec<&Segment> = e
+                .path()
+                .iter()
+                .filter(|s| !matches!(s, Segment::Unknown))
+                .collect();
+            // serde names an unknown field itself: the path is its table's.
+            if message.starts_with("unknown field") {
+                segments.pop();
+            }
+            let mut path = String::new();
+            for segment in segments {
+                match segment {
+                    Segment::Seq { index } => path.push_str(&format!("[{index}]")),
+                    Segment::Map { key } | Segment::Enum { variant: key } => {
+                        if !path.is_empty() {
+                            path.push('.');
+                        }
+                        path.push_str(key);
+                    }
+                    Segment::Unknown => {}
+                }
+            }
+            BuildError::InvalidSettings {
+                kind: kind.to_owned(),
+                message: if path.is_empty() {
+                    message.to_owned()
+                } else {
+                    format!("{path}: {message}")
+                },
+            }
+        },
+    )
+}
+
+/// Checks a setting that is a fraction in (0, 1]: `Err` names `key`, says what the
+/// value is (`what`, e.g. "a fraction of the limit") and, for a value that reads as a
+/// percentage (1 < value <= 100), suggests the fraction it probably meant.
+///
+/// ```
+/// use nexus_core::check_fraction;
+/// assert_eq!(check_fraction("`max_error_rate`", "a fraction", 0.25), Ok(()));
+/// assert_eq!(
+///     check_fraction("`max_error_rate`", "a fraction", 25.0),
+///     Err("`max_error_rate` is a fraction in (0, 1], got 25; did you mean 0.25?".to_owned())
+/// );
+/// assert_eq!(
+///     check_fraction("`max_error_rate`", "a fraction", 0.0),
+///     Err("`max_error_rate` is a fraction in (0, 1], got 0".to_owned())
+/// );
+/// ```
+pub fn check_fraction(key: &str, what: &str, value: f64) -> Result<(), String> {
+    if value > 0.0 && value <= 1.0 {
+        return Ok(());
+    }
+    let hint = if value > 1.0 && value <= 100.0 {
+        format!("; did you mean {}?", value / 100.0)
+    } else {
+        String::new()
+    };
+    Err(format!("{key} is {what} in (0, 1], got {value}{hint}"))
 }
 
 /// A factory could not build its stage.
@@ -277,5 +363,86 @@ impl Registry {
                 known: self.kinds().map(str::to_owned).collect(),
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SystemClock;
+
+    #[derive(Debug, Default, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Settings {
+        #[serde(default)]
+        share: f64,
+    }
+
+    fn with_ctx<R>(settings: Option<&toml::Value>, f: impl FnOnce(&BuildContext<'_>) -> R) -> R {
+        let fleet = Arc::new(Fleet::new(Vec::new()).unwrap());
+        let policies = Arc::new(PolicySet::new(Vec::new()).unwrap());
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        f(&BuildContext {
+            kind: "geo",
+            fleet: &fleet,
+            policies: &policies,
+            settings,
+            clock: &clock,
+            config_dir: None,
+            dry_run: false,
+            previous: None,
+        })
+    }
+
+    fn check(s: &Settings) -> Result<(), String> {
+        check_fraction("`share`", "a fraction", s.share)
+    }
+
+    #[test]
+    fn required_settings_name_the_missing_section() {
+        let err = with_ctx(None, |ctx| ctx.required_settings::<Settings>().unwrap_err());
+        let BuildError::InvalidSettings { kind, message } = err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(kind, "geo");
+        assert!(message.contains("section is missing"), "{message}");
+        let table: toml::Value = toml::from_str("share = 0.5").unwrap();
+        let settings = with_ctx(Some(&table), |ctx| ctx.required_settings::<Settings>());
+        assert_eq!(settings.unwrap().share, 0.5);
+    }
+
+    #[test]
+    fn validated_settings_turn_the_check_into_an_error_of_the_kind() {
+        let table: toml::Value = toml::from_str("share = 40.0").unwrap();
+        let err = with_ctx(Some(&table), |ctx| {
+            ctx.validated_settings(check).unwrap_err()
+        });
+        assert_eq!(
+            err.to_string(),
+            "[routing.geo]: `share` is a fraction in (0, 1], got 40; did you mean 0.4?"
+        );
+        // Absent: the default is validated too (0 is not a fraction in (0, 1]).
+        let err = with_ctx(None, |ctx| ctx.validated_settings(check).unwrap_err());
+        assert!(err.to_string().contains("got 0"), "{err}");
+        // A key error still names the key.
+        let table: toml::Value = toml::from_str("shar = 0.4").unwrap();
+        let err = with_ctx(Some(&table), |ctx| {
+            ctx.validated_settings(check).unwrap_err()
+        });
+        assert!(err.to_string().contains("unknown field `shar`"), "{err}");
+    }
+
+    #[test]
+    fn fractions_outside_the_range_are_refused_with_a_percentage_hint_only_when_it_reads_as_one() {
+        assert!(check_fraction("k", "a fraction", 1.0).is_ok());
+        assert!(check_fraction("k", "a fraction", f64::NAN).is_err());
+        assert_eq!(
+            check_fraction("k", "a fraction", 150.0).unwrap_err(),
+            "k is a fraction in (0, 1], got 150"
+        );
+        assert_eq!(
+            check_fraction("k", "a fraction", -0.5).unwrap_err(),
+            "k is a fraction in (0, 1], got -0.5"
+        );
     }
 }

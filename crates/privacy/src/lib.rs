@@ -17,16 +17,62 @@
 
 use nexus_core::{
     BackendSet, BuildContext, BuildError, ExplainContext, Explanation, Fleet, Privacy, Reason,
-    ReconcileError, Reconciler, RoutingIntent, Zone,
+    ReconcileError, Reconciler, RoutingIntent, StageReason, Zone,
 };
 use serde::Deserialize;
 
-/// Reason code: the backend's zone is not allowed under `restricted`.
-/// `values = [zone, policy index or -1, 0]`, where zone is 0 for "not set" and 1 for cloud.
-pub const ZONE_NOT_ALLOWED: u16 = 1;
+/// Why the privacy stage excluded a backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrivacyReason {
+    /// The backend's zone is not allowed under `restricted` (local or private only).
+    ZoneNotAllowed {
+        /// The backend has no zone set (treated as cloud) rather than zone cloud.
+        zone_missing: bool,
+        /// The traffic policy that asked for `restricted` (its index), or `None` when
+        /// the request itself asked.
+        policy: Option<usize>,
+    },
+}
+
+/// Compact code of [`PrivacyReason::ZoneNotAllowed`]: `values = [zone, policy index or
+/// -1, 0]`, zone 0 for "not set" and 1 for cloud.
+const ZONE_NOT_ALLOWED: u16 = 1;
 
 const ZONE_MISSING: f64 = 0.0;
 const ZONE_CLOUD: f64 = 1.0;
+
+impl From<PrivacyReason> for Reason {
+    #[inline]
+    fn from(reason: PrivacyReason) -> Reason {
+        match reason {
+            PrivacyReason::ZoneNotAllowed {
+                zone_missing,
+                policy,
+            } => Reason::with(
+                ZONE_NOT_ALLOWED,
+                [
+                    if zone_missing {
+                        ZONE_MISSING
+                    } else {
+                        ZONE_CLOUD
+                    },
+                    Reason::policy_value(policy),
+                    0.0,
+                ],
+            ),
+        }
+    }
+}
+
+impl StageReason for PrivacyReason {
+    fn from_reason(reason: Reason) -> Option<Self> {
+        let [zone, policy, _] = reason.values();
+        (reason.code() == ZONE_NOT_ALLOWED).then_some(PrivacyReason::ZoneNotAllowed {
+            zone_missing: zone == ZONE_MISSING,
+            policy: Reason::policy_index(policy),
+        })
+    }
+}
 
 /// The `[routing.privacy]` settings: none yet; the table must be empty if present.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -94,23 +140,39 @@ impl Reconciler for PrivacyReconciler {
         if constraints.privacy != Privacy::Restricted {
             return Ok(());
         }
-        let policy = Reason::policy_value(constraints.privacy_policy);
+        let policy = constraints.privacy_policy;
         intent.exclude_set(
             &self.cloud,
-            Reason::with(ZONE_NOT_ALLOWED, [ZONE_CLOUD, policy, 0.0]),
+            PrivacyReason::ZoneNotAllowed {
+                zone_missing: false,
+                policy,
+            }
+            .into(),
         );
         intent.exclude_set(
             &self.unzoned,
-            Reason::with(ZONE_NOT_ALLOWED, [ZONE_MISSING, policy, 0.0]),
+            PrivacyReason::ZoneNotAllowed {
+                zone_missing: true,
+                policy,
+            }
+            .into(),
         );
         Ok(())
     }
 
     fn explain(&self, reason: &Reason, ctx: &ExplainContext<'_>) -> Explanation {
-        let [zone, policy, _] = reason.values();
-        let policy_index = Reason::policy_index(policy);
-        let policy = ctx.policy_label(policy_index);
-        let zone = if zone == ZONE_MISSING {
+        let Some(PrivacyReason::ZoneNotAllowed {
+            zone_missing,
+            policy,
+        }) = PrivacyReason::from_reason(*reason)
+        else {
+            return Explanation::new(
+                format!("excluded by privacy (code {})", reason.code()),
+                "see nexus-privacy's documentation",
+            );
+        };
+        let policy = ctx.policy_label(policy);
+        let zone = if zone_missing {
             "no zone set (treated as cloud)"
         } else {
             "zone cloud"
@@ -131,7 +193,7 @@ impl Reconciler for PrivacyReconciler {
                 model.name()
             )
         };
-        let suggested = if reason.values()[0] == ZONE_MISSING {
+        let suggested = if zone_missing {
             format!("{suggested}; if this backend runs on your own hardware, set its zone to \"local\" or \"private\"")
         } else {
             suggested
@@ -140,5 +202,26 @@ impl Reconciler for PrivacyReconciler {
             format!("{zone}; {policy} requires restricted (local or private backends only)"),
             suggested,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_convert_to_the_compact_form_and_back() {
+        for zone_missing in [false, true] {
+            for policy in [None, Some(0), Some(7)] {
+                let typed = PrivacyReason::ZoneNotAllowed {
+                    zone_missing,
+                    policy,
+                };
+                let compact: Reason = typed.into();
+                assert_eq!(compact.code(), ZONE_NOT_ALLOWED);
+                assert_eq!(PrivacyReason::from_reason(compact), Some(typed));
+            }
+        }
+        assert_eq!(PrivacyReason::from_reason(Reason::new(9)), None);
     }
 }

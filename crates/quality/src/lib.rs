@@ -43,18 +43,83 @@ use std::sync::Arc;
 
 use nexus_core::{
     BuildContext, BuildError, Candidate, Clock, ExplainContext, Explanation, Fleet, Reason,
-    ReconcileError, Reconciler, RouteTicket, RoutingIntent, Settlement, Verdict,
+    ReconcileError, Reconciler, RouteTicket, RoutingIntent, Settlement, StageReason, Verdict,
 };
 use serde::Deserialize;
 
 pub use tracker::{Circuit, OpenCause, QualityStats, QualityTracker, RECENT_TTFT_MINUTES};
 
-/// Reason: circuit open after consecutive failures. `values = [failures, seconds left, 0]`.
-pub const CIRCUIT_OPEN: u16 = 1;
-/// Reason: circuit open because of the error rate. `values = [failures, outcomes, seconds left]`.
-pub const ERROR_RATE: u16 = 2;
-/// Reason: half-open and its one probe is in flight. `values = [0, 0, 0]`.
-pub const PROBE_IN_FLIGHT: u16 = 3;
+/// Why the quality stage excluded (or, in `on_route`, vetoed) a backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QualityReason {
+    /// The circuit is open after consecutive failures.
+    CircuitOpen {
+        /// The consecutive failures that opened it (`failure_threshold`).
+        failures: u32,
+        /// Seconds until it half-opens.
+        seconds_left: u64,
+    },
+    /// The circuit is open because of the error rate over the last hour.
+    ErrorRate {
+        /// Failed outcomes in the last hour.
+        failed: u64,
+        /// All outcomes in the last hour.
+        outcomes: u64,
+        /// Seconds until it half-opens.
+        seconds_left: u64,
+    },
+    /// The circuit is half-open and its one probe is in flight.
+    ProbeInFlight,
+}
+
+// Compact codes: `values = [failures, seconds left, 0]`, `[failed, outcomes, seconds
+// left]`, `[0, 0, 0]`.
+const CIRCUIT_OPEN: u16 = 1;
+const ERROR_RATE: u16 = 2;
+const PROBE_IN_FLIGHT: u16 = 3;
+
+impl From<QualityReason> for Reason {
+    #[inline]
+    fn from(reason: QualityReason) -> Reason {
+        match reason {
+            QualityReason::CircuitOpen {
+                failures,
+                seconds_left,
+            } => Reason::with(
+                CIRCUIT_OPEN,
+                [f64::from(failures), seconds_left as f64, 0.0],
+            ),
+            QualityReason::ErrorRate {
+                failed,
+                outcomes,
+                seconds_left,
+            } => Reason::with(
+                ERROR_RATE,
+                [failed as f64, outcomes as f64, seconds_left as f64],
+            ),
+            QualityReason::ProbeInFlight => Reason::new(PROBE_IN_FLIGHT),
+        }
+    }
+}
+
+impl StageReason for QualityReason {
+    fn from_reason(reason: Reason) -> Option<Self> {
+        let [a, b, c] = reason.values();
+        Some(match reason.code() {
+            CIRCUIT_OPEN => QualityReason::CircuitOpen {
+                failures: a as u32,
+                seconds_left: b as u64,
+            },
+            ERROR_RATE => QualityReason::ErrorRate {
+                failed: a as u64,
+                outcomes: b as u64,
+                seconds_left: c as u64,
+            },
+            PROBE_IN_FLIGHT => QualityReason::ProbeInFlight,
+            _ => return None,
+        })
+    }
+}
 
 const fn default_max_error_rate() -> f64 {
     0.5
@@ -120,17 +185,7 @@ impl QualitySettings {
     /// Checks the values; the error names the key (in backticks, so that config errors
     /// point at its line) and how to fix it.
     pub fn validate(&self) -> Result<(), String> {
-        let rate = self.max_error_rate;
-        if !(rate > 0.0 && rate <= 1.0) {
-            let hint = if rate > 1.0 && rate <= 100.0 {
-                format!("; did you mean {}?", rate / 100.0)
-            } else {
-                String::new()
-            };
-            return Err(format!(
-                "`max_error_rate` is a fraction in (0, 1], got {rate}{hint}"
-            ));
-        }
+        nexus_core::check_fraction("`max_error_rate`", "a fraction", self.max_error_rate)?;
         if self.min_samples == 0 {
             return Err("`min_samples` must be at least 1".to_owned());
         }
@@ -195,10 +250,7 @@ impl QualityReconciler {
         };
         stage
             .map(|stage| Box::new(stage) as Box<dyn Reconciler>)
-            .map_err(|message| BuildError::InvalidSettings {
-                kind: ctx.kind.to_owned(),
-                message,
-            })
+            .map_err(|message| ctx.invalid(message))
     }
 
     /// The tracker the stage reads and the route guards feed.
@@ -226,50 +278,54 @@ impl Reconciler for QualityReconciler {
                 Circuit::Open {
                     cause: OpenCause::ConsecutiveFailures,
                     seconds_left,
-                } => {
-                    let failures = f64::from(tracker.settings().failure_threshold);
-                    Verdict::Exclude(Reason::with(
-                        CIRCUIT_OPEN,
-                        [failures, seconds_left as f64, 0.0],
-                    ))
-                }
+                } => Verdict::Exclude(
+                    QualityReason::CircuitOpen {
+                        failures: tracker.settings().failure_threshold,
+                        seconds_left,
+                    }
+                    .into(),
+                ),
                 Circuit::Open {
                     cause: OpenCause::ErrorRate,
                     seconds_left,
                 } => {
                     let stats = tracker.stats_at(backend, now);
-                    let (failed, total) = stats.map_or((0, 0), |s| (s.failures_1h, s.samples_1h()));
-                    Verdict::Exclude(Reason::with(
-                        ERROR_RATE,
-                        [failed as f64, total as f64, seconds_left as f64],
-                    ))
+                    let (failed, outcomes) =
+                        stats.map_or((0, 0), |s| (s.failures_1h, s.samples_1h()));
+                    Verdict::Exclude(
+                        QualityReason::ErrorRate {
+                            failed,
+                            outcomes,
+                            seconds_left,
+                        }
+                        .into(),
+                    )
                 }
-                Circuit::Probing { .. } => Verdict::Exclude(Reason::new(PROBE_IN_FLIGHT)),
+                Circuit::Probing { .. } => Verdict::Exclude(QualityReason::ProbeInFlight.into()),
             }
         });
         Ok(())
     }
 
     fn on_route(&self, ticket: &RouteTicket) -> Result<(), Reason> {
-        let now = self.tracker.now_secs();
+        // The decision's time, as `reconcile` saw it: the circuit state it admitted the
+        // backend in is the one claimed here.
+        let now = ticket.decided_at_secs;
         match self.tracker.circuit_at(ticket.backend, now) {
             Circuit::Closed => Ok(()),
             Circuit::HalfOpen { .. } => {
                 if self.tracker.try_claim_probe(ticket.backend, now, ticket.id) {
                     Ok(())
                 } else {
-                    Err(Reason::new(PROBE_IN_FLIGHT))
+                    Err(QualityReason::ProbeInFlight.into())
                 }
             }
-            Circuit::Open { seconds_left, .. } => Err(Reason::with(
-                CIRCUIT_OPEN,
-                [
-                    f64::from(self.tracker.settings().failure_threshold),
-                    seconds_left as f64,
-                    0.0,
-                ],
-            )),
-            Circuit::Probing { .. } => Err(Reason::new(PROBE_IN_FLIGHT)),
+            Circuit::Open { seconds_left, .. } => Err(QualityReason::CircuitOpen {
+                failures: self.tracker.settings().failure_threshold,
+                seconds_left,
+            }
+            .into()),
+            Circuit::Probing { .. } => Err(QualityReason::ProbeInFlight.into()),
         }
     }
 
@@ -296,26 +352,36 @@ impl Reconciler for QualityReconciler {
     }
 
     fn explain(&self, reason: &Reason, _ctx: &ExplainContext<'_>) -> Explanation {
-        let [a, b, c] = reason.values();
         let check = "check the backend's logs; it is probed again when the cooldown ends";
-        match reason.code() {
-            CIRCUIT_OPEN => Explanation::new(
-                format!("{a} consecutive failures; circuit open for {b} s more"),
+        match QualityReason::from_reason(*reason) {
+            Some(QualityReason::CircuitOpen {
+                failures,
+                seconds_left,
+            }) => Explanation::new(
+                format!("{failures} consecutive failures; circuit open for {seconds_left} s more"),
                 check,
             ),
-            ERROR_RATE => {
-                let rate = if b > 0.0 { 100.0 * a / b } else { 0.0 };
+            Some(QualityReason::ErrorRate {
+                failed,
+                outcomes,
+                seconds_left,
+            }) => {
+                let rate = if outcomes > 0 {
+                    100.0 * failed as f64 / outcomes as f64
+                } else {
+                    0.0
+                };
                 Explanation::new(
-                    format!("error rate {rate:.0}% over the last hour ({a} of {b} requests); circuit open for {c} s more"),
+                    format!("error rate {rate:.0}% over the last hour ({failed} of {outcomes} requests); circuit open for {seconds_left} s more"),
                     check,
                 )
             }
-            PROBE_IN_FLIGHT => Explanation::new(
+            Some(QualityReason::ProbeInFlight) => Explanation::new(
                 "circuit half-open: its one probe request is in flight",
                 "wait for the probe: it closes the circuit on success and re-opens it on failure",
             ),
-            code => Explanation::new(
-                format!("excluded by quality (code {code})"),
+            None => Explanation::new(
+                format!("excluded by quality (code {})", reason.code()),
                 "see nexus-quality's documentation",
             ),
         }
@@ -328,5 +394,31 @@ impl Reconciler for QualityReconciler {
     fn default_error_policy(&self) -> nexus_core::ErrorPolicy {
         // Learned preferences must not take routing down: skip the stage if it fails.
         nexus_core::ErrorPolicy::FailOpen
+    }
+}
+
+#[cfg(test)]
+mod reason_tests {
+    use super::*;
+
+    #[test]
+    fn reasons_convert_to_the_compact_form_and_back() {
+        let all = [
+            QualityReason::CircuitOpen {
+                failures: 5,
+                seconds_left: 30,
+            },
+            QualityReason::ErrorRate {
+                failed: 12,
+                outcomes: 20,
+                seconds_left: 1,
+            },
+            QualityReason::ProbeInFlight,
+        ];
+        for typed in all {
+            let compact: Reason = typed.into();
+            assert_eq!(QualityReason::from_reason(compact), Some(typed));
+        }
+        assert_eq!(QualityReason::from_reason(Reason::new(42)), None);
     }
 }

@@ -168,13 +168,7 @@ impl SchedulerReconciler {
     /// Builds the stage from `[routing.scheduler]`; the factory registered as
     /// `"scheduler"`.
     pub fn from_context(ctx: &BuildContext<'_>) -> Result<Box<dyn Reconciler>, BuildError> {
-        let settings: SchedulerSettings = ctx.settings()?;
-        settings
-            .validate()
-            .map_err(|message| BuildError::InvalidSettings {
-                kind: ctx.kind.to_owned(),
-                message,
-            })?;
+        let settings: SchedulerSettings = ctx.validated_settings(SchedulerSettings::validate)?;
         Ok(Box::new(Self::with_settings(settings)))
     }
 

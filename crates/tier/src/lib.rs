@@ -30,21 +30,128 @@
 
 use nexus_core::{
     BuildContext, BuildError, ExplainContext, Explanation, Features, Reason, ReconcileError,
-    Reconciler, RoutingIntent, TierMode, Verdict,
+    Reconciler, RoutingIntent, StageReason, TierMode, Verdict,
 };
 use serde::Deserialize;
 
-/// Reason code: below the required tier. `values = [tier, required, policy or -1]`.
-pub const BELOW_TIER: u16 = 1;
-/// Reason code (flexible mode): below the best tier available.
-/// `values = [tier, best available, policy or -1]`.
-pub const BELOW_BEST_AVAILABLE: u16 = 2;
-/// Reason code: the model lacks needed features. `values = [missing feature bits, 0, 0]`.
-pub const MISSING_FEATURES: u16 = 3;
-/// Reason code: the context window is too small. `values = [tokens needed, window, 0]`.
-pub const CONTEXT_TOO_SMALL: u16 = 4;
-/// Warning code: served below the required tier. `values = [tier, required, policy or -1]`.
-pub const DOWNGRADED: u16 = 10;
+/// Why the tier stage excluded a backend (or, for [`Downgraded`](Self::Downgraded),
+/// what it warned about). `policy` is the traffic policy that set `min_tier` (its
+/// index), or `None` when the request itself asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TierReason {
+    /// Below the required tier.
+    BelowTier {
+        /// The backend's tier for the model.
+        tier: u8,
+        /// The tier required.
+        required: u8,
+        /// Who required it.
+        policy: Option<usize>,
+    },
+    /// Flexible mode: below the best tier available.
+    BelowBestAvailable {
+        /// The backend's tier for the model.
+        tier: u8,
+        /// The best tier among the candidates.
+        best: u8,
+        /// Who required the (unavailable) higher tier.
+        policy: Option<usize>,
+    },
+    /// The model here lacks features the request needs.
+    MissingFeatures {
+        /// The features it lacks.
+        missing: Features,
+    },
+    /// The context window is smaller than the request needs.
+    ContextTooSmall {
+        /// Tokens the request needs (input + estimated output).
+        needed: u64,
+        /// The model's context window here.
+        window: u32,
+    },
+    /// A warning, not an exclusion: served below the required tier (flexible mode).
+    Downgraded {
+        /// The tier served.
+        served: u8,
+        /// The tier required.
+        required: u8,
+        /// Who required it.
+        policy: Option<usize>,
+    },
+}
+
+// Compact codes: `values = [tier, required / best, policy or -1]`,
+// `[missing feature bits, 0, 0]`, `[tokens needed, window, 0]`.
+const BELOW_TIER: u16 = 1;
+const BELOW_BEST_AVAILABLE: u16 = 2;
+const MISSING_FEATURES: u16 = 3;
+const CONTEXT_TOO_SMALL: u16 = 4;
+const DOWNGRADED: u16 = 10;
+
+impl From<TierReason> for Reason {
+    #[inline]
+    fn from(reason: TierReason) -> Reason {
+        let tiers = |code, a: u8, b: u8, policy| {
+            Reason::with(
+                code,
+                [f64::from(a), f64::from(b), Reason::policy_value(policy)],
+            )
+        };
+        match reason {
+            TierReason::BelowTier {
+                tier,
+                required,
+                policy,
+            } => tiers(BELOW_TIER, tier, required, policy),
+            TierReason::BelowBestAvailable { tier, best, policy } => {
+                tiers(BELOW_BEST_AVAILABLE, tier, best, policy)
+            }
+            TierReason::MissingFeatures { missing } => {
+                Reason::with(MISSING_FEATURES, [f64::from(missing.bits()), 0.0, 0.0])
+            }
+            TierReason::ContextTooSmall { needed, window } => {
+                Reason::with(CONTEXT_TOO_SMALL, [needed as f64, f64::from(window), 0.0])
+            }
+            TierReason::Downgraded {
+                served,
+                required,
+                policy,
+            } => tiers(DOWNGRADED, served, required, policy),
+        }
+    }
+}
+
+impl StageReason for TierReason {
+    fn from_reason(reason: Reason) -> Option<Self> {
+        let [a, b, c] = reason.values();
+        let policy = Reason::policy_index(c);
+        Some(match reason.code() {
+            BELOW_TIER => TierReason::BelowTier {
+                tier: a as u8,
+                required: b as u8,
+                policy,
+            },
+            BELOW_BEST_AVAILABLE => TierReason::BelowBestAvailable {
+                tier: a as u8,
+                best: b as u8,
+                policy,
+            },
+            MISSING_FEATURES => TierReason::MissingFeatures {
+                missing: Features::from_bits(a as u8),
+            },
+            CONTEXT_TOO_SMALL => TierReason::ContextTooSmall {
+                needed: a as u64,
+                window: b as u32,
+            },
+            DOWNGRADED => TierReason::Downgraded {
+                served: a as u8,
+                required: b as u8,
+                policy,
+            },
+            _ => return None,
+        })
+    }
+}
 
 /// The `[routing.tier]` settings: none yet; the table must be empty if present.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -110,25 +217,29 @@ impl Reconciler for TierReconciler {
         {
             return Ok(());
         }
-        let policy = Reason::policy_value(intent.constraints().min_tier_policy);
+        let policy = intent.constraints().min_tier_policy;
         intent.visit_candidates(|candidate| {
             let offer = candidate.offer();
             let missing = needed.missing_from(offer.features);
             if !missing.is_empty() {
-                Verdict::Exclude(Reason::with(
-                    MISSING_FEATURES,
-                    [f64::from(missing.bits()), 0.0, 0.0],
-                ))
+                Verdict::Exclude(TierReason::MissingFeatures { missing }.into())
             } else if let Some(window) = offer.context_window.filter(|w| total > u64::from(*w)) {
-                Verdict::Exclude(Reason::with(
-                    CONTEXT_TOO_SMALL,
-                    [total as f64, f64::from(window), 0.0],
-                ))
+                Verdict::Exclude(
+                    TierReason::ContextTooSmall {
+                        needed: total,
+                        window,
+                    }
+                    .into(),
+                )
             } else if strict && offer.tier < min_tier {
-                Verdict::Exclude(Reason::with(
-                    BELOW_TIER,
-                    [f64::from(offer.tier), f64::from(min_tier), policy],
-                ))
+                Verdict::Exclude(
+                    TierReason::BelowTier {
+                        tier: offer.tier,
+                        required: min_tier,
+                        policy,
+                    }
+                    .into(),
+                )
             } else {
                 Verdict::Keep
             }
@@ -141,7 +252,7 @@ impl Reconciler for TierReconciler {
         if min_tier == 0 || !is_flexible(intent) {
             return Ok(());
         }
-        let policy = Reason::policy_value(intent.constraints().min_tier_policy);
+        let policy = intent.constraints().min_tier_policy;
         let offers = intent.model_entry().offers();
         let best = offers
             .iter()
@@ -153,34 +264,54 @@ impl Reconciler for TierReconciler {
         };
         // Some candidates meet the tier: strict. None do: the best tier below it.
         let floor = best.min(min_tier);
-        let code = if best >= min_tier {
-            BELOW_TIER
-        } else {
-            BELOW_BEST_AVAILABLE
-        };
         for &(backend, offer) in offers {
             if offer.tier < floor {
-                intent.exclude(
-                    backend,
-                    Reason::with(code, [f64::from(offer.tier), f64::from(floor), policy]),
-                );
+                let tier = offer.tier;
+                let reason = if best >= min_tier {
+                    TierReason::BelowTier {
+                        tier,
+                        required: floor,
+                        policy,
+                    }
+                } else {
+                    TierReason::BelowBestAvailable {
+                        tier,
+                        best: floor,
+                        policy,
+                    }
+                };
+                intent.exclude(backend, reason.into());
             }
         }
         if best < min_tier {
             intent.warn(
                 None,
-                Reason::with(DOWNGRADED, [f64::from(best), f64::from(min_tier), policy]),
+                TierReason::Downgraded {
+                    served: best,
+                    required: min_tier,
+                    policy,
+                }
+                .into(),
             );
         }
         Ok(())
     }
 
     fn explain(&self, reason: &Reason, ctx: &ExplainContext<'_>) -> Explanation {
-        let [a, b, c] = reason.values();
         let model = ctx.fleet.model(ctx.model).name();
-        match reason.code() {
-            BELOW_TIER => {
-                let policy = ctx.policy_label(Reason::policy_index(c));
+        let Some(typed) = TierReason::from_reason(*reason) else {
+            return Explanation::new(
+                format!("excluded by tier (code {})", reason.code()),
+                "see nexus-tier's documentation",
+            );
+        };
+        match typed {
+            TierReason::BelowTier {
+                tier: a,
+                required: b,
+                policy,
+            } => {
+                let policy = ctx.policy_label(policy);
                 let flexible = if ctx.constraints.fallback_allowed {
                     ", ask for flexible tiers (--flexible, header X-Nexus-Flexible) to accept the best available"
                 } else {
@@ -191,30 +322,79 @@ impl Reconciler for TierReconciler {
                     format!("serve '{model}' from a backend of tier {b} or more{flexible}, or lower min_tier in {policy}"),
                 )
             }
-            BELOW_BEST_AVAILABLE => Explanation::new(
+            TierReason::BelowBestAvailable {
+                tier: a,
+                best: b,
+                policy,
+            } => Explanation::new(
                 format!(
                     "tier {a}, below tier {b}, the best available ({} asks for {})",
-                    ctx.policy_label(Reason::policy_index(c)),
+                    ctx.policy_label(policy),
                     ctx.constraints.min_tier
                 ),
                 "none needed: flexible mode keeps only the best tier available",
             ),
-            MISSING_FEATURES => {
-                let missing = Features::from_bits(a as u8);
+            TierReason::MissingFeatures { missing } => {
                 Explanation::new(
                     format!("'{model}' here lacks {missing}, which the request needs"),
                     format!("declare {missing} on this model if it supports it, or serve the request from a model that does"),
                 )
             }
-            CONTEXT_TOO_SMALL => Explanation::new(
-                format!("context window of {b} tokens is smaller than the {a} the request needs (input + estimated output)"),
+            TierReason::ContextTooSmall { needed, window } => Explanation::new(
+                format!("context window of {window} tokens is smaller than the {needed} the request needs (input + estimated output)"),
                 "send fewer tokens, lower max output tokens, or serve from a model with a larger context_window",
             ),
-            DOWNGRADED => Explanation::new(
-                format!("served by tier {a}, {} asks for {b}", ctx.policy_label(Reason::policy_index(c))),
-                format!("add a backend of tier {b} or more for '{model}'"),
+            TierReason::Downgraded {
+                served,
+                required,
+                policy,
+            } => Explanation::new(
+                format!("served by tier {served}, {} asks for {required}", ctx.policy_label(policy)),
+                format!("add a backend of tier {required} or more for '{model}'"),
             ),
-            code => Explanation::new(format!("excluded by tier (code {code})"), "see nexus-tier's documentation"),
         }
+    }
+}
+
+#[cfg(test)]
+mod reason_tests {
+    use super::*;
+
+    #[test]
+    fn reasons_convert_to_the_compact_form_and_back() {
+        let all = [
+            TierReason::BelowTier {
+                tier: 2,
+                required: 4,
+                policy: Some(3),
+            },
+            TierReason::BelowTier {
+                tier: 0,
+                required: 1,
+                policy: None,
+            },
+            TierReason::BelowBestAvailable {
+                tier: 1,
+                best: 3,
+                policy: Some(0),
+            },
+            TierReason::MissingFeatures {
+                missing: Features::TOOLS,
+            },
+            TierReason::ContextTooSmall {
+                needed: 200_000,
+                window: 8_192,
+            },
+            TierReason::Downgraded {
+                served: 3,
+                required: 5,
+                policy: None,
+            },
+        ];
+        for typed in all {
+            let compact: Reason = typed.into();
+            assert_eq!(TierReason::from_reason(compact), Some(typed), "{compact:?}");
+        }
+        assert_eq!(TierReason::from_reason(Reason::new(99)), None);
     }
 }
