@@ -312,7 +312,11 @@ impl BudgetReconciler {
         let table = tenants
             .iter()
             .map(|spec| {
-                let budget = TenantBudget::new(spec, ledgers.ledger(&spec.id, &self.clock))?;
+                let ledger = ledgers.ledger(&spec.id, &self.clock);
+                if let Some(background) = &self.background {
+                    background.fold_tenant(&spec.id, &ledger);
+                }
+                let budget = TenantBudget::new(spec, ledger)?;
                 self.with_tenant_lease(budget, &ledgers)
             })
             .collect::<Result<Vec<_>, String>>()?;
@@ -917,12 +921,16 @@ impl Reconciler for BudgetReconciler {
                 // The journal files the cost under the month the ledger counted it in,
                 // so that a restart loads what the ledger showed.
                 let month = self.ledger.settle_at(reserved, actual, at_secs);
-                if let Some(t) = self.tenant(ticket.tenant) {
-                    t.ledger.settle_at(reserved, actual, at_secs);
+                let tenant = self.tenant(ticket.tenant).map(|t| {
+                    let month = t.ledger.settle_at(reserved, actual, at_secs);
                     self.settle_tenant_lease(t, ticket, reserved, actual);
-                }
+                    (t, month)
+                });
                 if let (Some(journal), true) = (self.journal(), actual > 0) {
                     journal.record(month, actual);
+                    if let Some((t, month)) = tenant {
+                        journal.record_tenant(&t.id, month, actual);
+                    }
                 }
             }
             Settlement::Abandoned { .. } | Settlement::Cancelled => {
