@@ -23,7 +23,6 @@ use nexus_budget::BudgetReconciler;
 use nexus_core::{Outcome, Request};
 use nexus_router::Router;
 
-#[allow(dead_code, unreachable_pub)]
 #[path = "../../crates/budget/tests/support/redis_server.rs"]
 mod redis_server;
 
