@@ -35,13 +35,19 @@ pub trait SpendSource: Send + Sync + fmt::Debug {
     async fn month_to_date_usd(&self, month: Month) -> Result<f64, StoreError>;
 }
 
-/// One settled amount on its way to the store.
-#[derive(Debug, Clone, Copy)]
+/// One settled amount on its way to the store: the global spend (`tenant: None`) or a
+/// tenant's share of it.
+#[derive(Debug, Clone)]
 struct Entry {
     seq: u64,
+    tenant: Option<Arc<str>>,
     month: Month,
     nanos: u64,
 }
+
+/// Where an amount is summed before it is written: the global month or a tenant's.
+/// Global months sort first, so they are written first.
+type Slot = (Option<Arc<str>>, Month);
 
 /// What the writer has done, shared by the journal, the writer and the thread.
 #[derive(Debug, Default)]
@@ -147,20 +153,46 @@ impl Journal {
 
     /// Queues `nanos` of settled spend for `month`; returns its sequence number.
     pub fn record(&self, month: Month, nanos: u64) -> u64 {
+        self.queue(None, month, nanos)
+    }
+
+    /// Queues `nanos` of tenant `tenant`'s settled spend for `month` (its share of what
+    /// [`record`](Self::record) counts globally, so it is not counted again in
+    /// [`lag`](Self::lag)'s amount); returns its sequence number. Cloning the id's `Arc`
+    /// allocates nothing.
+    pub fn record_tenant(&self, tenant: &Arc<str>, month: Month, nanos: u64) -> u64 {
+        self.queue(Some(Arc::clone(tenant)), month, nanos)
+    }
+
+    fn queue(&self, tenant: Option<Arc<str>>, month: Month, nanos: u64) -> u64 {
         let mut sender = lock(&self.sender);
         sender.0 += 1;
         let seq = sender.0;
-        match &sender.1 {
+        let counted = if tenant.is_none() { nanos } else { 0 };
+        let entry = Entry {
+            seq,
+            tenant,
+            month,
+            nanos,
+        };
+        let lost = match &sender.1 {
             Some(tx) => {
-                self.shared.pending_nanos.fetch_add(nanos, Ordering::AcqRel);
-                if tx.send(Entry { seq, month, nanos }).is_err() {
-                    self.shared.pending_nanos.fetch_sub(nanos, Ordering::AcqRel);
-                    tracing::error!(store = %self.location, %month, usd = nanos_to_usd(nanos), "budget journal stopped; settled spend not persisted");
-                }
+                self.shared
+                    .pending_nanos
+                    .fetch_add(counted, Ordering::AcqRel);
+                let sent = tx.send(entry);
+                sent.err().map(|e| {
+                    self.shared
+                        .pending_nanos
+                        .fetch_sub(counted, Ordering::AcqRel);
+                    (e.0, "budget journal stopped; settled spend not persisted")
+                })
             }
-            None => {
-                tracing::error!(store = %self.location, %month, usd = nanos_to_usd(nanos), "budget journal closed; settled spend not persisted");
-            }
+            None => Some((entry, "budget journal closed; settled spend not persisted")),
+        };
+        if let Some((entry, message)) = lost {
+            let tenant = entry.tenant.as_deref().unwrap_or("(global)");
+            tracing::error!(store = %self.location, tenant, %month, usd = nanos_to_usd(nanos), "{message}");
         }
         seq
     }
@@ -236,7 +268,7 @@ async fn write_entries(
     give_up: CancellationToken,
 ) {
     let location = store.location();
-    let mut pending: BTreeMap<Month, u64> = BTreeMap::new();
+    let mut pending: BTreeMap<Slot, u64> = BTreeMap::new();
     let mut last_seq = 0u64;
     let mut open = true;
     let mut delay = Duration::from_millis(10);
@@ -247,21 +279,13 @@ async fn write_entries(
                 break;
             }
             match receiver.recv().await {
-                Some(entry) => {
-                    let sum = pending.entry(entry.month).or_default();
-                    *sum = sum.saturating_add(entry.nanos);
-                    last_seq = entry.seq;
-                }
+                Some(entry) => last_seq = add_entry(&mut pending, entry),
                 None => break,
             }
         }
         loop {
             match receiver.try_recv() {
-                Ok(entry) => {
-                    let sum = pending.entry(entry.month).or_default();
-                    *sum = sum.saturating_add(entry.nanos);
-                    last_seq = entry.seq;
-                }
+                Ok(entry) => last_seq = add_entry(&mut pending, entry),
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => {
                     open = false;
@@ -270,11 +294,18 @@ async fn write_entries(
             }
         }
         let mut failure = None;
-        while let Some((&month, &nanos)) = pending.first_key_value() {
-            match store.add(month, nanos).await {
+        while let Some(((tenant, month), &nanos)) = pending.first_key_value() {
+            let written = match tenant {
+                None => store.add(*month, nanos).await,
+                Some(tenant) => store.add_tenant(tenant, *month, nanos).await,
+            };
+            match written {
                 Ok(()) => {
-                    pending.remove(&month);
-                    shared.pending_nanos.fetch_sub(nanos, Ordering::AcqRel);
+                    if let Some(((tenant, _), _)) = pending.pop_first() {
+                        if tenant.is_none() {
+                            shared.pending_nanos.fetch_sub(nanos, Ordering::AcqRel);
+                        }
+                    }
                 }
                 Err(error) => {
                     failure = Some(error);
@@ -321,6 +352,13 @@ async fn write_entries(
         let usd = nanos_to_usd(shared.pending_nanos.load(Ordering::Acquire));
         tracing::error!(store = %location, settlements = behind, usd, "the budget journal stopped before the spend store took everything: this settled spend is lost, and the store undercounts the month by that much");
     }
+}
+
+/// Sums `entry` into its slot; returns its sequence number.
+fn add_entry(pending: &mut BTreeMap<Slot, u64>, entry: Entry) -> u64 {
+    let sum = pending.entry((entry.tenant, entry.month)).or_default();
+    *sum = sum.saturating_add(entry.nanos);
+    entry.seq
 }
 
 /// Folds the store's settled spend (which includes what other routers sharing it
@@ -403,6 +441,9 @@ const GIVE_UP_GRACE: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 pub(crate) struct Background {
     pub(crate) journal: Journal,
+    /// Each tenant's settled spend in the store when it started, for the month the
+    /// ledger was in: folded into the tenant's ledger when the router attaches tenants.
+    tenants_at_start: (Month, BTreeMap<Box<str>, u64>),
     shared: Arc<Shared>,
     /// Stops the reconciliation loop.
     cancel: CancellationToken,
@@ -440,6 +481,11 @@ impl Background {
         let month = ledger.month();
         let settled = runtime.block_on(store.month_total(month))?;
         ledger.fold_settled(month, settled);
+        let tenants = runtime
+            .block_on(store.tenant_months(month))?
+            .into_iter()
+            .map(|(id, nanos)| (id.into_boxed_str(), nanos))
+            .collect();
 
         let (sender, receiver) = mpsc::unbounded_channel();
         let (journal, shared) = Journal::new(sender, store.location());
@@ -477,11 +523,23 @@ impl Background {
             .map_err(|e| failed("budget background thread", e))?;
         Ok(Self {
             journal,
+            tenants_at_start: (month, tenants),
             shared,
             cancel,
             give_up,
             thread: Some(thread),
         })
+    }
+}
+
+impl Background {
+    /// Folds tenant `id`'s settled spend, as the store held it at start, into `ledger`
+    /// (a no-op once the month has turned, or when the ledger already counts more).
+    pub(crate) fn fold_tenant(&self, id: &str, ledger: &SpendLedger) {
+        let (month, tenants) = &self.tenants_at_start;
+        if let Some(&nanos) = tenants.get(id) {
+            ledger.fold_settled(*month, nanos);
+        }
     }
 }
 

@@ -368,6 +368,9 @@ pub struct BudgetReconciler {
     /// `[routing.budget.redis]` is configured.
     #[cfg(feature = "redis")]
     lease: Option<Arc<crate::lease::LeaseClient>>,
+    /// Settings of this (reloaded) config that are not in force because the running
+    /// lease was started with other values; see [`restart_required`](Self::restart_required).
+    restart_required: std::sync::Mutex<Vec<String>>,
 }
 
 impl BudgetReconciler {
@@ -405,6 +408,7 @@ impl BudgetReconciler {
             tenants: OnceLock::new(),
             #[cfg(feature = "redis")]
             lease: None,
+            restart_required: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -424,7 +428,11 @@ impl BudgetReconciler {
         let table = tenants
             .iter()
             .map(|spec| {
-                let budget = TenantBudget::new(spec, ledgers.ledger(&spec.id, &self.clock))?;
+                let ledger = ledgers.ledger(&spec.id, &self.clock);
+                if let Some(background) = &self.background {
+                    background.fold_tenant(&spec.id, &ledger);
+                }
+                let budget = TenantBudget::new(spec, ledger)?;
                 self.with_tenant_lease(budget, &ledgers)
             })
             .collect::<Result<Vec<_>, String>>()?;
@@ -460,6 +468,15 @@ impl BudgetReconciler {
             )
             .map_err(|e| format!("tenant '{}': its shared budget: {e}", budget.id))
         })?;
+        let running = lease.status().limit_nanos;
+        if running != budget.limit {
+            self.note_restart_required(vec![format!(
+                "[[tenants]] '{}' monthly_limit_usd: running {}, file {} (running value kept by its shared budget's lease until a restart)",
+                budget.id,
+                nanos_to_usd(running),
+                budget.limit_usd.unwrap_or(0.0)
+            )]);
+        }
         budget.lease = Some(lease);
         Ok(budget)
     }
@@ -653,14 +670,37 @@ impl BudgetReconciler {
         // replica would count its slice twice). It was started with the running limit
         // and `[routing.budget.redis]`; changes to those need a restart.
         #[cfg(feature = "redis")]
-        if old.lease.is_some() {
+        if let Some(lease) = &old.lease {
+            let changed = shared_changes(lease.status().limit_nanos, &old.settings, &self.settings);
             self.lease = old.lease.clone();
             self.settings.redis = old.settings.redis.clone();
+            self.note_restart_required(changed);
         }
         self.store_status = old_store.map(|path| crate::StoreStatus::Durable {
             path: path.to_owned(),
         });
         Ok(self)
+    }
+
+    /// Settings of this config that a reload could not put in force, one line each
+    /// naming the key and both values (the way a reload lists `[server]` keys that need
+    /// a restart): with the budget shared through Redis, the running lease (global and
+    /// each tenant's) was started with the running `monthly_limit_usd`, the tenants'
+    /// limits and `[routing.budget.redis]`, and keeps them until a restart. Empty for a
+    /// config that was not a reload, or that changed none of those.
+    pub fn restart_required(&self) -> Vec<String> {
+        self.restart_required
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    fn note_restart_required(&self, changes: Vec<String>) {
+        self.restart_required
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(changes);
     }
 
     /// The file settled spend is kept in, when there is one.
@@ -1050,12 +1090,16 @@ impl Reconciler for BudgetReconciler {
                 // The journal files the cost under the month the ledger counted it in,
                 // so that a restart loads what the ledger showed.
                 let month = self.ledger.settle_at(reserved, actual, at_secs);
-                if let Some(t) = self.tenant(ticket.tenant) {
-                    t.ledger.settle_at(reserved, actual, at_secs);
+                let tenant = self.tenant(ticket.tenant).map(|t| {
+                    let month = t.ledger.settle_at(reserved, actual, at_secs);
                     self.settle_tenant_lease(t, ticket, reserved, actual);
-                }
+                    (t, month)
+                });
                 if let (Some(journal), true) = (self.journal(), actual > 0) {
                     journal.record(month, actual);
+                    if let Some((t, month)) = tenant {
+                        journal.record_tenant(&t.id, month, actual);
+                    }
                 }
             }
             Settlement::Abandoned { .. } | Settlement::Cancelled => {
@@ -1156,6 +1200,74 @@ impl Reconciler for BudgetReconciler {
     fn default_error_policy(&self) -> nexus_core::ErrorPolicy {
         nexus_core::ErrorPolicy::FailClosed
     }
+}
+
+/// With a lease running, what a reloaded config changes in the settings the lease was
+/// started with (the global limit and `[routing.budget.redis]`): those stay as they are
+/// until a restart. A URL is never shown, only that it changed.
+#[cfg(feature = "redis")]
+fn shared_changes(running_limit: u64, old: &BudgetSettings, new: &BudgetSettings) -> Vec<String> {
+    const KEPT: &str = "running value kept by the shared budget's lease until a restart";
+    let mut changed = Vec::new();
+    let file_limit = new.monthly_limit_usd.map_or(u64::MAX, usd_to_nanos);
+    if file_limit != running_limit {
+        changed.push(format!(
+            "[routing.budget] monthly_limit_usd: running {}, file {} ({KEPT}; the file's value applies to this replica's own accounting only)",
+            nanos_to_usd(running_limit),
+            new.monthly_limit_usd.map_or_else(|| "none".to_owned(), |l| l.to_string())
+        ));
+    }
+    let (Some(old), new) = (&old.redis, &new.redis) else {
+        return changed;
+    };
+    let Some(new) = new else {
+        changed.push(format!(
+            "[routing.budget.redis]: removed from the file; this replica keeps sharing the budget through Redis ({KEPT})"
+        ));
+        return changed;
+    };
+    // Exhaustive, so that a new key cannot be left out of the comparison.
+    let crate::lease::RedisBudgetSettings {
+        url: _,
+        url_env: _,
+        key_prefix: _,
+        min_lease_usd: _,
+        max_lease_usd: _,
+        lease_ttl_secs: _,
+        renew_below: _,
+        on_unavailable: _,
+        timeout_ms: _,
+        connect_timeout_ms: _,
+        settle_interval_ms: _,
+    } = old;
+    if old.url != new.url {
+        changed.push(format!(
+            "[routing.budget.redis] url: changed, not shown as it may hold a password ({KEPT})"
+        ));
+    }
+    macro_rules! compare {
+        ($($key:ident),*) => {$(
+            if old.$key != new.$key {
+                changed.push(format!(
+                    "[routing.budget.redis] {}: running {:?}, file {:?} ({KEPT})",
+                    stringify!($key), old.$key, new.$key
+                ));
+            }
+        )*};
+    }
+    compare!(
+        url_env,
+        key_prefix,
+        min_lease_usd,
+        max_lease_usd,
+        lease_ttl_secs,
+        renew_below,
+        on_unavailable,
+        timeout_ms,
+        connect_timeout_ms,
+        settle_interval_ms
+    );
+    changed
 }
 
 #[cfg(test)]

@@ -81,7 +81,8 @@ impl TenantLedgers {
 /// One tenant's budget on the decision path.
 #[derive(Debug)]
 pub(crate) struct TenantBudget {
-    pub(crate) id: Box<str>,
+    /// Shared with the journal's entries (no allocation per settlement).
+    pub(crate) id: Arc<str>,
     pub(crate) limit_usd: Option<f64>,
     /// The limit in nano-dollars; `u64::MAX` without one.
     pub(crate) limit: u64,

@@ -73,7 +73,10 @@ pub struct ReloadSummary {
     /// The stages of the new pipeline, in order.
     pub pipeline: Vec<String>,
     /// `[server]` and `[health]` keys whose new value is not in force: the running
-    /// value stays until a restart. Each entry names the key and both values.
+    /// value stays until a restart. Each entry names the key and both values. With the
+    /// budget shared through Redis, also `[routing.budget] monthly_limit_usd`, tenants'
+    /// `monthly_limit_usd` and `[routing.budget.redis]` keys: the running lease keeps
+    /// the values it was started with.
     pub restart_required: Vec<String>,
     /// The new config's warnings, as `nexus check` prints them.
     pub warnings: Vec<String>,
@@ -222,6 +225,12 @@ fn restart_required(server: &ServerConfig, health: &HealthConfig, new: &Router) 
                 }
             )*
         };
+    }
+    // With the budget shared through Redis, the running lease keeps the settings it
+    // was started with (the budget stage says which of the new ones are not in force).
+    #[cfg(feature = "budget")]
+    if let Some(budget) = new.pipeline().stage_of::<crate::budget::BudgetReconciler>() {
+        changed.extend(budget.restart_required());
     }
     let (old, next) = (server, new.server());
     // Exhaustive, so that a new key cannot be left out of the comparison.

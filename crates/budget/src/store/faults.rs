@@ -292,6 +292,45 @@ fn a_changed_byte_never_reads_as_another_amount() {
     }
 }
 
+/// Tenants' months are kept beside the global one, summed per tenant and month, and
+/// read back by a store opened again on the file; the global month is untouched.
+#[test]
+fn tenant_spend_is_kept_per_tenant_and_month() {
+    let dir = TempDir::new("tenants");
+    let path = dir.file("spend.redb");
+    let next = Month::from_key(month().key() + 1);
+    {
+        let store = RedbStore::open(&path).unwrap();
+        assert!(block_on(store.tenant_months(month())).unwrap().is_empty());
+        block_on(store.add(month(), 900)).unwrap();
+        block_on(store.add_tenant("team-a", month(), 300)).unwrap();
+        block_on(store.add_tenant("team-a", month(), 200)).unwrap();
+        block_on(store.add_tenant("team-b", month(), 100)).unwrap();
+        block_on(store.add_tenant("team-a", next, 7)).unwrap();
+    }
+    let store = RedbStore::open(&path).unwrap();
+    let mut tenants = block_on(store.tenant_months(month())).unwrap();
+    tenants.sort();
+    assert_eq!(
+        tenants,
+        vec![("team-a".to_owned(), 500), ("team-b".to_owned(), 100)]
+    );
+    assert_eq!(
+        block_on(store.tenant_months(next)).unwrap(),
+        vec![("team-a".to_owned(), 7)]
+    );
+    assert_eq!(block_on(store.month_total(month())).unwrap(), 900);
+    drop(store);
+    let read_only = RedbStore::open_read_only(&path).unwrap();
+    assert_eq!(block_on(read_only.tenant_months(month())).unwrap().len(), 2);
+    assert_eq!(
+        block_on(read_only.add_tenant("team-a", month(), 1))
+            .unwrap_err()
+            .kind,
+        StoreErrorKind::ReadOnly
+    );
+}
+
 fn write_legacy(path: &Path, months: &[(u32, u64)]) {
     let db = Database::create(path).unwrap();
     let txn = db.begin_write().unwrap();

@@ -217,6 +217,30 @@ impl RedbStore {
         })
     }
 
+    fn add_tenant_blocking(
+        &self,
+        tenant: &str,
+        month: Month,
+        nanos: u64,
+    ) -> Result<(), StoreError> {
+        if self.read_only {
+            return Err(StoreError::new(
+                StoreErrorKind::ReadOnly,
+                self.shared.path.display().to_string(),
+                "opened read-only (a dry run); open it with RedbStore::open to write",
+            ));
+        }
+        self.shared.with_handle(|handle| match handle {
+            Handle::Write(db) => {
+                let txn = db.begin_write()?;
+                format::add_tenant(&txn, tenant, month, nanos)?;
+                txn.commit()?;
+                Ok(())
+            }
+            Handle::Read(_) => Err(Fault::Redb(redb::Error::Unsupported)),
+        })
+    }
+
     pub(crate) fn months_blocking(&self) -> Result<Vec<(Month, u64)>, StoreError> {
         self.shared
             .with_handle(|handle| format::read_months(&handle.begin_read()?))
@@ -239,6 +263,15 @@ impl SpendStore for RedbStore {
 
     async fn months(&self) -> Result<Vec<(Month, u64)>, StoreError> {
         self.months_blocking()
+    }
+
+    async fn add_tenant(&self, tenant: &str, month: Month, nanos: u64) -> Result<(), StoreError> {
+        self.add_tenant_blocking(tenant, month, nanos)
+    }
+
+    async fn tenant_months(&self, month: Month) -> Result<Vec<(String, u64)>, StoreError> {
+        self.shared
+            .with_handle(|handle| format::read_tenants(&handle.begin_read()?, month))
     }
 
     fn location(&self) -> String {

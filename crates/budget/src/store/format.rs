@@ -25,6 +25,11 @@ const META: TableDefinition<'static, &str, u64> = TableDefinition::new("nexus_me
 const FORMAT_KEY: &str = "format";
 /// Month key -> (settled nano-dollars, [`checksum`] of both).
 const SPEND: TableDefinition<'static, u32, (u64, u64)> = TableDefinition::new("spend_by_month_v2");
+/// (tenant id, month key) -> (the tenant's settled nano-dollars, [`tenant_checksum`]).
+/// Added beside format 2's tables (a file without it holds no tenant spend; an older
+/// Nexus ignores it), so the format number stays 2.
+const TENANT_SPEND: TableDefinition<'static, (&str, u32), (u64, u64)> =
+    TableDefinition::new("tenant_spend_by_month_v1");
 /// Format 1: month key -> settled nano-dollars.
 const LEGACY_SPEND: TableDefinition<'static, u32, u64> = TableDefinition::new("spend_by_month");
 
@@ -69,6 +74,14 @@ from_redb!(
 pub(super) fn checksum(key: u32, nanos: u64) -> u64 {
     const SEED: u64 = 0x6e65_7875_735f_7632; // "nexus_v2"
     mix(mix(u64::from(key) ^ SEED) ^ nanos)
+}
+
+/// The checksum of a tenant's month: [`checksum`] mixed with every byte of the id, so
+/// that a record moved to another tenant no longer matches either.
+pub(super) fn tenant_checksum(tenant: &str, key: u32, nanos: u64) -> u64 {
+    tenant
+        .bytes()
+        .fold(checksum(key, nanos), |sum, byte| mix(sum ^ u64::from(byte)))
 }
 
 /// splitmix64's finalizer: every input bit affects every output bit.
@@ -213,6 +226,57 @@ pub(super) fn add(txn: &WriteTransaction, month: Month, nanos: u64) -> Result<()
     Ok(())
 }
 
+/// Adds `nanos` to tenant `tenant`'s `month` in a prepared file.
+pub(super) fn add_tenant(
+    txn: &WriteTransaction,
+    tenant: &str,
+    month: Month,
+    nanos: u64,
+) -> Result<(), Fault> {
+    let key = month.key();
+    let mut table = txn.open_table(TENANT_SPEND)?;
+    let current = match table.get((tenant, key))? {
+        Some(record) => check_tenant_record(tenant, key, record.value())?,
+        None => 0,
+    };
+    let total = current.saturating_add(nanos);
+    table.insert((tenant, key), (total, tenant_checksum(tenant, key, total)))?;
+    Ok(())
+}
+
+fn check_tenant_record(tenant: &str, key: u32, (nanos, sum): (u64, u64)) -> Result<u64, Fault> {
+    let month = check_key(key)?;
+    if sum != tenant_checksum(tenant, key, nanos) {
+        return Err(Fault::Damaged(format!(
+            "the record of tenant '{tenant}' for {month} fails its checksum"
+        )));
+    }
+    check_amount(month, nanos)
+}
+
+/// Every tenant's settled spend in `month`, by id; empty for a file that holds none.
+pub(super) fn read_tenants(
+    txn: &ReadTransaction,
+    month: Month,
+) -> Result<Vec<(String, u64)>, Fault> {
+    if !table_names(txn.list_tables()?).contains(TENANT_SPEND.name()) {
+        return Ok(Vec::new());
+    }
+    let wanted = month.key();
+    let mut tenants = Vec::new();
+    for entry in txn.open_table(TENANT_SPEND)?.iter()? {
+        let (key, record) = entry?;
+        let (tenant, key) = key.value();
+        if key == wanted {
+            tenants.push((
+                tenant.to_owned(),
+                check_tenant_record(tenant, key, record.value())?,
+            ));
+        }
+    }
+    Ok(tenants)
+}
+
 /// Writes a format 1 file's table, for tests of the migration and of the bounds.
 #[cfg(test)]
 pub(super) fn write_legacy(txn: &WriteTransaction, months: &[(u32, u64)]) -> Result<(), Fault> {
@@ -237,6 +301,18 @@ mod tests {
         assert!(matches!(
             check_record(24_310, (1_501, sum)),
             Err(Fault::Damaged(_))
+        ));
+    }
+
+    #[test]
+    fn a_tenants_checksum_covers_its_id() {
+        let sum = tenant_checksum("team-a", 24_310, 1_500);
+        assert_ne!(sum, tenant_checksum("team-b", 24_310, 1_500));
+        assert_ne!(sum, checksum(24_310, 1_500));
+        assert!(check_tenant_record("team-a", 24_310, (1_500, sum)).is_ok());
+        assert!(matches!(
+            check_tenant_record("team-b", 24_310, (1_500, sum)),
+            Err(Fault::Damaged(m)) if m.contains("team-b")
         ));
     }
 

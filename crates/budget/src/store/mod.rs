@@ -92,6 +92,24 @@ pub trait SpendStore: Send + Sync + fmt::Debug {
     /// Every month with spend, oldest first.
     async fn months(&self) -> Result<Vec<(Month, u64)>, StoreError>;
 
+    /// Adds settled spend of tenant `tenant` (its configured id) to `month`. When this
+    /// returns `Ok`, the spend survives a crash. A store that keeps no tenants refuses it
+    /// (the default).
+    async fn add_tenant(&self, tenant: &str, month: Month, nanos: u64) -> Result<(), StoreError> {
+        let _ = (month, nanos);
+        Err(StoreError::new(
+            StoreErrorKind::Other,
+            self.location(),
+            format!("this store keeps no tenant spend (tenant '{tenant}'); use a `store` file"),
+        ))
+    }
+
+    /// Every tenant's settled spend in `month`, by id (none by default).
+    async fn tenant_months(&self, month: Month) -> Result<Vec<(String, u64)>, StoreError> {
+        let _ = month;
+        Ok(Vec::new())
+    }
+
     /// A name for logs and reports: the file, the URL.
     fn location(&self) -> String {
         format!("{self:?}")
@@ -102,6 +120,7 @@ pub trait SpendStore: Send + Sync + fmt::Debug {
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     months: Mutex<BTreeMap<Month, u64>>,
+    tenants: Mutex<BTreeMap<(String, Month), u64>>,
 }
 
 impl MemoryStore {
@@ -132,6 +151,28 @@ impl SpendStore for MemoryStore {
 
     async fn months(&self) -> Result<Vec<(Month, u64)>, StoreError> {
         Ok(self.months_map().iter().map(|(m, n)| (*m, *n)).collect())
+    }
+
+    async fn add_tenant(&self, tenant: &str, month: Month, nanos: u64) -> Result<(), StoreError> {
+        let mut tenants = self
+            .tenants
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let total = tenants.entry((tenant.to_owned(), month)).or_default();
+        *total = total.saturating_add(nanos);
+        Ok(())
+    }
+
+    async fn tenant_months(&self, month: Month) -> Result<Vec<(String, u64)>, StoreError> {
+        let tenants = self
+            .tenants
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(tenants
+            .iter()
+            .filter(|((_, m), _)| *m == month)
+            .map(|((id, _), nanos)| (id.clone(), *nanos))
+            .collect())
     }
 
     fn location(&self) -> String {
