@@ -256,17 +256,25 @@ impl Gateway {
             .clone()
     }
 
-    /// `endpoint`'s URL on `backend`, parsed when the config was loaded; `None` if it did
-    /// not parse, or if the backend's URL is not the one of the config in force (a
-    /// request decided before a reload that moved it): the request then parses the text.
-    pub(crate) fn target_of(&self, backend: &Backend, endpoint: Endpoint) -> Option<reqwest::Url> {
-        let index = Endpoint::ALL.iter().position(|e| *e == endpoint)?;
+    /// What a request to `backend`'s `endpoint` needs, from one lookup: the URL parsed
+    /// when the config was loaded (`None` if it did not parse, or if the backend's URL
+    /// is not the one of the config in force, a request decided before a reload that
+    /// moved it: the request then parses the text) and the backend's key.
+    pub(crate) fn target_of(
+        &self,
+        backend: &Backend,
+        endpoint: Endpoint,
+    ) -> (Option<reqwest::Url>, Option<HeaderValue>) {
         let upstreams = self.shared.upstreams.load();
-        let upstream = upstreams.get(backend.name())?;
-        if upstream.base != backend.url() {
-            return None;
-        }
-        upstream.targets[index].clone()
+        let Some(upstream) = upstreams.get(backend.name()) else {
+            return (None, None);
+        };
+        let url = Endpoint::ALL
+            .iter()
+            .position(|e| *e == endpoint)
+            .filter(|_| upstream.base == backend.url())
+            .and_then(|index| upstream.targets[index].clone());
+        (url, upstream.key.clone())
     }
 
     /// Calls `f` with `backend`'s metric handles: `None` when the config in force has

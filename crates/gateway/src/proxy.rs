@@ -588,7 +588,8 @@ async fn send(
     let gateway = &x.gateway;
     let backend = guard.backend();
     let client = &gateway.shared.client;
-    let mut request = match gateway.target_of(backend, x.endpoint) {
+    let (url, key) = gateway.target_of(backend, x.endpoint);
+    let mut request = match url {
         Some(url) => client.post(url),
         None => client.post(upstream_url(backend.url(), x.endpoint.path())),
     }
@@ -608,7 +609,7 @@ async fn send(
             HeaderValue::from_static("text/event-stream"),
         );
     }
-    if let Some(key) = gateway.key_of(backend) {
+    if let Some(key) = key {
         request = request.header(header::AUTHORIZATION, key);
     }
     let timeout = gateway.server().first_byte_timeout();
