@@ -199,22 +199,7 @@ impl RedbStore {
     }
 
     fn add_blocking(&self, month: Month, nanos: u64) -> Result<(), StoreError> {
-        if self.read_only {
-            return Err(StoreError::new(
-                StoreErrorKind::ReadOnly,
-                self.shared.path.display().to_string(),
-                "opened read-only (a dry run); open it with RedbStore::open to write",
-            ));
-        }
-        self.shared.with_handle(|handle| match handle {
-            Handle::Write(db) => {
-                let txn = db.begin_write()?;
-                format::add(&txn, month, nanos)?;
-                txn.commit()?;
-                Ok(())
-            }
-            Handle::Read(_) => Err(Fault::Redb(redb::Error::Unsupported)),
-        })
+        self.write_blocking(|txn| format::add(txn, month, nanos))
     }
 
     fn add_tenant_blocking(
@@ -222,6 +207,14 @@ impl RedbStore {
         tenant: &str,
         month: Month,
         nanos: u64,
+    ) -> Result<(), StoreError> {
+        self.write_blocking(|txn| format::add_tenant(txn, tenant, month, nanos))
+    }
+
+    /// Runs `write` in one write transaction and commits it; refused when read-only.
+    fn write_blocking(
+        &self,
+        write: impl FnOnce(&redb::WriteTransaction) -> Result<(), Fault>,
     ) -> Result<(), StoreError> {
         if self.read_only {
             return Err(StoreError::new(
@@ -233,7 +226,7 @@ impl RedbStore {
         self.shared.with_handle(|handle| match handle {
             Handle::Write(db) => {
                 let txn = db.begin_write()?;
-                format::add_tenant(&txn, tenant, month, nanos)?;
+                write(&txn)?;
                 txn.commit()?;
                 Ok(())
             }
