@@ -91,8 +91,10 @@ impl<S: Selector + ?Sized> Selector for Arc<S> {
 
 /// What a [`Selector`] picked for the current model.
 ///
-/// Made only from [`Candidate`]s a [`Shortlist`] showed, so a pick always names a
-/// backend that every stage left in the running.
+/// Made only from [`Candidate`]s, which only the pipeline's own views hand out (a
+/// [`Shortlist`] to the selector), so a pick names a backend that every stage left in
+/// the running; the pipeline still checks, and treats a pick of a backend that is no
+/// longer a candidate as declining.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Pick(pub(crate) Picked);
 
