@@ -11,7 +11,7 @@ use nexus_core::{
     RoutingDecision, Zone,
 };
 use nexus_examples::MaintenanceWindow;
-use nexus_scheduler::SchedulerReconciler;
+use nexus_scheduler::Scheduler;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fleet = Arc::new(Fleet::new(vec![
@@ -34,7 +34,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .alias("gpt-4", "llama3:70b")
         .stage(RequestAnalyzer)
         .stage(maintenance)
-        .stage(SchedulerReconciler::new())
+        .selector(Scheduler::new())
         .build()?;
 
     for hour in [2, 5] {

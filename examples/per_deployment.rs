@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use nexus_core::{BackendSpec, Fleet, ModelSpec, Pipeline, Request, RequestAnalyzer, Zone};
 use nexus_examples::MaintenanceWindow;
-use nexus_scheduler::SchedulerReconciler;
+use nexus_scheduler::Scheduler;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let deployment = std::env::args().nth(1).unwrap_or_else(|| "prod".to_owned());
@@ -36,12 +36,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let pipeline = Pipeline::builder(Arc::clone(&fleet))
         .stage(RequestAnalyzer)
         .stage(maintenance)
-        .stage(SchedulerReconciler::new())
+        .selector(Scheduler::new())
         .build()?;
+    // The stages in order, then the selector that picks among what they leave.
     let stages: Vec<&str> = pipeline
         .stages()
         .iter()
         .map(|s| s.reconciler().name())
+        .chain([pipeline.selector().name()])
         .collect();
     let decision = pipeline.decide(&Request::new("qwen2:72b"));
     println!(

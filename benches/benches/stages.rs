@@ -1,7 +1,8 @@
 //! `stage/<kind>/{10,100,1000}`: one stage's `reconcile` and `refine` over a fresh
 //! intent whose candidates are every server of the model, with the constraints of the
-//! benched request (a restricted policy with a tier floor). The intent's setup, a
-//! bitset copy, is part of the measurement and is the same for every stage.
+//! benched request (a restricted policy with a tier floor), or the selector's pick
+//! (`stage/scheduler`) over the same candidates. The intent's setup, a bitset copy, is
+//! part of the measurement and is the same for every stage.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -11,15 +12,26 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use nexus_benches::{fleet_config, MODEL, REQUESTED, SIZES};
 use nexus_budget::{BudgetReconciler, BudgetSettings};
 use nexus_core::{
-    BackendId, Fleet, Reconciler, Request, RequestAnalyzer, RoutingIntent, Scratch, SystemClock,
+    BackendId, Fleet, Reconciler, Request, RequestAnalyzer, RoutingIntent, Scratch, Selector,
+    Shortlist, SystemClock,
 };
 use nexus_privacy::PrivacyReconciler;
 use nexus_quality::{QualityReconciler, QualitySettings, QualityTracker};
 use nexus_router::Router;
-use nexus_scheduler::SchedulerReconciler;
+use nexus_scheduler::Scheduler;
 use nexus_tier::TierReconciler;
 
+/// How a bench runs one component over a fresh intent.
+enum Component {
+    Stage(Box<dyn Reconciler>),
+    Selector(Box<dyn Selector>),
+}
+
 fn bench_stage(c: &mut Criterion, kind: &str, build: impl Fn(&Arc<Fleet>) -> Box<dyn Reconciler>) {
+    bench_component(c, kind, |fleet| Component::Stage(build(fleet)));
+}
+
+fn bench_component(c: &mut Criterion, kind: &str, build: impl Fn(&Arc<Fleet>) -> Component) {
     let mut group = c.benchmark_group(format!("stage/{kind}"));
     for backends in SIZES {
         let router =
@@ -35,7 +47,7 @@ fn bench_stage(c: &mut Criterion, kind: &str, build: impl Fn(&Arc<Fleet>) -> Box
             .expect("the bench alias")
             .attempts()[0]
             .constraints;
-        let stage = build(&fleet);
+        let component = build(&fleet);
         let mut scratch = Scratch::default();
         group.bench_function(BenchmarkId::from_parameter(backends), |b| {
             b.iter(|| {
@@ -47,8 +59,15 @@ fn bench_stage(c: &mut Criterion, kind: &str, build: impl Fn(&Arc<Fleet>) -> Box
                     requirements,
                     constraints,
                 );
-                let _ = black_box(stage.reconcile(&mut intent));
-                let _ = black_box(stage.refine(&mut intent));
+                match &component {
+                    Component::Stage(stage) => {
+                        let _ = black_box(stage.reconcile(&mut intent));
+                        let _ = black_box(stage.refine(&mut intent));
+                    }
+                    Component::Selector(selector) => {
+                        let _ = black_box(selector.select(&mut Shortlist::new(&mut intent)));
+                    }
+                }
             });
         });
     }
@@ -102,7 +121,9 @@ fn stages(c: &mut Criterion) {
         }
         Box::new(quality)
     });
-    bench_stage(c, "scheduler", |_| Box::new(SchedulerReconciler::new()));
+    bench_component(c, "scheduler", |_| {
+        Component::Selector(Box::new(Scheduler::new()))
+    });
 }
 
 // criterion_group! generates an undocumented public function.

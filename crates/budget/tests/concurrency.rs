@@ -10,7 +10,7 @@ use nexus_budget::{usd_to_nanos, BudgetReconciler, BudgetSettings};
 use nexus_core::{
     BackendSpec, Fleet, ModelSpec, Outcome, Pipeline, Request, RoutingDecision, SystemClock, Zone,
 };
-use nexus_scheduler::SchedulerReconciler;
+use nexus_scheduler::Scheduler;
 
 const THREADS: usize = 16;
 const DECISIONS_PER_THREAD: usize = 2_000;
@@ -77,7 +77,7 @@ fn decide_and_settle_concurrently(count: InputCount) {
     let pipeline = Arc::new(
         Pipeline::builder(Arc::clone(&fleet))
             .stage(Arc::clone(&budget))
-            .stage(SchedulerReconciler::new())
+            .selector(Scheduler::new())
             .build()
             .unwrap(),
     );

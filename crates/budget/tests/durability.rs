@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nexus_budget::{usd_to_nanos, BudgetReconciler, BudgetSettings, Month, RedbStore, SpendStore};
 use nexus_core::{BackendSpec, FakeClock, Fleet, ModelSpec, Outcome, Pipeline, Request, Zone};
-use nexus_scheduler::SchedulerReconciler;
+use nexus_scheduler::Scheduler;
 
 const CHILD_ENV: &str = "NEXUS_DURABILITY_CHILD_STORE";
 
@@ -48,7 +48,7 @@ fn durability_child() {
     let pipeline = Pipeline::builder(fleet)
         .clock(clock)
         .stage(Arc::clone(&budget))
-        .stage(SchedulerReconciler::new())
+        .selector(Scheduler::new())
         .build()
         .unwrap();
     let mut total = usd_to_nanos(budget.ledger().snapshot().settled_usd);

@@ -13,7 +13,7 @@ use nexus_core::{
     BackendSpec, FakeClock, Fleet, ModelSpec, Outcome, Pipeline, Request, RouteGuard,
     RoutingDecision, Zone,
 };
-use nexus_scheduler::SchedulerReconciler;
+use nexus_scheduler::Scheduler;
 use proptest::prelude::*;
 
 fn clock() -> Arc<FakeClock> {
@@ -39,7 +39,7 @@ fn setup(zone: Zone) -> (Arc<BudgetReconciler>, Pipeline) {
     let pipeline = Pipeline::builder(fleet)
         .clock(clock)
         .stage(Arc::clone(&budget))
-        .stage(SchedulerReconciler::new())
+        .selector(Scheduler::new())
         .build()
         .unwrap();
     (budget, pipeline)

@@ -14,7 +14,7 @@ use nexus_budget::{BudgetReconciler, BudgetSettings, Month};
 use nexus_core::{
     BackendSpec, Clock, Fleet, ModelSpec, Outcome, Pipeline, Request, SystemClock, Zone,
 };
-use nexus_scheduler::SchedulerReconciler;
+use nexus_scheduler::Scheduler;
 use redis_server::RedisServer;
 
 fn fleet() -> Arc<Fleet> {
@@ -45,7 +45,7 @@ fn pipeline(url: String, prefix: &str) -> (Arc<BudgetReconciler>, Pipeline) {
     let budget = Arc::new(budget);
     let pipeline = Pipeline::builder(fleet)
         .stage(Arc::clone(&budget))
-        .stage(SchedulerReconciler::with_seed(1))
+        .selector(Scheduler::with_seed(1))
         .build()
         .unwrap();
     (budget, pipeline)

@@ -14,7 +14,7 @@ use nexus_budget::{
 use nexus_core::{
     BackendSpec, FakeClock, Fleet, ModelSpec, Outcome, Pipeline, Request, RoutingDecision, Zone,
 };
-use nexus_scheduler::SchedulerReconciler;
+use nexus_scheduler::Scheduler;
 
 fn november() -> Month {
     Month::new(2026, 11).unwrap()
@@ -54,7 +54,7 @@ fn a_request_decided_before_midnight_and_settled_after_is_journaled_where_the_le
     let pipeline = Pipeline::builder(fleet())
         .clock(clock.clone())
         .stage(Arc::clone(&budget))
-        .stage(SchedulerReconciler::new())
+        .selector(Scheduler::new())
         .build()
         .unwrap();
     let request = Request::new("m").input_tokens(1000).max_output_tokens(0);

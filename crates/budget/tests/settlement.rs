@@ -11,7 +11,7 @@ use nexus_core::{
     BackendSpec, BudgetStatus, FakeClock, Fleet, ModelSpec, Outcome, Pipeline, PolicySet, Request,
     RoutingDecision, TrafficPolicy, Zone,
 };
-use nexus_scheduler::SchedulerReconciler;
+use nexus_scheduler::Scheduler;
 
 fn fleet() -> Arc<Fleet> {
     Arc::new(
@@ -48,7 +48,7 @@ fn pipeline_with(
         ))
         .alias("capped", "m")
         .stage(Arc::clone(&budget))
-        .stage(SchedulerReconciler::with_seed(1))
+        .selector(Scheduler::with_seed(1))
         .build()
         .unwrap();
     (budget, pipeline)
@@ -251,7 +251,7 @@ fn a_warning_is_given_once_even_when_fallbacks_are_tried() {
         .fallback("big", ["small"])
         .stage(nexus_core::RequestAnalyzer)
         .stage(Arc::clone(&budget))
-        .stage(SchedulerReconciler::new())
+        .selector(Scheduler::new())
         .build()
         .unwrap();
     let decision = pipeline.decide(&Request::new("big"));

@@ -133,11 +133,13 @@ fn bad_backend_values_name_the_backend_and_key() {
 }
 
 #[test]
-fn shadowed_policies_and_odd_pipelines_are_warnings() {
+fn shadowed_policies_are_warnings_and_the_selector_may_be_listed_anywhere() {
+    // The scheduler is the pipeline's selector: it picks after every stage ran, wherever
+    // the pipeline lists it, so listing it first is no longer worth a warning.
     let extra = "[routing]\npipeline = [\"scheduler\", \"analyzer\"]\n\n[[routing.policies]]\nmodel_pattern = \"*\"\n\n[[routing.policies]]\nmodel_pattern = \"gpt-4\"\n";
     let router = load(extra).unwrap();
     let warnings: Vec<String> = router.warnings().iter().map(ToString::to_string).collect();
-    assert_eq!(warnings.len(), 2, "{warnings:#?}");
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
     assert!(
         warnings[0].contains("policy 1 ('gpt-4') never matches: policy 0 ('*')"),
         "{warnings:#?}"
@@ -146,8 +148,68 @@ fn shadowed_policies_and_odd_pipelines_are_warnings() {
         warnings[0].starts_with(&format!("nexus.toml:{}:", line_of(extra, "\"gpt-4\""))),
         "{warnings:#?}"
     );
+    assert_eq!(router.pipeline().selector().name(), "scheduler");
+    let stages: Vec<&str> = router
+        .pipeline()
+        .stages()
+        .iter()
+        .map(|s| s.reconciler().name())
+        .collect();
+    assert_eq!(stages, ["analyzer"]);
+}
+
+#[test]
+fn a_pipeline_without_a_selector_is_a_warning() {
+    let extra = "[routing]\npipeline = [\"analyzer\", \"quality\"]\n";
+    let router = load(extra).unwrap();
+    let warnings: Vec<String> = router.warnings().iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
     assert!(
-        warnings[1].contains("'scheduler' is not the last stage"),
+        warnings[0].contains("the pipeline lists no selector"),
+        "{warnings:#?}"
+    );
+    assert_eq!(router.pipeline().selector().name(), "heaviest");
+}
+
+#[test]
+fn two_selectors_are_an_error_at_the_second() {
+    let extra = "[routing]\npipeline = [\"analyzer\", \"scheduler\", \"picky\"]\n";
+    let text = format!("{BACKENDS}{extra}");
+    let err = nexus_router::RouterBuilder::new()
+        .with_selector("picky", |_: &nexus_core::BuildContext<'_>| {
+            Ok(Box::new(nexus_core::HeaviestCandidate) as Box<dyn nexus_core::Selector>)
+        })
+        .unwrap()
+        .load_str("nexus.toml", &text)
+        .unwrap_err();
+    assert_eq!(
+        err.message,
+        "the pipeline lists two selectors, 'scheduler' and 'picky': one selector picks the backend"
+    );
+    assert_eq!(
+        err.help.as_deref(),
+        Some("keep one of 'scheduler' and 'picky'")
+    );
+    let (line, column) = err.position.expect("a position");
+    assert_eq!(line, line_of(extra, "pipeline ="));
+    assert_eq!(
+        column,
+        extra.find("\"picky\"").unwrap() - "[routing]\n".len() + 1
+    );
+}
+
+#[test]
+fn an_error_policy_for_the_selector_is_a_warning() {
+    let extra = "[routing.on_error]\nscheduler = \"fail_open\"\n";
+    let router = load(extra).unwrap();
+    let warnings: Vec<String> = router.warnings().iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].contains("'scheduler' is the pipeline's selector, which picks and cannot fail"),
+        "{warnings:#?}"
+    );
+    assert!(
+        warnings[0].starts_with(&format!("nexus.toml:{}:", line_of(extra, "scheduler ="))),
         "{warnings:#?}"
     );
 }
@@ -207,7 +269,7 @@ fn on_error_sets_a_stages_error_policy() {
     );
     assert!(policies.contains(&("privacy", "fail_open")), "{policies:?}");
     assert!(
-        policies.contains(&("scheduler", "fail_closed")),
+        policies.contains(&("analyzer", "fail_closed")),
         "defaults stay: {policies:?}"
     );
 

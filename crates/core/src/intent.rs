@@ -50,39 +50,6 @@ pub enum QueueCause {
     Saturated,
 }
 
-/// What the selecting stage (the scheduler) decided for the current model.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub enum Selection {
-    /// Nothing selected yet.
-    #[default]
-    None,
-    /// Route to `backend`, whose score was `score`.
-    Route {
-        /// The chosen backend.
-        backend: BackendId,
-        /// Its score.
-        score: f64,
-    },
-    /// Wait for `backend`.
-    Queue {
-        /// The backend worth waiting for.
-        backend: BackendId,
-        /// Why waiting.
-        cause: QueueCause,
-        /// Estimated wait in milliseconds.
-        estimated_wait_ms: u64,
-        /// A ready backend to use instead of waiting.
-        fallback_backend: Option<BackendId>,
-    },
-}
-
-/// Which of a stage's two passes is running; see [`Reconciler::refine`](crate::Reconciler::refine).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Phase {
-    Reconcile,
-    Refine,
-}
-
 /// Reusable per-decision buffers. One lives per thread in the pipeline's pool; a
 /// finished decision gives it back.
 #[derive(Debug, Default)]
@@ -130,7 +97,9 @@ impl Scratch {
     }
 }
 
-/// One candidate, as [`RoutingIntent::visit_candidates`] shows it.
+/// One candidate, as [`RoutingIntent::visit_candidates`] shows it to a stage and a
+/// [`Shortlist`](crate::Shortlist) to the selector (which picks one with
+/// [`Pick`](crate::Pick)).
 #[derive(Clone, Copy, Debug)]
 pub struct Candidate<'a> {
     /// The backend.
@@ -143,6 +112,23 @@ pub struct Candidate<'a> {
 }
 
 impl<'a> Candidate<'a> {
+    #[inline]
+    pub(crate) fn new(
+        backend: BackendId,
+        weight: f64,
+        entry: &'a ModelEntry,
+        word: usize,
+        bit: u32,
+    ) -> Self {
+        Self {
+            backend,
+            weight,
+            entry,
+            word,
+            bit,
+        }
+    }
+
     /// What it offers for the current model (found when asked: stages that do not need
     /// it do not pay for it).
     #[inline]
@@ -158,15 +144,13 @@ pub enum Verdict {
     Keep,
     /// Multiply its weight by this factor (ignored unless finite and positive).
     Scale(f64),
-    /// Record this score for it (the selecting stage).
-    Score(f64),
     /// Exclude it, with this reason.
     Exclude(Reason),
 }
 
 impl Scratch {
     #[inline]
-    fn weight(&self, backend: BackendId) -> f64 {
+    pub(crate) fn weight(&self, backend: BackendId) -> f64 {
         if self.weighted.contains(backend) {
             self.weights[backend.index()]
         } else {
@@ -205,9 +189,6 @@ pub struct RoutingIntent<'a> {
     pub(crate) constraints: Constraints,
     pub(crate) stage: u16,
     pub(crate) budget_status: BudgetStatus,
-    pub(crate) selection: Selection,
-    pub(crate) selected_by: Option<(u16, Phase)>,
-    pub(crate) phase: Phase,
     pub(crate) explaining: bool,
     pub(crate) now_secs: u64,
     /// Backends the caller left out of this request ([`crate::Request::excluded`]).
@@ -229,7 +210,6 @@ impl fmt::Debug for RoutingIntent<'_> {
             .field("candidates", &self.scratch.candidates)
             .field("constraints", &self.constraints)
             .field("budget_status", &self.budget_status)
-            .field("selection", &self.selection)
             .finish_non_exhaustive()
     }
 }
@@ -256,9 +236,6 @@ impl<'a> RoutingIntent<'a> {
             constraints,
             stage: 0,
             budget_status: BudgetStatus::Normal,
-            selection: Selection::None,
-            selected_by: None,
-            phase: Phase::Reconcile,
             explaining: false,
             now_secs: crate::Clock::now_secs(&crate::SystemClock),
             excluded: &[],
@@ -276,8 +253,6 @@ impl<'a> RoutingIntent<'a> {
         self.model = model;
         self.constraints = constraints.tightened_by(&self.tenant_constraints);
         self.attempt = attempt;
-        self.selection = Selection::None;
-        self.selected_by = None;
         self.scratch.candidates.copy_from(entry.servers());
         self.scratch.weighted.clear();
         self.scratch.scored.clear();
@@ -443,10 +418,6 @@ impl<'a> RoutingIntent<'a> {
                 match visit(candidate) {
                     Verdict::Keep => {}
                     Verdict::Scale(factor) => scratch.scale(backend, factor),
-                    Verdict::Score(score) => {
-                        scratch.scores[backend.index()] = score;
-                        scratch.scored.insert_within(backend);
-                    }
                     Verdict::Exclude(reason) => {
                         scratch.candidates.words[word_index] &= !(1u64 << bit);
                         scratch.exclusions.push(Exclusion {
@@ -510,29 +481,6 @@ impl<'a> RoutingIntent<'a> {
     /// The estimated cost of this request on `backend` for the current model.
     pub fn cost_estimate(&self, backend: BackendId) -> CostEstimate {
         cost_estimate(&self.requirements, self.offer(backend))
-    }
-
-    /// Routes to `backend` (the selecting stage calls this).
-    pub fn select(&mut self, backend: BackendId, score: f64) {
-        self.selection = Selection::Route { backend, score };
-        self.selected_by = Some((self.stage, self.phase));
-    }
-
-    /// Decides to wait (the selecting stage calls this).
-    pub fn queue(
-        &mut self,
-        backend: BackendId,
-        cause: QueueCause,
-        estimated_wait_ms: u64,
-        fallback_backend: Option<BackendId>,
-    ) {
-        self.selection = Selection::Queue {
-            backend,
-            cause,
-            estimated_wait_ms,
-            fallback_backend,
-        };
-        self.selected_by = Some((self.stage, self.phase));
     }
 }
 

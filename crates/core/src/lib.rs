@@ -2,7 +2,7 @@
 //!
 //! The small, stable heart of the Nexus LLM routing control plane: the [`Reconciler`]
 //! trait that every policy stage implements, the [`RoutingIntent`] stages narrow, the
-//! [`RoutingDecision`] they arrive at, the [`Fleet`] of backends with their live state,
+//! [`Selector`] that picks among what they left, the [`RoutingDecision`] they arrive at, the [`Fleet`] of backends with their live state,
 //! traffic [`PolicySet`]s, request analysis ([`ModelRoutes`]) and the [`Pipeline`] that
 //! runs it all. Policy crates (`nexus-privacy`, `nexus-budget`, ...) depend on this
 //! crate only; the `nexus-router` facade builds pipelines from TOML.
@@ -51,6 +51,7 @@ mod reconciler;
 mod registry;
 mod request;
 mod routes;
+mod selector;
 mod set;
 
 pub use analyzer::{AnalyzerReason, RequestAnalyzer};
@@ -66,7 +67,7 @@ pub use fleet::{
     ModelSpec, OfferSummary, Offering, Zone, LATENCY_MEMORY_SECS, MAX_USD_PER_MTOK,
 };
 pub use id::{BackendId, ModelId, TenantId};
-pub use intent::{BudgetStatus, Candidate, QueueCause, RoutingIntent, Scratch, Selection, Verdict};
+pub use intent::{BudgetStatus, Candidate, QueueCause, RoutingIntent, Scratch, Verdict};
 pub use pipeline::{Pipeline, PipelineBuilder, PipelineError, PipelineRef, Stage, StageTiming};
 pub use policy::{Constraints, PolicyError, PolicySet, Privacy, Shadowed, TrafficPolicy};
 pub use reason::{Exclusion, ExplainContext, Explanation, Reason, Rejection, StageReason, Warning};
@@ -75,11 +76,13 @@ pub use reconciler::{
 };
 pub use registry::{
     check_fraction, BuildContext, BuildError, DuplicateKind, ReconcilerFactory, Registry,
+    SelectorFactory,
 };
 pub use request::{
     estimate_tokens, CostEstimate, Features, Request, RequestRequirements, TierMode, TokenTier,
 };
 pub use routes::{closest, Attempt, ModelRoutes, RoutePlan, RoutesError, MAX_ALIAS_NAMES};
+pub use selector::{HeaviestCandidate, Pick, Selector, Shortlist};
 pub use set::{BackendSet, Iter as BackendSetIter};
 
 /// The snippets of `docs/writing-a-reconciler.md`, compiled and run as doctests.

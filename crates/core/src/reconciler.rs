@@ -1,7 +1,8 @@
 //! The [`Reconciler`] trait: one policy stage of the pipeline.
 //!
 //! A stage looks at the [`RoutingIntent`] and only ever narrows it: it excludes
-//! candidates (with a [`Reason`]) or multiplies their score weight. Because no stage can
+//! candidates (with a [`Reason`]) or multiplies their score weight. It never picks: the
+//! pipeline's one [`Selector`](crate::Selector) does, among what every stage left. Because no stage can
 //! re-admit a backend, stages compose in any order. Decisions are synchronous and
 //! allocation-free; anything that does I/O happens outside them, in background tasks or
 //! in [`Reconciler::on_settle`] after the response.
@@ -226,9 +227,10 @@ pub trait Reconciler: Send + Sync + std::fmt::Debug {
 
     /// Narrows the intent: exclude candidates or scale their weights.
     ///
-    /// It may run more than once for one request: for each fallback model, again after
-    /// a veto in [`on_route`](Self::on_route) (the selecting stage), and alone when a
-    /// Reject is explained ([`RoutingIntent::is_explaining`]).
+    /// It may run more than once for one request: for each fallback model, and alone
+    /// when a Reject is explained ([`RoutingIntent::is_explaining`]). Picking among what
+    /// is left is not a stage's job: the pipeline's [`Selector`](crate::Selector) does
+    /// it after every stage ran.
     fn reconcile(&self, intent: &mut RoutingIntent<'_>) -> Result<(), ReconcileError>;
 
     /// A second pass, after every stage's `reconcile`, for rules that depend on what the
@@ -262,7 +264,7 @@ pub trait Reconciler: Send + Sync + std::fmt::Debug {
     }
 
     /// A backend was picked. Return `Err` to veto it (it is then excluded with that
-    /// reason and the pick is made again); a stage that reserves something here must
+    /// reason and the selector picks again); a stage that reserves something here must
     /// release it in [`on_settle`](Self::on_settle).
     fn on_route(&self, _ticket: &RouteTicket) -> Result<(), Reason> {
         Ok(())

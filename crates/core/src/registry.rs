@@ -1,9 +1,13 @@
-//! The [`Registry`] of named reconciler factories that configuration draws from.
+//! The [`Registry`] of named reconciler and selector factories that configuration draws
+//! from.
 //!
 //! Built-in stages and third-party ones register the same way: under a kind name
 //! (`"privacy"`, `"my-geo-fence"`) with a [`ReconcilerFactory`] that builds the stage
-//! from a [`BuildContext`]. The registry refuses a second factory for a kind, so a
-//! plugin cannot silently replace a built-in.
+//! from a [`BuildContext`]. A kind that picks rather than narrows (`"scheduler"`)
+//! registers a [`SelectorFactory`] instead ([`Registry::register_selector`]): config
+//! lists it in the pipeline like a stage, and the pipeline gets it as its one
+//! [`Selector`]. Stages and selectors share one namespace, and the registry refuses a
+//! second factory for a kind, so a plugin cannot silently replace a built-in.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -12,7 +16,7 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 
-use crate::{Clock, Fleet, Pipeline, PolicySet, Reconciler, RequestAnalyzer};
+use crate::{Clock, Fleet, Pipeline, PolicySet, Reconciler, RequestAnalyzer, Selector};
 
 /// What a factory gets to build its stage from.
 #[derive(Clone, Copy)]
@@ -273,6 +277,30 @@ where
     }
 }
 
+/// Builds one kind of selector.
+///
+/// Any `Fn(&BuildContext) -> Result<Box<dyn Selector>, BuildError>` is a factory.
+pub trait SelectorFactory: Send + Sync {
+    /// Builds the selector.
+    fn build(&self, ctx: &BuildContext<'_>) -> Result<Box<dyn Selector>, BuildError>;
+}
+
+impl<F> SelectorFactory for F
+where
+    F: Fn(&BuildContext<'_>) -> Result<Box<dyn Selector>, BuildError> + Send + Sync,
+{
+    fn build(&self, ctx: &BuildContext<'_>) -> Result<Box<dyn Selector>, BuildError> {
+        self(ctx)
+    }
+}
+
+/// A registered factory: of a stage, or of a selector.
+#[derive(Clone)]
+enum Factory {
+    Stage(Arc<dyn ReconcilerFactory>),
+    Selector(Arc<dyn SelectorFactory>),
+}
+
 /// A second factory was registered for a kind.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("a reconciler named '{kind}' is already registered; choose another name for yours")]
@@ -281,10 +309,12 @@ pub struct DuplicateKind {
     pub kind: String,
 }
 
-/// Named reconciler factories.
+/// Named reconciler and selector factories.
 ///
 /// ```
-/// use nexus_core::{BuildContext, BuildError, Reconciler, Registry, RequestAnalyzer};
+/// use nexus_core::{
+///     BuildContext, HeaviestCandidate, Reconciler, Registry, RequestAnalyzer, Selector,
+/// };
 ///
 /// let mut registry = Registry::new();
 /// assert!(registry.contains("analyzer"));
@@ -292,10 +322,15 @@ pub struct DuplicateKind {
 ///     Ok(Box::new(RequestAnalyzer) as Box<dyn Reconciler>)
 /// });
 /// assert!(duplicate.is_err());
+/// registry.register_selector("heaviest", |_: &BuildContext<'_>| {
+///     Ok(Box::new(HeaviestCandidate) as Box<dyn Selector>)
+/// })?;
+/// assert!(registry.is_selector("heaviest") && !registry.is_selector("analyzer"));
+/// # Ok::<(), nexus_core::DuplicateKind>(())
 /// ```
 #[derive(Clone)]
 pub struct Registry {
-    factories: BTreeMap<String, Arc<dyn ReconcilerFactory>>,
+    factories: BTreeMap<String, Factory>,
 }
 
 impl fmt::Debug for Registry {
@@ -329,23 +364,41 @@ impl Registry {
         }
     }
 
-    /// Registers `factory` under `kind`; refuses a kind that is already taken.
+    /// Registers the stage `factory` under `kind`; refuses a kind that is already taken.
     pub fn register(
         &mut self,
         kind: impl Into<String>,
         factory: impl ReconcilerFactory + 'static,
     ) -> Result<(), DuplicateKind> {
-        let kind = kind.into();
+        self.insert(kind.into(), Factory::Stage(Arc::new(factory)))
+    }
+
+    /// Registers the selector `factory` under `kind`; refuses a kind that is already
+    /// taken (by a stage or a selector).
+    pub fn register_selector(
+        &mut self,
+        kind: impl Into<String>,
+        factory: impl SelectorFactory + 'static,
+    ) -> Result<(), DuplicateKind> {
+        self.insert(kind.into(), Factory::Selector(Arc::new(factory)))
+    }
+
+    fn insert(&mut self, kind: String, factory: Factory) -> Result<(), DuplicateKind> {
         if self.factories.contains_key(&kind) {
             return Err(DuplicateKind { kind });
         }
-        self.factories.insert(kind, Arc::new(factory));
+        self.factories.insert(kind, factory);
         Ok(())
     }
 
-    /// Whether `kind` is registered.
+    /// Whether `kind` is registered (as a stage or a selector).
     pub fn contains(&self, kind: &str) -> bool {
         self.factories.contains_key(kind)
+    }
+
+    /// Whether `kind` is registered as a selector.
+    pub fn is_selector(&self, kind: &str) -> bool {
+        matches!(self.factories.get(kind), Some(Factory::Selector(_)))
     }
 
     /// Every registered kind, sorted.
@@ -353,15 +406,37 @@ impl Registry {
         self.factories.keys().map(String::as_str)
     }
 
-    /// Builds a stage of kind `ctx.kind`.
+    /// Builds a stage of kind `ctx.kind`; a selector kind is
+    /// [`BuildError::Other`] (build it with [`build_selector`](Self::build_selector)).
     pub fn build(&self, ctx: &BuildContext<'_>) -> Result<Box<dyn Reconciler>, BuildError> {
         match self.factories.get(ctx.kind) {
-            Some(factory) => factory.build(ctx),
-            None => Err(BuildError::UnknownKind {
-                kind: ctx.kind.to_owned(),
-                suggestion: crate::closest(ctx.kind, self.kinds()).map(str::to_owned),
-                known: self.kinds().map(str::to_owned).collect(),
-            }),
+            Some(Factory::Stage(factory)) => factory.build(ctx),
+            Some(Factory::Selector(_)) => Err(self.wrong_role(ctx.kind, "a selector", "stage")),
+            None => Err(self.unknown(ctx.kind)),
+        }
+    }
+
+    /// Builds a selector of kind `ctx.kind`; a stage kind is [`BuildError::Other`].
+    pub fn build_selector(&self, ctx: &BuildContext<'_>) -> Result<Box<dyn Selector>, BuildError> {
+        match self.factories.get(ctx.kind) {
+            Some(Factory::Selector(factory)) => factory.build(ctx),
+            Some(Factory::Stage(_)) => Err(self.wrong_role(ctx.kind, "a stage", "selector")),
+            None => Err(self.unknown(ctx.kind)),
+        }
+    }
+
+    fn wrong_role(&self, kind: &str, is: &str, wanted: &str) -> BuildError {
+        BuildError::Other {
+            kind: kind.to_owned(),
+            message: format!("'{kind}' is {is}, not a {wanted}"),
+        }
+    }
+
+    fn unknown(&self, kind: &str) -> BuildError {
+        BuildError::UnknownKind {
+            kind: kind.to_owned(),
+            suggestion: crate::closest(kind, self.kinds()).map(str::to_owned),
+            known: self.kinds().map(str::to_owned).collect(),
         }
     }
 }

@@ -90,4 +90,7 @@ fn stage_timing_counts_only_while_on() {
             .collect::<Vec<_>>(),
         [("analyzer", 3), ("geo", 3)]
     );
+    // The selector (the default one here) is timed apart from the stages.
+    let selector = pipeline.selector_timing();
+    assert_eq!((selector.name, selector.calls), ("heaviest", 3));
 }

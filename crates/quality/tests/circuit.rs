@@ -9,7 +9,7 @@ use nexus_core::{
     BackendId, BackendSpec, FakeClock, Fleet, ModelSpec, Outcome, Pipeline, Request, Zone,
 };
 use nexus_quality::{Circuit, OpenCause, QualityReconciler, QualitySettings, QualityTracker};
-use nexus_scheduler::SchedulerReconciler;
+use nexus_scheduler::Scheduler;
 
 const T0: u64 = 1_800_000_000; // a whole hour
 
@@ -180,7 +180,7 @@ fn only_one_probe_at_a_time_under_concurrent_decisions() {
         Pipeline::builder(Arc::clone(&fleet))
             .clock(clock.clone())
             .stage(Arc::clone(&quality))
-            .stage(SchedulerReconciler::new())
+            .selector(Scheduler::new())
             .build()
             .unwrap(),
     );

@@ -11,7 +11,7 @@ use nexus_core::{
     Zone,
 };
 use nexus_quality::{Circuit, QualityReconciler, QualitySettings};
-use nexus_scheduler::SchedulerReconciler;
+use nexus_scheduler::Scheduler;
 
 const MS: Duration = Duration::from_millis(100);
 const FLAKY: BackendId = BackendId::new(0);
@@ -43,7 +43,7 @@ fn setup() -> Setup {
     let pipeline = Pipeline::builder(fleet)
         .clock(clock.clone())
         .stage(Arc::clone(&quality))
-        .stage(SchedulerReconciler::with_seed(7))
+        .selector(Scheduler::with_seed(7))
         .build()
         .unwrap();
     Setup {

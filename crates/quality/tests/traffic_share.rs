@@ -11,7 +11,7 @@ use nexus_core::{
     RouteGuard, Zone,
 };
 use nexus_quality::{QualityReconciler, QualitySettings};
-use nexus_scheduler::SchedulerReconciler;
+use nexus_scheduler::Scheduler;
 
 /// Latency and time to first token of a backend, in milliseconds.
 #[derive(Clone, Copy)]
@@ -52,7 +52,7 @@ fn a_slow_backend_loses_share_and_wins_it_back_when_it_recovers() {
         .clock(clock.clone())
         .stage(RequestAnalyzer)
         .stage(quality)
-        .stage(SchedulerReconciler::with_seed(11))
+        .selector(Scheduler::with_seed(11))
         .build()
         .unwrap();
 

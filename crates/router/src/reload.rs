@@ -70,7 +70,7 @@ pub struct ReloadSummary {
     pub backends_removed: Vec<String>,
     /// How many models the new config serves.
     pub models: usize,
-    /// The stages of the new pipeline, in order.
+    /// The kinds of the new pipeline: its stages in order, then its selector.
     pub pipeline: Vec<String>,
     /// `[server]` and `[health]` keys whose new value is not in force: the running
     /// value stays until a restart. Each entry names the key and both values. With the
@@ -200,6 +200,7 @@ impl LiveRouter {
                 .stages()
                 .iter()
                 .map(|s| s.reconciler().name().to_owned())
+                .chain([new.pipeline().selector().name().to_owned()])
                 .collect(),
             restart_required: restart_required(&self.server, &self.health, new),
             warnings: new.warnings().iter().map(ToString::to_string).collect(),

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use nexus_core::{
     BuildContext, Clock, Decision, DuplicateKind, Fleet, FleetError, OwnedDecision, Pipeline,
-    PipelineError, PolicyError, PolicySet, ReconcilerFactory, Registry, Request, SystemClock,
+    PipelineError, PolicyError, PolicySet, ReconcilerFactory, Registry, Request, SelectorFactory,
+    SystemClock,
 };
 
 use crate::config::{
@@ -16,8 +17,8 @@ use crate::config::{
 };
 use crate::serving::{HealthConfig, ServerConfig};
 
-/// The built-in stage kinds in their default order. The default pipeline is those of
-/// them compiled into this build.
+/// The built-in kinds in their default order: the stages, then the selector
+/// (`scheduler`). The default pipeline is those of them compiled into this build.
 pub const DEFAULT_PIPELINE: [&str; 6] = [
     "analyzer",
     "privacy",
@@ -29,7 +30,7 @@ pub const DEFAULT_PIPELINE: [&str; 6] = [
 
 /// Adds [`with_builtins`](WithBuiltins::with_builtins) to [`Registry`].
 pub trait WithBuiltins {
-    /// A registry with every built-in stage compiled into this build.
+    /// A registry with every built-in stage and selector compiled into this build.
     fn with_builtins() -> Registry;
 }
 
@@ -47,11 +48,16 @@ const BUILTINS: &[(&str, Factory)] = &[
     ("tier", nexus_tier::TierReconciler::from_context),
     #[cfg(feature = "quality")]
     ("quality", nexus_quality::QualityReconciler::from_context),
+];
+
+/// A built-in selector's factory.
+type SelectorFn =
+    fn(&BuildContext<'_>) -> Result<Box<dyn nexus_core::Selector>, nexus_core::BuildError>;
+
+/// The selectors this build includes.
+const BUILTIN_SELECTORS: &[(&str, SelectorFn)] = &[
     #[cfg(feature = "scheduler")]
-    (
-        "scheduler",
-        nexus_scheduler::SchedulerReconciler::from_context,
-    ),
+    ("scheduler", nexus_scheduler::Scheduler::from_context),
 ];
 
 impl WithBuiltins for Registry {
@@ -60,6 +66,11 @@ impl WithBuiltins for Registry {
         for (kind, factory) in BUILTINS {
             registry
                 .register(*kind, *factory)
+                .expect("built-in kinds are distinct");
+        }
+        for (kind, factory) in BUILTIN_SELECTORS {
+            registry
+                .register_selector(*kind, *factory)
                 .expect("built-in kinds are distinct");
         }
         registry
@@ -128,6 +139,18 @@ impl RouterBuilder {
         factory: impl ReconcilerFactory + 'static,
     ) -> Result<Self, DuplicateKind> {
         self.registry.register(kind, factory)?;
+        Ok(self)
+    }
+
+    /// Registers a selector kind: config names it in `[routing] pipeline` in place of
+    /// `"scheduler"` (a pipeline lists at most one selector), with its settings in
+    /// `[routing.<kind>]`. Refuses a kind that exists.
+    pub fn with_selector(
+        mut self,
+        kind: impl Into<String>,
+        factory: impl SelectorFactory + 'static,
+    ) -> Result<Self, DuplicateKind> {
+        self.registry.register_selector(kind, factory)?;
         Ok(self)
     }
 
@@ -284,9 +307,10 @@ impl RouterBuilder {
         Ok(())
     }
 
-    /// The pipeline's stage kinds (`[routing] pipeline`, else the default), checked:
-    /// each once, `[routing.on_error]` naming only them, every policy enforceable; and
-    /// warnings for a missing analyzer and a scheduler that is missing or not last.
+    /// The pipeline's kinds (`[routing] pipeline`, else the default), checked: each
+    /// once, at most one selector, `[routing.on_error]` naming only them, every policy
+    /// enforceable; and warnings for a missing analyzer, a missing selector, and an
+    /// error policy set for the selector (which cannot fail).
     fn pipeline_kinds(
         &self,
         source: &Source<'_>,
@@ -312,7 +336,27 @@ impl RouterBuilder {
                 ));
             }
         }
+        let mut selectors = kinds
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| self.registry.is_selector(k));
+        let selector = selectors.next();
+        if let (Some((_, first)), Some((i, second))) = (selector, selectors.next()) {
+            return Err(source.error(
+                &pipeline_path(i),
+                format!(
+                    "the pipeline lists two selectors, '{first}' and '{second}': one selector picks the backend"
+                ),
+                Some(format!("keep one of '{first}' and '{second}'")),
+            ));
+        }
         for kind in routing.on_error.keys() {
+            if self.registry.is_selector(kind) && kinds.contains(kind) {
+                warnings.push(source.warning(
+                    &[Seg::Key("routing"), Seg::Key("on_error"), Seg::Key(kind)],
+                    format!("'{kind}' is the pipeline's selector, which picks and cannot fail, so an error policy has nothing to apply to; remove this line"),
+                ));
+            }
             if !kinds.contains(kind) {
                 return Err(source.error(
                     &[Seg::Key("routing"), Seg::Key("on_error"), Seg::Key(kind)],
@@ -364,16 +408,11 @@ impl RouterBuilder {
                 "the pipeline has no 'analyzer': unhealthy backends will be admitted; put \"analyzer\" first",
             ));
         }
-        match kinds.iter().position(|k| k == "scheduler") {
-            None => warnings.push(source.warning(
+        if selector.is_none() {
+            warnings.push(source.warning(
                 &[Seg::Key("routing"), Seg::Key("pipeline")],
-                "the pipeline has no 'scheduler': the first remaining candidate is chosen; end the pipeline with \"scheduler\"",
-            )),
-            Some(i) if i + 1 != kinds.len() => warnings.push(source.warning(
-                &pipeline_path(i),
-                "'scheduler' is not the last stage: stages after it can exclude its pick and make it choose again; move it last",
-            )),
-            Some(_) => {}
+                "the pipeline lists no selector: the candidate with the largest weight is chosen, whatever its load and latency; end the pipeline with \"scheduler\"",
+            ));
         }
         Ok(kinds)
     }
@@ -418,7 +457,7 @@ impl RouterBuilder {
                 dry_run: self.dry_run,
                 previous: running.map(|r| &**r.pipeline()),
             };
-            let stage = self.registry.build(&ctx).map_err(|e| match &e {
+            let build_error = |e: nexus_core::BuildError| match &e {
                 nexus_core::BuildError::UnknownKind { suggestion, .. } => source.error(
                     &pipeline_path(i),
                     format!("unknown stage '{kind}' in the pipeline"),
@@ -434,7 +473,13 @@ impl RouterBuilder {
                     source.settings_error(kind, message)
                 }
                 _ => source.error(&[Seg::Key("routing"), Seg::Key(kind)], e.to_string(), None),
-            })?;
+            };
+            if self.registry.is_selector(kind) {
+                let selector = self.registry.build_selector(&ctx).map_err(build_error)?;
+                builder = builder.boxed_selector(selector);
+                continue;
+            }
+            let stage = self.registry.build(&ctx).map_err(build_error)?;
             #[cfg(feature = "budget")]
             if let Some(budget) = stage
                 .as_any()

@@ -99,6 +99,7 @@ impl Router {
             .stages()
             .iter()
             .map(|s| format!("{} ({})", s.reconciler().name(), s.error_policy().as_str()))
+            .chain([format!("{} (selector)", pipeline.selector().name())])
             .collect();
         outln!(out, "  pipeline: {}", stages.join(" -> "));
         print_budget(&mut out, router);

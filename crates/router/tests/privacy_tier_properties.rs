@@ -22,7 +22,7 @@ use nexus_core::{
 };
 use nexus_privacy::PrivacyReconciler;
 use nexus_quality::{QualityReconciler, QualitySettings};
-use nexus_scheduler::SchedulerReconciler;
+use nexus_scheduler::Scheduler;
 use nexus_tier::TierReconciler;
 use proptest::prelude::*;
 
@@ -208,10 +208,7 @@ fn pipeline(built: &Built, stages: Vec<Box<dyn Reconciler>>, seed: u64) -> Optio
     for stage in stages {
         builder = builder.boxed_stage(stage, None);
     }
-    builder
-        .stage(SchedulerReconciler::with_seed(seed))
-        .build()
-        .ok()
+    builder.selector(Scheduler::with_seed(seed)).build().ok()
 }
 
 /// The constraints of the requested name and its alias chain, computed here from the
@@ -407,7 +404,7 @@ proptest! {
             .fallback("m0", ["m1", "m2"])
             .stage(RequestAnalyzer)
             .stage(TierReconciler)
-            .stage(SchedulerReconciler::with_seed(seed))
+            .selector(Scheduler::with_seed(seed))
             .build()
         else {
             // m0 served by no backend: nothing to route.

@@ -1,8 +1,11 @@
 //! # nexus-scheduler
 //!
-//! The `scheduler` stage: the last stage of a pipeline, which scores every remaining
-//! candidate and either routes to the best, queues, or (when nothing is left) lets the
-//! pipeline reject.
+//! The `scheduler` selector: the one role of a pipeline that picks. After every stage
+//! has narrowed the candidates and weighed them, it scores every remaining candidate and
+//! either routes to the best or queues ([`nexus_core::Selector`]; the pipeline calls it
+//! with at least one candidate, and again after a stage vetoed its pick). In config it is
+//! listed in `[routing] pipeline` like a stage (`"scheduler"`, registered as a selector
+//! kind); in code it is given with `Pipeline::builder(..).selector(Scheduler::new())`.
 //!
 //! ## Score
 //! `priority × (1 − load_factor) × (1 / latency_ewma_ms) × weight`, where
@@ -28,7 +31,7 @@
 //! Equal scores are broken at random, so that requests deciding at the same moment
 //! spread over equal backends instead of herding onto the first. The random source is
 //! per thread (no shared cache line is written per decision); tests fix it with
-//! [`SchedulerReconciler::with_seed`].
+//! [`Scheduler::with_seed`].
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -37,8 +40,8 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use nexus_core::{
-    Backend, BackendId, BackendStatus, BuildContext, BuildError, QueueCause, ReconcileError,
-    Reconciler, RoutingIntent, Verdict,
+    Backend, BackendStatus, BuildContext, BuildError, Candidate, Pick, QueueCause, Selector,
+    Shortlist,
 };
 use serde::Deserialize;
 
@@ -96,29 +99,29 @@ enum TieBreak {
     Seeded(AtomicU64),
 }
 
-/// The `scheduler` stage. See the crate docs for the score and the queue rules.
+/// The `scheduler` selector. See the crate docs for the score and the queue rules.
 ///
 /// ```
 /// use std::sync::Arc;
 /// use nexus_core::{BackendSpec, Fleet, ModelSpec, Pipeline, Request, RoutingDecision};
-/// use nexus_scheduler::SchedulerReconciler;
+/// use nexus_scheduler::Scheduler;
 ///
 /// let fleet = Arc::new(Fleet::new(vec![
 ///     BackendSpec::new("small", "http://127.0.0.1:1").with_model(ModelSpec::new("m")),
 ///     BackendSpec::new("big", "http://127.0.0.1:2").with_priority(3).with_model(ModelSpec::new("m")),
 /// ])?);
-/// let pipeline = Pipeline::builder(fleet).stage(SchedulerReconciler::new()).build()?;
+/// let pipeline = Pipeline::builder(fleet).selector(Scheduler::new()).build()?;
 /// let decision = pipeline.decide(&Request::new("m"));
 /// assert_eq!(decision.backend().unwrap().name(), "big");
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug)]
-pub struct SchedulerReconciler {
+pub struct Scheduler {
     settings: SchedulerSettings,
     ties: TieBreak,
 }
 
-impl Default for SchedulerReconciler {
+impl Default for Scheduler {
     fn default() -> Self {
         Self::new()
     }
@@ -137,7 +140,7 @@ fn mix(mut z: u64) -> u64 {
 
 const GOLDEN_GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
 
-impl SchedulerReconciler {
+impl Scheduler {
     /// A scheduler with default settings and per-thread random tie-breaking.
     pub fn new() -> Self {
         Self::with_settings(SchedulerSettings::default())
@@ -165,9 +168,9 @@ impl SchedulerReconciler {
         &self.settings
     }
 
-    /// Builds the stage from `[routing.scheduler]`; the factory registered as
-    /// `"scheduler"`.
-    pub fn from_context(ctx: &BuildContext<'_>) -> Result<Box<dyn Reconciler>, BuildError> {
+    /// Builds the selector from `[routing.scheduler]`; the selector factory registered
+    /// as `"scheduler"`.
+    pub fn from_context(ctx: &BuildContext<'_>) -> Result<Box<dyn Selector>, BuildError> {
         let settings: SchedulerSettings = ctx.validated_settings(SchedulerSettings::validate)?;
         Ok(Box::new(Self::with_settings(settings)))
     }
@@ -238,32 +241,27 @@ struct Rank {
     ready: bool,
 }
 
-impl Reconciler for SchedulerReconciler {
+impl Selector for Scheduler {
     fn name(&self) -> &'static str {
         "scheduler"
     }
 
-    fn reconcile(&self, intent: &mut RoutingIntent<'_>) -> Result<(), ReconcileError> {
-        if intent.is_explaining() {
-            // The scheduler excludes nothing, so it has nothing to add to an explanation.
-            return Ok(());
-        }
-        let fleet = intent.fleet();
-        let now = intent.now_secs();
+    fn select(&self, shortlist: &mut Shortlist<'_, '_>) -> Option<Pick> {
+        let fleet = shortlist.fleet();
+        let now = shortlist.now_secs();
         // The best candidate so far, with how many tied with it: each new tie replaces
         // it with probability 1/ties (reservoir sampling), so ties are broken uniformly
         // in one pass.
-        let mut best: Option<(BackendId, Rank)> = None;
+        let mut best: Option<(Candidate<'_>, Rank)> = None;
         let mut ties = 0u64;
-        let mut best_ready: Option<(BackendId, f64)> = None;
+        let mut best_ready: Option<(Candidate<'_>, f64)> = None;
         // When every candidate is saturated: the one expected to free a slot first.
-        let mut soonest_free: Option<(BackendId, f64)> = None;
+        let mut soonest_free: Option<(Candidate<'_>, f64)> = None;
         let mut any_unsaturated = false;
         // Drawn lazily: decisions without ties never touch the random sequence.
         let mut rng = 0u64;
-        intent.visit_candidates(|candidate| {
-            let backend = candidate.backend;
-            let b = fleet.backend(backend);
+        shortlist.score_each(|candidate| {
+            let b = fleet.backend(candidate.backend);
             let live = b.live();
             let in_flight = live.in_flight();
             let max = b.max_concurrency();
@@ -275,16 +273,16 @@ impl Reconciler for SchedulerReconciler {
                 let latency = self.latency_ms(live, now);
                 let wait = latency * f64::from(in_flight - max + 1) / f64::from(max);
                 if soonest_free.is_none_or(|(_, w)| wait < w) {
-                    soonest_free = Some((backend, wait));
+                    soonest_free = Some((candidate, wait));
                 }
             }
             if ready && best_ready.is_none_or(|(_, s)| score > s) {
-                best_ready = Some((backend, score));
+                best_ready = Some((candidate, score));
             }
             let rank = Rank { score, ready };
             match best.map(|(_, r)| rank.partial_cmp(&r)) {
                 None | Some(Some(std::cmp::Ordering::Greater)) => {
-                    best = Some((backend, rank));
+                    best = Some((candidate, rank));
                     ties = 1;
                 }
                 Some(Some(std::cmp::Ordering::Equal)) => {
@@ -294,36 +292,36 @@ impl Reconciler for SchedulerReconciler {
                     }
                     rng = mix(rng.wrapping_add(GOLDEN_GAMMA));
                     if rng.is_multiple_of(ties) {
-                        best = Some((backend, rank));
+                        best = Some((candidate, rank));
                     }
                 }
                 _ => {}
             }
-            Verdict::Score(score)
+            score
         });
 
-        let Some((backend, rank)) = best else {
-            return Ok(());
-        };
+        let (candidate, rank) = best?;
         if !any_unsaturated {
-            if let Some((backend, wait)) = soonest_free {
-                intent.queue(backend, QueueCause::Saturated, wait.ceil() as u64, None);
-            }
-        } else if fleet.backend(backend).live().status() == BackendStatus::Loading {
-            let fallback = best_ready.map(|(b, _)| b);
-            intent.queue(
-                backend,
+            let (waited, wait) = soonest_free?;
+            Some(Pick::queue(
+                waited,
+                QueueCause::Saturated,
+                wait.ceil() as u64,
+                None,
+            ))
+        } else if fleet.backend(candidate.backend).live().status() == BackendStatus::Loading {
+            Some(Pick::queue(
+                candidate,
                 QueueCause::Loading,
                 self.settings.load_wait_ms,
-                fallback,
-            );
+                best_ready.map(|(c, _)| c),
+            ))
         } else {
-            intent.select(backend, rank.score);
+            Some(Pick::route(candidate, rank.score))
         }
-        Ok(())
     }
 
-    fn default_error_policy(&self) -> nexus_core::ErrorPolicy {
-        nexus_core::ErrorPolicy::FailClosed
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
     }
 }

@@ -9,7 +9,7 @@ use nexus_core::{
     BackendId, BackendSpec, BackendStatus, Clock, Fleet, ModelSpec, Outcome, Pipeline, QueueCause,
     Reason, ReconcileError, Reconciler, Request, RoutingDecision, RoutingIntent, SystemClock,
 };
-use nexus_scheduler::SchedulerReconciler;
+use nexus_scheduler::Scheduler;
 
 fn fleet(specs: Vec<BackendSpec>) -> Arc<Fleet> {
     Arc::new(Fleet::new(specs).unwrap())
@@ -27,7 +27,7 @@ fn higher_priority_and_lower_latency_win() {
         backend("c"),
     ]);
     let pipeline = Pipeline::builder(fleet.clone())
-        .stage(SchedulerReconciler::with_seed(1))
+        .selector(Scheduler::with_seed(1))
         .build()
         .unwrap();
     assert_eq!(
@@ -77,7 +77,7 @@ fn weights_from_other_stages_multiply_in() {
     let fleet = fleet(vec![backend("a").with_priority(2), backend("b")]);
     let pipeline = Pipeline::builder(fleet)
         .stage(Prefer("b", 3.0))
-        .stage(SchedulerReconciler::with_seed(1))
+        .selector(Scheduler::with_seed(1))
         .build()
         .unwrap();
     let decision = pipeline.decide(&Request::new("m"));
@@ -93,7 +93,7 @@ fn weights_from_other_stages_multiply_in() {
 fn ties_spread_across_equal_backends() {
     let fleet = fleet((0..4).map(|i| backend(&format!("b{i}"))).collect());
     let pipeline = Pipeline::builder(fleet)
-        .stage(SchedulerReconciler::with_seed(7))
+        .selector(Scheduler::with_seed(7))
         .build()
         .unwrap();
     let mut counts: HashMap<String, u32> = HashMap::new();
@@ -119,7 +119,7 @@ fn seeded_ties_are_reproducible() {
     let run = || {
         let fleet = fleet((0..3).map(|i| backend(&format!("b{i}"))).collect());
         let pipeline = Pipeline::builder(fleet)
-            .stage(SchedulerReconciler::with_seed(42))
+            .selector(Scheduler::with_seed(42))
             .build()
             .unwrap();
         (0..50)
@@ -145,7 +145,7 @@ fn a_loading_favourite_queues_with_a_ready_alternative() {
         backend("small"),
     ]);
     let pipeline = Pipeline::builder(fleet)
-        .stage(SchedulerReconciler::new())
+        .selector(Scheduler::new())
         .build()
         .unwrap();
     let decision = pipeline.decide(&Request::new("m"));
@@ -179,7 +179,7 @@ fn saturated_backends_queue_and_free_up() {
         .live()
         .record_latency(Duration::from_millis(400), SystemClock.now_secs());
     let pipeline = Pipeline::builder(fleet)
-        .stage(SchedulerReconciler::with_seed(3))
+        .selector(Scheduler::with_seed(3))
         .build()
         .unwrap();
     let mut guards = Vec::new();
@@ -233,7 +233,7 @@ impl Reconciler for ExcludeAll {
 fn nothing_left_means_reject() {
     let pipeline = Pipeline::builder(fleet(vec![backend("a")]))
         .stage(ExcludeAll)
-        .stage(SchedulerReconciler::new())
+        .selector(Scheduler::new())
         .build()
         .unwrap();
     let decision = pipeline.decide(&Request::new("m"));
@@ -252,12 +252,15 @@ fn a_tiny_default_latency_does_not_make_scores_infinite() {
     // scoring copes with it anyway for pipelines built in code.
     for seed in 0..32 {
         let fleet = fleet(vec![backend("small"), backend("big").with_priority(3)]);
-        let scheduler = SchedulerReconciler::with_settings(SchedulerSettings {
+        let scheduler = Scheduler::with_settings(SchedulerSettings {
             default_latency_ms: 1e-320,
             seed: Some(seed),
             ..SchedulerSettings::default()
         });
-        let pipeline = Pipeline::builder(fleet).stage(scheduler).build().unwrap();
+        let pipeline = Pipeline::builder(fleet)
+            .selector(scheduler)
+            .build()
+            .unwrap();
         let decision = pipeline.decide(&Request::new("m"));
         assert_eq!(decision.backend().unwrap().name(), "big", "seed {seed}");
         let scores: Vec<f64> = decision
@@ -280,7 +283,7 @@ fn a_tiny_default_latency_does_not_make_scores_infinite() {
 #[test]
 fn scores_are_finite_and_never_nan() {
     let fleet = fleet(vec![backend("a").with_max_concurrency(1)]);
-    let scheduler = SchedulerReconciler::new();
+    let scheduler = Scheduler::new();
     let a = fleet.backend(BackendId::new(0));
     let now = SystemClock.now_secs();
     let huge = scheduler.score(a, f64::INFINITY, now);

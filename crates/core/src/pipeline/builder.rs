@@ -1,5 +1,5 @@
-//! [`PipelineBuilder`]: stages, aliases, fallbacks and policies, checked into a
-//! [`Pipeline`].
+//! [`PipelineBuilder`]: stages, the selector, aliases, fallbacks and policies, checked
+//! into a [`Pipeline`].
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::{Pipeline, PipelineError, Stage};
 use crate::routes::ModelRoutes;
-use crate::{Clock, Constraints, ErrorPolicy, Fleet, PolicySet, Reconciler};
+use crate::{Clock, Constraints, ErrorPolicy, Fleet, PolicySet, Reconciler, Selector};
 
 /// Builds a [`Pipeline`]; see [`Pipeline::builder`].
 #[derive(Debug)]
@@ -17,6 +17,7 @@ pub struct PipelineBuilder {
     pub(super) aliases: BTreeMap<String, String>,
     pub(super) fallbacks: BTreeMap<String, Vec<String>>,
     pub(super) stages: Vec<(Box<dyn Reconciler>, Option<ErrorPolicy>)>,
+    pub(super) selector: Box<dyn Selector>,
     pub(super) clock: Arc<dyn Clock>,
     pub(super) tenant_constraints: Vec<Constraints>,
 }
@@ -90,6 +91,20 @@ impl PipelineBuilder {
         self
     }
 
+    /// Sets the selector, the one role that picks among the candidates every stage left
+    /// (after all of them ran, and again after a veto). A pipeline has exactly one:
+    /// this replaces the previous one, [`HeaviestCandidate`](crate::HeaviestCandidate)
+    /// by default.
+    pub fn selector(self, selector: impl Selector + 'static) -> Self {
+        self.boxed_selector(Box::new(selector))
+    }
+
+    /// Sets a boxed selector; see [`selector`](Self::selector).
+    pub fn boxed_selector(mut self, selector: Box<dyn Selector>) -> Self {
+        self.selector = selector;
+        self
+    }
+
     /// Resolves aliases and fallbacks and builds the pipeline.
     pub fn build(self) -> Result<Pipeline, PipelineError> {
         if self.stages.len() >= usize::from(u16::MAX) {
@@ -113,6 +128,9 @@ impl PipelineBuilder {
             policies: self.policies,
             routes,
             stages,
+            selector: self.selector,
+            selector_nanos: AtomicU64::new(0),
+            selector_calls: AtomicU64::new(0),
             timing: AtomicBool::new(false),
             clock: self.clock,
             tenant_constraints: self.tenant_constraints.into_boxed_slice(),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::Pipeline;
 use crate::decision::{DecisionParts, Fix, RoutingDecision};
-use crate::intent::{Phase, Scratch};
+use crate::intent::Scratch;
 use crate::routes::{closest, RoutePlan};
 use crate::{
     BackendId, BudgetStatus, Constraints, ErrorPolicy, ExplainContext, Explanation, ModelId,
@@ -112,10 +112,10 @@ impl Pipeline {
             intent.stage = stage_index;
             intent.explaining = true;
             intent.now_secs = now_secs;
-            let result = stage.reconciler.reconcile(&mut intent).and_then(|()| {
-                intent.phase = Phase::Refine;
-                stage.reconciler.refine(&mut intent)
-            });
+            let result = stage
+                .reconciler
+                .reconcile(&mut intent)
+                .and_then(|()| stage.reconciler.refine(&mut intent));
             let mut count = |backend: BackendId, reason: Reason| {
                 let entry = &mut excluded_by[backend.index()];
                 entry.0 += 1;

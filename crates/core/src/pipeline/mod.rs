@@ -1,10 +1,12 @@
-//! The [`Pipeline`]: ordered stages, run for each model a request may be served by.
+//! The [`Pipeline`]: ordered stages and one selector, run for each model a request may
+//! be served by.
 //!
 //! A decision looks up the request's precomputed [`RoutePlan`], then for the resolved
 //! model and, if it ends with no viable backend, for each fallback in turn: starts from
-//! the model's servers, runs every stage in order, and takes what the selecting stage
-//! (the scheduler) chose. A chosen backend is committed by asking every stage's
-//! [`Reconciler::on_route`]; a veto excludes it and the selecting stage picks again.
+//! the model's servers, runs every stage in order, then asks the pipeline's one
+//! [`Selector`] (the scheduler) to pick among what is left. A picked backend is
+//! committed by asking every stage's [`Reconciler::on_route`]; a veto excludes it and
+//! the selector picks again.
 //! A flexible request ([`TierMode::Flexible`]) is decided strictly over the whole plan
 //! first, and flexibly only if that finds nothing: a relaxation never does worse than
 //! the rule it relaxes.
@@ -14,7 +16,7 @@
 //! for a Reject or when [`Decision::rejections`] is called.
 //!
 //! The module is in three parts: [`builder`](PipelineBuilder) assembles a pipeline,
-//! `run` decides (the reconcile/refine passes, selection and commit), and `explain`
+//! `run` decides (the reconcile/refine passes, the selector's pick and its commit), and `explain`
 //! renders why backends were excluded and finds the best fix of a Reject. What a
 //! decision hands back ([`Decision`], [`RouteGuard`]) lives in `crate::decision`.
 
@@ -24,7 +26,10 @@ use std::sync::Arc;
 
 use crate::decision::{Decision, OwnedDecision};
 use crate::routes::{ModelRoutes, RoutesError};
-use crate::{Clock, ErrorPolicy, Fleet, PolicySet, Reconciler, Request, SystemClock};
+use crate::{
+    Clock, ErrorPolicy, Fleet, HeaviestCandidate, PolicySet, Reconciler, Request, Selector,
+    SystemClock,
+};
 
 mod builder;
 mod explain;
@@ -54,12 +59,13 @@ impl Stage {
     }
 }
 
-/// Time spent in one stage while timing was on; see [`Pipeline::set_timing`].
+/// Time spent in one stage (or the selector) while timing was on; see
+/// [`Pipeline::set_timing`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StageTiming {
-    /// The stage's kind.
+    /// The stage's (or selector's) kind.
     pub name: &'static str,
-    /// Times the stage ran.
+    /// Times the stage ran (its `reconcile`), or the selector picked.
     pub calls: u64,
     /// Total nanoseconds spent in it.
     pub nanos: u64,
@@ -92,7 +98,8 @@ pub enum PipelineError {
 /// ])?);
 /// let pipeline = Pipeline::builder(fleet).stage(RequestAnalyzer).build()?;
 /// let decision = pipeline.decide(&Request::new("llama3:70b"));
-/// // Without a scheduler stage the first remaining candidate is chosen.
+/// // Without a selector of its own, the pipeline routes to the heaviest candidate
+/// // (`HeaviestCandidate`); `.selector(Scheduler::new())` is the usual one.
 /// assert_eq!(decision.backend().map(|b| b.name()), Some("gpu-box"));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
@@ -102,6 +109,10 @@ pub struct Pipeline {
     pub(crate) policies: Arc<PolicySet>,
     pub(crate) routes: ModelRoutes,
     pub(crate) stages: Box<[Stage]>,
+    /// The one role that picks, after every stage ran.
+    pub(crate) selector: Box<dyn Selector>,
+    pub(crate) selector_nanos: AtomicU64,
+    pub(crate) selector_calls: AtomicU64,
     pub(crate) timing: AtomicBool,
     pub(crate) clock: Arc<dyn Clock>,
     /// Each tenant's overrides, by [`TenantId`](crate::TenantId).
@@ -109,7 +120,8 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Starts a pipeline over `fleet`, with no policies, aliases or stages.
+    /// Starts a pipeline over `fleet`, with no policies, aliases or stages, and
+    /// [`HeaviestCandidate`] as its selector.
     pub fn builder(fleet: Arc<Fleet>) -> PipelineBuilder {
         PipelineBuilder {
             fleet,
@@ -117,6 +129,7 @@ impl Pipeline {
             aliases: BTreeMap::new(),
             fallbacks: BTreeMap::new(),
             stages: Vec::new(),
+            selector: Box::new(HeaviestCandidate),
             clock: Arc::new(SystemClock),
             tenant_constraints: Vec::new(),
         }
@@ -142,6 +155,11 @@ impl Pipeline {
         &self.stages
     }
 
+    /// The selector: what picks among the candidates the stages left.
+    pub fn selector(&self) -> &dyn Selector {
+        &*self.selector
+    }
+
     /// The first stage of concrete type `T`, for stages that expose themselves through
     /// [`Reconciler::as_any`].
     pub fn stage_of<T: 'static>(&self) -> Option<&T> {
@@ -156,7 +174,18 @@ impl Pipeline {
         self.timing.store(on, Ordering::Relaxed);
     }
 
-    /// Time spent in each stage while timing was on.
+    /// Time spent in the selector while timing was on; `calls` counts its picks (more
+    /// than one per model after a veto).
+    pub fn selector_timing(&self) -> StageTiming {
+        StageTiming {
+            name: self.selector.name(),
+            calls: self.selector_calls.load(Ordering::Relaxed),
+            nanos: self.selector_nanos.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Time spent in each stage while timing was on (the selector's:
+    /// [`selector_timing`](Self::selector_timing)).
     pub fn stage_timings(&self) -> Vec<StageTiming> {
         self.stages
             .iter()

@@ -1,6 +1,6 @@
 //! Deciding: every stage's reconcile and refine passes over each model of the plan,
-//! then the selection settled into a committed route or queue (picking again after a
-//! veto), with buffers from a per-thread pool.
+//! then the selector's pick committed into a route or queue (the selector picks again
+//! after a veto), with buffers from a per-thread pool.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,12 +8,20 @@ use std::time::Instant;
 
 use super::{Pipeline, Stage};
 use crate::decision::{DecisionParts, QueueReason, RouteReason, RoutingDecision};
-use crate::intent::{Phase, Scratch};
+use crate::intent::Scratch;
 use crate::routes::RoutePlan;
+use crate::selector::Picked;
 use crate::{
-    BackendId, BudgetStatus, Constraints, ErrorPolicy, QueueCause, Reason, Request, RouteTicket,
-    RoutingIntent, Selection, Settlement, TierMode,
+    BackendId, BudgetStatus, Constraints, ErrorPolicy, Pick, Reason, Request, RouteTicket,
+    RoutingIntent, Settlement, Shortlist, TierMode,
 };
+
+/// Which of a stage's two passes is running; see [`Reconciler::refine`](crate::Reconciler::refine).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Reconcile,
+    Refine,
+}
 
 thread_local! {
     static SCRATCH_POOL: Cell<Option<Box<Scratch>>> = const { Cell::new(None) };
@@ -83,9 +91,6 @@ impl Pipeline {
             constraints: first.constraints,
             stage: 0,
             budget_status: BudgetStatus::Normal,
-            selection: Selection::None,
-            selected_by: None,
-            phase: Phase::Reconcile,
             explaining: false,
             now_secs: self.clock.now_secs(),
             excluded: request.excluded,
@@ -122,42 +127,27 @@ impl Pipeline {
         let candidates = intent.scratch.candidates.len() as u32;
 
         // A queue with no ready backend of its own model: offer a ready backend of a
-        // later fallback instead, found through the same stages (so it obeys the same
-        // constraints) and committed like a route. The queued model's candidates are
-        // kept for the explanation.
+        // later fallback instead, found through the same stages and selector (so it
+        // obeys the same constraints) and committed like a route. The queued model's
+        // candidates are kept for the explanation.
         let mut queue_candidates = None;
-        if let Some(Committed::Queue {
-            fallback: offer @ None,
-            ..
-        }) = &mut found
-        {
-            if attempt + 1 < plan.attempts().len() {
+        if let Some((pick, offer @ None)) = &mut found {
+            if pick.is_queue() && attempt + 1 < plan.attempts().len() {
                 queue_candidates = Some(scored(intent.scratch));
-                'models: for (later, plan_attempt) in
-                    plan.attempts().iter().enumerate().skip(attempt + 1)
-                {
+                for (later, plan_attempt) in plan.attempts().iter().enumerate().skip(attempt + 1) {
                     intent.reset_for(plan_attempt.model, plan_attempt.constraints, later);
                     self.run_stages(&mut intent, timing);
-                    // Each veto removes a candidate, so this ends.
-                    while let Some(ready) = ready_choice(&intent) {
-                        match self.commit(&intent, ready) {
-                            Ok(ticket) => {
-                                *offer = Some(ticket);
-                                break 'models;
-                            }
-                            Err((stage, reason)) => {
-                                intent.stage = stage;
-                                intent.exclude(ready, reason);
-                                self.select_again(&mut intent, timing);
-                            }
-                        }
+                    // A route, or a queue's ready alternative, of this later model.
+                    if let Some((_, Some(ticket))) = self.pick_and_commit(&mut intent, timing) {
+                        *offer = Some(ticket);
+                        break;
                     }
                 }
             }
         }
 
         let (kind, ticket, model) = match found {
-            Some(Committed::Route { ticket, score }) => (
+            Some((Pick(Picked::Route { score, .. }), Some(ticket))) => (
                 RoutingDecision::Route {
                     backend: ticket.backend,
                     model: ticket.model,
@@ -167,24 +157,28 @@ impl Pipeline {
                 Some(ticket),
                 Some(model),
             ),
-            Some(Committed::Queue {
-                backend,
-                cause,
-                estimated_wait_ms,
-                fallback,
-            }) => (
+            Some((
+                Pick(Picked::Queue {
+                    backend,
+                    cause,
+                    estimated_wait_ms,
+                    ..
+                }),
+                offer,
+            )) => (
                 RoutingDecision::Queue {
                     backend,
                     model,
                     reason: QueueReason { cause, candidates },
                     estimated_wait_ms,
-                    fallback_backend: fallback.map(|t| t.backend),
-                    fallback_model: fallback.map(|t| t.model),
+                    fallback_backend: offer.map(|t| t.backend),
+                    fallback_model: offer.map(|t| t.model),
                 },
-                fallback,
+                offer,
                 Some(model),
             ),
-            None => (
+            // A route is always committed (`pick_and_commit`), so this is a Reject.
+            Some((Pick(Picked::Route { .. }), None)) | None => (
                 self.reject(plan, &requirements, &scratch, request.tenant),
                 None,
                 None,
@@ -210,11 +204,11 @@ impl Pipeline {
         intent: &mut RoutingIntent<'_>,
         plan: &RoutePlan,
         timing: bool,
-    ) -> Option<Committed> {
+    ) -> Option<(Pick, Option<RouteTicket>)> {
         for (attempt, plan_attempt) in plan.attempts().iter().enumerate() {
             intent.reset_for(plan_attempt.model, plan_attempt.constraints, attempt);
             self.run_stages(intent, timing);
-            if let Some(outcome) = self.settle_selection(intent, timing) {
+            if let Some(outcome) = self.pick_and_commit(intent, timing) {
                 return Some(outcome);
             }
         }
@@ -235,7 +229,6 @@ impl Pipeline {
     fn run_stage(&self, index: usize, intent: &mut RoutingIntent<'_>, timing: bool, phase: Phase) {
         let stage = &self.stages[index];
         intent.stage = index as u16;
-        intent.phase = phase;
         let result = if timing {
             self.run_stage_timed(stage, intent, phase)
         } else {
@@ -294,91 +287,62 @@ impl Pipeline {
         }
     }
 
-    /// Turns the selection of the current model into a committed route or queue, picking
-    /// again while the selected backend is no longer a candidate or is vetoed.
-    fn settle_selection(&self, intent: &mut RoutingIntent<'_>, timing: bool) -> Option<Committed> {
-        // Each pass either commits or removes one candidate, so this ends.
+    /// The selector's pick among the current model's candidates, committed: a route's
+    /// backend, or a queue's ready alternative, must be accepted by every stage's
+    /// `on_route`; a veto excludes it and the selector picks again. The ticket is the
+    /// committed backend's (always there for a route; for a queue, when it offered a
+    /// ready alternative). `None`: no candidate left, or the selector declined.
+    fn pick_and_commit(
+        &self,
+        intent: &mut RoutingIntent<'_>,
+        timing: bool,
+    ) -> Option<(Pick, Option<RouteTicket>)> {
+        // Each veto removes a candidate, so this ends.
         loop {
-            if intent.scratch.candidates.is_empty() {
-                return None;
-            }
-            match intent.selection {
-                Selection::None => {
-                    // No selecting stage: take the heaviest remaining candidate.
-                    let best = intent.scratch.candidates.iter().fold(
-                        None::<(BackendId, f64)>,
-                        |best, b| {
-                            let w = intent.weight(b);
-                            match best {
-                                Some((_, bw)) if bw >= w => best,
-                                _ => Some((b, w)),
-                            }
-                        },
-                    );
-                    let (backend, weight) = best?;
-                    intent.selection = Selection::Route {
-                        backend,
-                        score: weight,
-                    };
-                }
-                Selection::Route { backend, score } => {
-                    if !intent.is_candidate(backend) {
-                        self.select_again(intent, timing);
-                        continue;
-                    }
-                    match self.commit(intent, backend) {
-                        Ok(ticket) => return Some(Committed::Route { ticket, score }),
-                        Err((stage, reason)) => {
-                            intent.stage = stage;
-                            intent.exclude(backend, reason);
-                            self.select_again(intent, timing);
-                        }
-                    }
-                }
-                Selection::Queue {
-                    backend,
-                    cause,
-                    estimated_wait_ms,
-                    fallback_backend,
-                } => {
-                    if !intent.is_candidate(backend) {
-                        self.select_again(intent, timing);
-                        continue;
-                    }
-                    // The ready alternative is committed like a route (the budget
-                    // reserves its cost, it counts in flight), so that offers made to
-                    // queued requests cannot together pass a limit. A veto excludes it
-                    // and the selecting stage picks again.
-                    let fallback = match fallback_backend.filter(|b| intent.is_candidate(*b)) {
-                        None => None,
-                        Some(ready) => match self.commit(intent, ready) {
-                            Ok(ticket) => Some(ticket),
-                            Err((stage, reason)) => {
-                                intent.stage = stage;
-                                intent.exclude(ready, reason);
-                                self.select_again(intent, timing);
-                                continue;
-                            }
-                        },
-                    };
-                    return Some(Committed::Queue {
-                        backend,
-                        cause,
-                        estimated_wait_ms,
-                        fallback,
-                    });
+            let pick = self.pick(intent, timing)?;
+            let Some(ready) = pick.ready() else {
+                return Some((pick, None));
+            };
+            match self.commit(intent, ready) {
+                Ok(ticket) => return Some((pick, Some(ticket))),
+                Err((stage, reason)) => {
+                    intent.stage = stage;
+                    intent.exclude(ready, reason);
                 }
             }
         }
     }
 
-    fn select_again(&self, intent: &mut RoutingIntent<'_>, timing: bool) {
-        let selected_by = intent.selected_by;
-        intent.selection = Selection::None;
-        intent.selected_by = None;
-        if let Some((stage, phase)) = selected_by {
-            self.run_stage(usize::from(stage), intent, timing, phase);
+    /// Asks the selector to pick among the remaining candidates, if any. A pick that
+    /// names a backend that is no longer a candidate (a selector that kept a candidate
+    /// from an earlier call) counts as declining, so that nothing a stage excluded is
+    /// ever routed to.
+    fn pick(&self, intent: &mut RoutingIntent<'_>, timing: bool) -> Option<Pick> {
+        if intent.scratch.candidates.is_empty() {
+            return None;
         }
+        let pick = if timing {
+            self.pick_timed(intent)
+        } else {
+            self.selector.select(&mut Shortlist::new(intent))
+        }?;
+        let picked = [Some(pick.backend()), pick.ready()];
+        if picked.iter().flatten().all(|b| intent.is_candidate(*b)) {
+            Some(pick)
+        } else {
+            stale_pick(self.selector.name());
+            None
+        }
+    }
+
+    #[cold]
+    fn pick_timed(&self, intent: &mut RoutingIntent<'_>) -> Option<Pick> {
+        let start = Instant::now();
+        let pick = self.selector.select(&mut Shortlist::new(intent));
+        let nanos = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.selector_nanos.fetch_add(nanos, Ordering::Relaxed);
+        self.selector_calls.fetch_add(1, Ordering::Relaxed);
+        pick
     }
 
     /// Asks every stage to accept the route; on a veto, releases what earlier stages
@@ -427,30 +391,12 @@ pub(crate) fn scored(scratch: &Scratch) -> Vec<(BackendId, Option<f64>)> {
         .collect()
 }
 
-/// A backend the stages would route to right now, without committing to it.
-fn ready_choice(intent: &RoutingIntent<'_>) -> Option<BackendId> {
-    match intent.selection {
-        Selection::Route { backend, .. } => Some(backend),
-        Selection::Queue {
-            fallback_backend, ..
-        } => fallback_backend,
-        Selection::None => intent.scratch.candidates.iter().next(),
-    }
-    .filter(|b| intent.is_candidate(*b))
-}
-
-enum Committed {
-    Route {
-        ticket: RouteTicket,
-        score: f64,
-    },
-    Queue {
-        backend: BackendId,
-        cause: QueueCause,
-        estimated_wait_ms: u64,
-        /// The committed ready alternative, if any.
-        fallback: Option<RouteTicket>,
-    },
+#[cold]
+fn stale_pick(selector: &str) {
+    tracing::warn!(
+        selector,
+        "the selector picked a backend that is not a candidate; the model gets no pick"
+    );
 }
 
 #[cfg(test)]
@@ -459,7 +405,10 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::{BackendSpec, Fleet, ModelSpec, ReconcileError, Reconciler};
+    use crate::{
+        BackendSpec, Fleet, HeaviestCandidate, ModelSpec, QueueCause, ReconcileError, Reconciler,
+        RoutingDecision, Selector, Verdict,
+    };
 
     fn fleet(names: &[&str]) -> Arc<Fleet> {
         Arc::new(
@@ -475,43 +424,57 @@ mod tests {
         )
     }
 
-    /// How often a [`Picker`] ran each pass.
+    /// Routes to the first candidate; counts its calls and the candidates it saw.
     #[derive(Debug, Default)]
-    struct Calls {
-        reconcile: AtomicU32,
-        refine: AtomicU32,
+    struct First {
+        calls: AtomicU32,
+        saw: AtomicU32,
     }
 
-    /// Selects the first remaining candidate, in `reconcile` or in `refine`.
-    #[derive(Debug)]
-    struct Picker {
-        in_refine: bool,
-        calls: Arc<Calls>,
-    }
-
-    impl Picker {
-        fn pick(intent: &mut RoutingIntent<'_>) {
-            if let Some(first) = intent.candidates().iter().next() {
-                intent.select(first, 1.0);
-            }
+    impl Selector for First {
+        fn name(&self) -> &'static str {
+            "first"
+        }
+        fn select(&self, shortlist: &mut Shortlist<'_, '_>) -> Option<Pick> {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            self.saw.store(shortlist.len() as u32, Ordering::Relaxed);
+            shortlist.first().map(|c| Pick::route(c, 1.0))
         }
     }
 
-    impl Reconciler for Picker {
+    /// Excludes one backend, in `reconcile` or in `refine`.
+    #[derive(Debug)]
+    struct Exclude {
+        name: &'static str,
+        in_refine: bool,
+    }
+
+    impl Exclude {
+        fn apply(&self, intent: &mut RoutingIntent<'_>) {
+            let fleet = intent.fleet();
+            intent.visit_candidates(|c| {
+                if fleet.backend(c.backend).name() == self.name {
+                    Verdict::Exclude(Reason::new(5))
+                } else {
+                    Verdict::Keep
+                }
+            });
+        }
+    }
+
+    impl Reconciler for Exclude {
         fn name(&self) -> &'static str {
-            "picker"
+            "exclude"
         }
         fn reconcile(&self, intent: &mut RoutingIntent<'_>) -> Result<(), ReconcileError> {
-            self.calls.reconcile.fetch_add(1, Ordering::Relaxed);
             if !self.in_refine {
-                Self::pick(intent);
+                self.apply(intent);
             }
             Ok(())
         }
         fn refine(&self, intent: &mut RoutingIntent<'_>) -> Result<(), ReconcileError> {
-            self.calls.refine.fetch_add(1, Ordering::Relaxed);
             if self.in_refine {
-                Self::pick(intent);
+                self.apply(intent);
             }
             Ok(())
         }
@@ -537,117 +500,155 @@ mod tests {
         }
     }
 
-    fn intent<'a>(pipeline: &'a Pipeline, scratch: &'a mut Scratch) -> RoutingIntent<'a> {
-        let model = pipeline.fleet.model_id("m").expect("model m");
-        let constraints = pipeline.routes.plan("m").expect("a plan").attempts()[0].constraints;
-        scratch.prepare(pipeline.fleet.len());
-        RoutingIntent::new(
-            &pipeline.fleet,
-            &pipeline.policies,
-            scratch,
-            model,
-            Request::new("m").requirements(),
-            constraints,
-        )
+    /// Scales each named backend's weight.
+    #[derive(Debug)]
+    struct Weigh(&'static [(&'static str, f64)]);
+
+    impl Reconciler for Weigh {
+        fn name(&self) -> &'static str {
+            "weigh"
+        }
+        fn reconcile(&self, intent: &mut RoutingIntent<'_>) -> Result<(), ReconcileError> {
+            let fleet = intent.fleet();
+            intent.visit_candidates(|c| {
+                let name = fleet.backend(c.backend).name();
+                self.0
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map_or(Verdict::Keep, |(_, f)| Verdict::Scale(*f))
+            });
+            Ok(())
+        }
     }
 
-    fn id(pipeline: &Pipeline, name: &str) -> BackendId {
-        pipeline
-            .fleet
-            .backend_by_name(name)
-            .expect("a backend")
-            .id()
+    fn route_of(pipeline: &Pipeline) -> (Option<String>, Option<f64>) {
+        let decision = pipeline.decide(&Request::new("m"));
+        let score = match decision.kind() {
+            RoutingDecision::Route { reason, .. } => Some(reason.score),
+            _ => None,
+        };
+        (decision.backend().map(|b| b.name().to_owned()), score)
     }
 
     #[test]
-    fn select_again_reruns_the_selecting_stage_in_the_pass_it_selected_in() {
+    fn the_selector_picks_once_after_every_stage_ran_both_passes() {
+        // Whichever pass excludes "a", and wherever the stage sits, the selector sees the
+        // final candidates, once.
         for in_refine in [false, true] {
-            let calls = Arc::new(Calls::default());
-            let pipeline = Pipeline::builder(fleet(&["a", "b"]))
-                .stage(crate::RequestAnalyzer)
-                .stage(Picker {
+            let selector = Arc::new(First::default());
+            let pipeline = Pipeline::builder(fleet(&["a", "b", "c"]))
+                .selector(Arc::clone(&selector))
+                .stage(Exclude {
+                    name: "a",
                     in_refine,
-                    calls: Arc::clone(&calls),
                 })
                 .build()
                 .expect("a pipeline");
-            let mut scratch = Scratch::default();
-            let mut intent = intent(&pipeline, &mut scratch);
-            pipeline.run_stages(&mut intent, false);
-            let phase = if in_refine {
-                Phase::Refine
-            } else {
-                Phase::Reconcile
-            };
-            assert_eq!(intent.selected_by, Some((1, phase)));
-            let a = id(&pipeline, "a");
-            assert!(matches!(intent.selection, Selection::Route { backend, .. } if backend == a));
-            let before = (
-                calls.reconcile.load(Ordering::Relaxed),
-                calls.refine.load(Ordering::Relaxed),
-            );
-
-            intent.exclude(a, Reason::new(7));
-            pipeline.select_again(&mut intent, false);
-            let b = id(&pipeline, "b");
-            assert!(
-                matches!(intent.selection, Selection::Route { backend, .. } if backend == b),
-                "the selecting stage picked again among what is left: {:?}",
-                intent.selection
-            );
-            assert_eq!(intent.selected_by, Some((1, phase)));
-            let after = (
-                calls.reconcile.load(Ordering::Relaxed),
-                calls.refine.load(Ordering::Relaxed),
-            );
-            let expected = if in_refine {
-                (before.0, before.1 + 1)
-            } else {
-                (before.0 + 1, before.1)
-            };
-            assert_eq!(after, expected, "only the pass that selected runs again");
+            assert_eq!(route_of(&pipeline).0.as_deref(), Some("b"));
+            assert_eq!(selector.calls.load(Ordering::Relaxed), 1);
+            assert_eq!(selector.saw.load(Ordering::Relaxed), 2);
         }
     }
 
     #[test]
-    fn select_again_without_a_selecting_stage_clears_the_selection() {
-        let pipeline = Pipeline::builder(fleet(&["a", "b"]))
-            .stage(crate::RequestAnalyzer)
-            .build()
-            .expect("a pipeline");
-        let mut scratch = Scratch::default();
-        let mut intent = intent(&pipeline, &mut scratch);
-        pipeline.run_stages(&mut intent, false);
-        // A selection nobody owns (as the pipeline's own fallback pick makes).
-        intent.selection = Selection::Route {
-            backend: id(&pipeline, "a"),
-            score: 1.0,
-        };
-        pipeline.select_again(&mut intent, false);
-        assert_eq!(intent.selection, Selection::None);
-        assert_eq!(intent.selected_by, None);
-    }
-
-    #[test]
-    fn a_veto_makes_the_selecting_stage_pick_the_next_backend() {
-        let calls = Arc::new(Calls::default());
+    fn a_veto_makes_the_selector_pick_again_among_what_is_left() {
         let fleet = fleet(&["a", "b", "c"]);
         let a = fleet.backend_by_name("a").expect("a").id();
+        let selector = Arc::new(First::default());
         let pipeline = Pipeline::builder(fleet)
-            .stage(Picker {
-                in_refine: false,
-                calls: Arc::clone(&calls),
-            })
             .stage(Veto(a))
+            .selector(Arc::clone(&selector))
             .build()
             .expect("a pipeline");
         let decision = pipeline.decide(&Request::new("m"));
         assert_eq!(decision.backend().map(|b| b.name()), Some("b"));
-        // Once for the model, once more after the veto.
-        assert_eq!(calls.reconcile.load(Ordering::Relaxed), 2);
+        // Once for the model, once more after the veto, without "a".
+        assert_eq!(selector.calls.load(Ordering::Relaxed), 2);
+        assert_eq!(selector.saw.load(Ordering::Relaxed), 2);
         let rejections = decision.rejections();
         assert_eq!(rejections.len(), 1);
         assert_eq!(&*rejections[0].backend, "a");
         assert_eq!(rejections[0].reconciler, "veto");
+    }
+
+    #[test]
+    fn without_a_selector_the_heaviest_candidate_is_picked_earliest_on_ties() {
+        let pipeline = Pipeline::builder(fleet(&["a", "b", "c"]))
+            .stage(Weigh(&[("b", 2.0), ("c", 2.0)]))
+            .build()
+            .expect("a pipeline");
+        assert_eq!(pipeline.selector().name(), "heaviest");
+        assert_eq!(route_of(&pipeline), (Some("b".to_owned()), Some(2.0)));
+
+        let pipeline = Pipeline::builder(fleet(&["a", "b"]))
+            .selector(HeaviestCandidate)
+            .build()
+            .expect("a pipeline");
+        assert_eq!(route_of(&pipeline), (Some("a".to_owned()), Some(1.0)));
+    }
+
+    /// Declines every pick; or queues on the first candidate with the last as the
+    /// ready alternative.
+    #[derive(Debug)]
+    struct Queues {
+        decline: bool,
+    }
+
+    impl Selector for Queues {
+        fn name(&self) -> &'static str {
+            "queues"
+        }
+        fn select(&self, shortlist: &mut Shortlist<'_, '_>) -> Option<Pick> {
+            if self.decline {
+                return None;
+            }
+            let mut last = None;
+            shortlist.each(|c| {
+                last = Some(c);
+                true
+            });
+            let first = shortlist.first()?;
+            let instead = last.filter(|l| l.backend != first.backend);
+            Some(Pick::queue(first, QueueCause::Loading, 500, instead))
+        }
+    }
+
+    #[test]
+    fn a_selector_that_declines_leaves_the_model_without_a_route() {
+        let pipeline = Pipeline::builder(fleet(&["a", "b"]))
+            .selector(Queues { decline: true })
+            .build()
+            .expect("a pipeline");
+        let decision = pipeline.decide(&Request::new("m"));
+        assert!(matches!(decision.kind(), RoutingDecision::Reject { .. }));
+    }
+
+    #[test]
+    fn a_queues_ready_alternative_is_committed_and_a_veto_of_it_picks_again() {
+        let fleet = fleet(&["a", "b", "c"]);
+        let c = fleet.backend_by_name("c").expect("c").id();
+        let pipeline = Pipeline::builder(Arc::clone(&fleet))
+            .stage(Veto(c))
+            .selector(Queues { decline: false })
+            .build()
+            .expect("a pipeline");
+        let mut decision = pipeline.decide(&Request::new("m"));
+        let RoutingDecision::Queue {
+            backend,
+            fallback_backend,
+            estimated_wait_ms,
+            ..
+        } = *decision.kind()
+        else {
+            panic!("a queue: {:?}", decision.kind())
+        };
+        assert_eq!(fleet.backend(backend).name(), "a");
+        assert_eq!(estimated_wait_ms, 500);
+        // "c" was vetoed: the selector picked again and offered "b".
+        assert_eq!(fallback_backend.map(|b| fleet.backend(b).name()), Some("b"));
+        let guard = decision.take_guard().expect("the offer's guard");
+        assert_eq!(guard.backend().name(), "b");
+        assert_eq!(fleet.backend_by_name("b").unwrap().live().in_flight(), 1);
+        guard.cancel();
     }
 }
