@@ -62,6 +62,13 @@ def pinned(cpus, argv):
     return argv
 
 
+def repin(pid, cpus):
+    """Moves every thread of the running `pid` onto CPUS (a taskset list), when set."""
+    if cpus and shutil.which("taskset"):
+        subprocess.run(["taskset", "-a", "-p", "-c", cpus, str(pid)], check=True,
+                       stdout=subprocess.DEVNULL)
+
+
 class Proc:
     """A child process with its log in `logdir`, stopped with SIGTERM (then SIGKILL)."""
 
@@ -140,18 +147,18 @@ def mock_tally(output):
     die("nexus-mock printed no tally when it stopped")
 
 
-def start_gateway(logdir, config, port, cpus, name="gateway"):
+def start_gateway(logdir, config, port, cpus, name="gateway", exe=None, log_level="error"):
     argv = pinned(
         cpus,
         [
-            os.path.join(RELEASE, "nexus"),
+            exe or os.path.join(RELEASE, "nexus"),
             "serve",
             "--config",
             config,
             "--listen",
             f"127.0.0.1:{port}",
             "--log-level",
-            "error",
+            log_level,
         ],
     )
     gw = Proc(name, argv, logdir)

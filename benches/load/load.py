@@ -21,7 +21,8 @@ def added(direct, through):
 
 
 def latency_pairs(args, gw_url, mock_url, stream, rate, extra=None):
-    """Per repeat: the mock directly, then the gateway (then LiteLLM), at `rate`."""
+    """Per repeat: the mock directly, then the gateway (then the others: `extra` maps a
+    name to a URL, LiteLLM or a second gateway build), at `rate`."""
     body = c.chat_body(stream)
     rows = []
     for r in range(1, args.repeats + 1):
@@ -32,9 +33,9 @@ def latency_pairs(args, gw_url, mock_url, stream, rate, extra=None):
         row["nexus"] = c.summary(
             c.oha(gw_url, body, args.load_cpus, duration=args.seconds, rate=rate, connections=args.connections)
         )
-        if extra:
-            row["litellm"] = c.summary(
-                c.oha(extra, body, args.load_cpus, duration=args.seconds, rate=rate, connections=args.connections)
+        for name, url in (extra or {}).items():
+            row[name] = c.summary(
+                c.oha(url, body, args.load_cpus, duration=args.seconds, rate=rate, connections=args.connections)
             )
         rows.append(row)
         print(f"  {'stream' if stream else 'json'} @{rate}/s repeat {r}: " + ", ".join(
@@ -43,12 +44,12 @@ def latency_pairs(args, gw_url, mock_url, stream, rate, extra=None):
     return rows
 
 
-def throughput(args, gw_url, mock_url, litellm_url=None):
+def throughput(args, gw_url, mock_url, litellm_url=None, compare_url=None):
     body = c.chat_body(False)
     rows = []
     for r in range(1, args.repeats + 1):
         row = {"repeat": r}
-        for name, url in (("direct", mock_url), ("nexus", gw_url), ("litellm", litellm_url)):
+        for name, url in (("direct", mock_url), ("nexus", gw_url), ("compare", compare_url), ("litellm", litellm_url)):
             if url:
                 row[name] = c.summary(
                     c.oha(url, body, args.load_cpus, duration=args.throughput_seconds, connections=args.throughput_connections)
@@ -74,7 +75,7 @@ def streams(args, logdir):
              "--upstream", f"http://127.0.0.1:{mock_port}",
              "--max-concurrency", str(max(200, 2 * n // max(args.backends, 1) + 1))],
             capture_output=True, text=True, check=True).stdout)
-    gw = c.start_gateway(logdir, config, gw_port, args.gateway_cpus, name="gateway-streams")
+    gw = c.start_gateway(logdir, config, gw_port, args.gateway_cpus, name="gateway-streams", exe=args.nexus, log_level=args.log_level)
     # One request warms the pool and the allocator, so the baseline is a serving gateway's.
     c.oha(f"http://127.0.0.1:{gw_port}/v1/chat/completions", c.chat_body(True), args.load_cpus, requests=1, connections=1)
     base = c.rss_kb(gw.pid)
@@ -137,14 +138,23 @@ def main():
     p.add_argument("--litellm-rate", type=int, default=50,
                    help="the fixed rate at which LiteLLM, the gateway and the mock are compared")
     p.add_argument("--gateway-cpus", default="0", help="taskset list for the gateway and LiteLLM ('' for none)")
-    p.add_argument("--mock-cpus", default="1")
+    p.add_argument("--mock-cpus", default="0",
+                   help="taskset list for the mock in the latency parts (beside the gateway: see README.md)")
+    p.add_argument("--throughput-mock-cpus", default="1",
+                   help="taskset list for the mock in the throughput part (beside oha, the gateway alone)")
     p.add_argument("--load-cpus", default="1", help="taskset list for oha")
+    p.add_argument("--log-level", default="info",
+                   help="the gateways' --log-level: info (nexus serve's default: one line a request) or error")
+    p.add_argument("--nexus", default=os.path.join(c.RELEASE, "nexus"), help="the gateway binary")
+    p.add_argument("--compare", default=None,
+                   help="a second gateway binary (a build from before a change), measured after the first "
+                        "in every repeat of the latency and throughput parts")
     p.add_argument("--skip", default="", help="comma list of parts to skip: latency,stream,throughput,litellm,streams")
     args = p.parse_args()
     skip = set(filter(None, args.skip.split(",")))
-    for exe in ("nexus", "nexus-mock"):
-        if not os.path.exists(os.path.join(c.RELEASE, exe)):
-            c.die(f"{c.RELEASE}/{exe} is missing: run `cargo build --release -p nexus-cli -p nexus-testkit --bins` (run.sh does)")
+    for exe in (args.nexus, os.path.join(c.RELEASE, "nexus-mock"), args.compare):
+        if exe and not os.path.exists(exe):
+            c.die(f"{exe} is missing: run `cargo build --release -p nexus-cli -p nexus-testkit --bins` (run.sh does)")
     if not c.shutil.which("oha"):
         c.die("oha is not on PATH: `cargo install oha --locked`")
 
@@ -161,7 +171,13 @@ def main():
             ["python3", os.path.join(c.HERE, "fleet.py"), "--backends", str(args.backends),
              "--upstream", f"http://127.0.0.1:{mock_port}"],
             capture_output=True, text=True, check=True).stdout)
-    gw = c.start_gateway(logdir, config, gw_port, args.gateway_cpus)
+    gw = c.start_gateway(logdir, config, gw_port, args.gateway_cpus, exe=args.nexus, log_level=args.log_level)
+    cmp_gw, cmp_url = None, None
+    if args.compare:
+        cmp_port = c.free_port()
+        cmp_gw = c.start_gateway(logdir, config, cmp_port, args.gateway_cpus, name="gateway-compare", exe=args.compare,
+                                 log_level=args.log_level)
+        cmp_url = f"http://127.0.0.1:{cmp_port}/v1/chat/completions"
     litellm = None
     if "litellm" not in skip:
         litellm = c.start_litellm(logdir, args.litellm_venv, mock_port, ll_port, args.gateway_cpus)
@@ -171,26 +187,33 @@ def main():
     gw_url = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
     ll_url = f"http://127.0.0.1:{ll_port}/v1/chat/completions" if litellm else None
     # Warm: connections, pools, allocators, LiteLLM's imports.
-    for url in filter(None, (mock_url, gw_url, ll_url)):
+    for url in filter(None, (mock_url, gw_url, cmp_url, ll_url)):
         c.oha(url, c.chat_body(False), args.load_cpus, requests=500, connections=8)
         c.oha(url, c.chat_body(True), args.load_cpus, requests=200, connections=8)
     gw_idle_kb = c.rss_kb(gw.pid)
 
+    compare = {"compare": cmp_url} if cmp_url else None
+    names = ["direct", "nexus"] + (["compare"] if cmp_url else [])
     results = {}
     try:
         if "latency" not in skip:
-            results["latency"] = latency_pairs(args, gw_url, mock_url, False, args.rate)
+            results["latency"] = latency_pairs(args, gw_url, mock_url, False, args.rate, extra=compare)
         if "stream" not in skip:
-            results["stream"] = latency_pairs(args, gw_url, mock_url, True, args.rate)
+            results["stream"] = latency_pairs(args, gw_url, mock_url, True, args.rate, extra=compare)
         if "throughput" not in skip:
-            results["throughput"] = throughput(args, gw_url, mock_url, ll_url)
+            c.repin(mock.pid, args.throughput_mock_cpus)
+            results["throughput"] = throughput(args, gw_url, mock_url, ll_url, cmp_url)
+            c.repin(mock.pid, args.mock_cpus)
         if ll_url:
-            results["litellm"] = latency_pairs(args, gw_url, mock_url, False, args.litellm_rate, extra=ll_url)
+            results["litellm"] = latency_pairs(args, gw_url, mock_url, False, args.litellm_rate,
+                                               extra={"litellm": ll_url})
         gw_kb = c.rss_kb(gw.pid)
         ll_kb = c.rss_kb(litellm.pid) if litellm else None
     finally:
         if litellm:
             litellm.stop()
+        if cmp_gw:
+            cmp_gw.stop()
         gw.stop()
         mock.stop()
     if "streams" not in skip:
@@ -202,30 +225,32 @@ def main():
              f"load before: `{load_before}`; after: `{load_after}`; took {time.time() - started:.0f} s.",
              f"Gateway config: {args.backends} backends serving `mock-model` from one `nexus-mock` "
              f"(half local, half cloud and priced, a monthly budget). Pinning: gateway and LiteLLM on "
-             f"CPU {args.gateway_cpus or 'any'}, mock on {args.mock_cpus or 'any'}, oha on {args.load_cpus or 'any'}.", ""]
+             f"CPU {args.gateway_cpus or 'any'}, mock on {args.mock_cpus or 'any'} "
+             f"({args.throughput_mock_cpus or 'any'} for throughput), oha on {args.load_cpus or 'any'}.",
+             f"Gateway: `{args.nexus}` at `--log-level {args.log_level}`" + (f"; compared with `{args.compare}`" if args.compare else "") + ".", ""]
     if "latency" in results:
         lines += [f"## Added latency, non-streamed, {args.rate} req/s open loop, {args.seconds} s per series "
                   f"({args.connections} connections, latency corrected)", "",
-                  fmt_lat(results["latency"], ["direct", "nexus"]), ""]
+                  fmt_lat(results["latency"], names), ""]
     if "stream" in results:
         first = [{k: (v if k == "repeat" else dict(v, p50_us=v["first_p50_us"], p99_us=v["first_p99_us"]))
                   for k, v in row.items()} for row in results["stream"]]
         lines += [f"## Streamed, {args.rate} req/s open loop: time to the first byte of the answer "
                   "(oha's first-byte times; the first event follows its headers)", "",
-                  fmt_lat(first, ["direct", "nexus"]), "",
+                  fmt_lat(first, names), "",
                   "Whole stream (the mock sends its events at once):", "",
-                  fmt_lat(results["stream"], ["direct", "nexus"]), ""]
+                  fmt_lat(results["stream"], names), ""]
     if "throughput" in results:
         lines += [f"## Throughput, closed loop, {args.throughput_connections} connections, "
                   f"{args.throughput_seconds} s", "",
-                  "| repeat | direct | nexus | nexus / direct | litellm | litellm / direct | failed |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
+                  "| repeat | direct | nexus | nexus / direct | compare | compare / direct | litellm | litellm / direct | failed |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for row in results["throughput"]:
             d, n = row["direct"]["rps"], row["nexus"]["rps"]
-            ll = row.get("litellm")
+            other = [row.get("compare"), row.get("litellm")]
             lines.append(
                 f"| {row['repeat']} | {d:.0f}/s | {n:.0f}/s | {n / d:.0%} | "
-                + (f"{ll['rps']:.0f}/s | {ll['rps'] / d:.0%}" if ll else "- | -")
+                + " | ".join(f"{o['rps']:.0f}/s | {o['rps'] / d:.0%}" if o else "- | -" for o in other)
                 + " | " + ", ".join(f"{k} {v['failed']}" for k, v in row.items() if k != "repeat") + " |")
         lines.append("")
     if "litellm" in results:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Instructions per proxied request, from callgrind: deterministic where timings are not.
 #
-#   benches/load/profile.sh [--requests N] [--stream] [--out DIR] [--nexus PATH]
+#   benches/load/profile.sh [--requests N] [--stream] [--out DIR] [--nexus PATH] [--log-level L]
 #
 # Starts nexus-mock, then `nexus serve` (release) under callgrind with the 100-backend
 # config (health checks every hour, so none run during the count), warms it with 1 000
@@ -10,12 +10,15 @@
 # process did: both HTTP sides, tokio, the decision) and the top inclusive functions.
 # Needs valgrind and oha. Builds nexus and nexus-mock in release first; `--nexus PATH`
 # profiles that binary instead (a build kept from before a change, to compare).
+# `--log-level` is the gateway's (default error; `info` is what `nexus serve` runs by
+# default, and counts the request log line and the spans).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 requests=20000
 stream=false
 nexus=
+log_level=error
 out="$root/target/load/profile"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -23,6 +26,7 @@ while [ $# -gt 0 ]; do
     --stream) stream=true; shift ;;
     --out) out=$2; shift 2 ;;
     --nexus) nexus=$2; shift 2 ;;
+    --log-level) log_level=$2; shift 2 ;;
     *) echo "profile.sh: unknown argument $1 (see the header of this script)" >&2; exit 2 ;;
   esac
 done
@@ -46,7 +50,7 @@ trap cleanup EXIT
 pids+=($!)
 python3 "$here/fleet.py" --backends 100 --upstream "http://127.0.0.1:$mock_port" --health-secs 3600 >"$out/fleet.toml"
 valgrind --tool=callgrind --callgrind-out-file="$out/callgrind.out" \
-  "$nexus" serve --config "$out/fleet.toml" --listen "127.0.0.1:$gw_port" --log-level error \
+  "$nexus" serve --config "$out/fleet.toml" --listen "127.0.0.1:$gw_port" --log-level "$log_level" \
   >"$out/gateway.log" 2>&1 &
 gw=$!
 pids+=($gw)

@@ -352,9 +352,19 @@ fn init_logs(
     let _ = runtime;
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let level = LevelFilter::from_level(level);
+    // At debug and trace, text lines show the spans they happen in. At info and above
+    // (the default) they are events alone, as JSON lines always are: every line about a
+    // request names it (`request_id`), and formatting each span's fields into text at its
+    // start and at each `record`, for lines that never show them, was a third of a
+    // proxied request's instructions (docs/performance.md).
+    let spans_in_text = level >= LevelFilter::DEBUG;
     let fmt = match format {
-        // Text lines show the spans they happen in (the request's id and model).
-        nexus_router::LogFormat::Text => fmt.with_target(false).with_filter(level).boxed(),
+        nexus_router::LogFormat::Text => fmt
+            .with_target(false)
+            .with_filter(level.and(tracing_subscriber::filter::filter_fn(move |m| {
+                spans_in_text || m.is_event()
+            })))
+            .boxed(),
         // JSON lines are events alone: each names its request itself, and keeping every
         // span's fields as JSON (re-serialized at each `record`) would cost about 35 µs
         // a request (docs/performance.md).

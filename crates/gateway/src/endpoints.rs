@@ -4,7 +4,7 @@
 use std::any::Any;
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use nexus_core::BackendStatus;
@@ -16,30 +16,51 @@ use crate::wire::Endpoint;
 use crate::{ErrorCode, Gateway, GatewayError};
 
 /// `POST /v1/chat/completions`.
-pub(crate) async fn chat_completions(
-    State(gateway): State<Gateway>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    proxy::handle(gateway, Endpoint::ChatCompletions, headers, body).await
+pub(crate) async fn chat_completions(State(gateway): State<Gateway>, request: Request) -> Response {
+    proxied(gateway, Endpoint::ChatCompletions, request).await
 }
 
 /// `POST /v1/completions`.
-pub(crate) async fn completions(
-    State(gateway): State<Gateway>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    proxy::handle(gateway, Endpoint::Completions, headers, body).await
+pub(crate) async fn completions(State(gateway): State<Gateway>, request: Request) -> Response {
+    proxied(gateway, Endpoint::Completions, request).await
 }
 
 /// `POST /v1/embeddings`.
-pub(crate) async fn embeddings(
-    State(gateway): State<Gateway>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    proxy::handle(gateway, Endpoint::Embeddings, headers, body).await
+pub(crate) async fn embeddings(State(gateway): State<Gateway>, request: Request) -> Response {
+    proxied(gateway, Endpoint::Embeddings, request).await
+}
+
+/// A proxied request, its headers taken rather than cloned (axum's `HeaderMap`
+/// extractor copies them). The request's future is boxed: hyper keeps room for a
+/// connection's request future as long as the connection is open, streams included,
+/// so what only lives until the answer's headers goes to the heap and is freed then.
+async fn proxied(gateway: Gateway, endpoint: Endpoint, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    Box::pin(proxy::handle(gateway, endpoint, parts.headers, body)).await
+}
+
+/// The proxied endpoint `method` and `path` name, if any: what [`Gateway::app`] routes
+/// to [`chat_completions`], [`completions`] and [`embeddings`].
+pub(crate) fn proxied_endpoint(method: &Method, path: &str) -> Option<Endpoint> {
+    if method != Method::POST {
+        return None;
+    }
+    Endpoint::ALL.into_iter().find(|e| e.path() == path)
+}
+
+/// A proxied endpoint served straight from the connection, as [`Gateway::app`] would
+/// serve it (a panic included: a 500 in the OpenAI shape), without axum's routing and
+/// layers (about 5 000 instructions a request; see [`crate::serve`]).
+pub(crate) async fn proxied_direct(
+    gateway: Gateway,
+    endpoint: Endpoint,
+    request: Request,
+) -> Result<Response, std::convert::Infallible> {
+    use futures_util::FutureExt as _;
+    let answer = std::panic::AssertUnwindSafe(proxied(gateway, endpoint, request))
+        .catch_unwind()
+        .await;
+    Ok(answer.unwrap_or_else(panic_response))
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response {

@@ -57,7 +57,8 @@ pub(crate) struct Exchange {
 /// A committed route, with what the response headers say about it.
 pub(crate) struct Routed {
     pub(crate) guard: OwnedRouteGuard,
-    pub(crate) reason: String,
+    /// `x-nexus-route-reason`.
+    pub(crate) reason: HeaderValue,
     pub(crate) budget_status: &'static str,
     pub(crate) fallback_model: Option<String>,
 }
@@ -115,16 +116,18 @@ impl Exchange {
                 v.len() <= 128 && !v.is_empty() && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
             })
             .cloned()
-            .unwrap_or_else(|| {
-                HeaderValue::try_from(gateway.next_request_id())
-                    .unwrap_or(HeaderValue::from_static("req"))
-            });
-        let tier_mode = TierMode::from_headers(
+            .unwrap_or_else(|| gateway.next_request_id());
+        // Only the two headers that set it (names in a `HeaderMap` are lower case), not
+        // every header the client sent.
+        let named = |name: &'static str| {
             headers
-                .iter()
-                .filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?))),
-        )
-        .unwrap_or_default();
+                .get_all(name)
+                .into_iter()
+                .filter_map(move |v| Some((name, v.to_str().ok()?)))
+        };
+        let tier_mode =
+            TierMode::from_headers(named("x-nexus-flexible").chain(named("x-nexus-strict")))
+                .unwrap_or_default();
         let span = crate::trace::request_span(&request_id, endpoint);
         Exchange {
             gateway,
@@ -420,9 +423,11 @@ fn route_info(
     note: Option<String>,
 ) -> impl FnOnce(OwnedRouteGuard) -> Routed {
     let reason = match (decision.kind(), note) {
-        (RoutingDecision::Route { reason, .. }, _) => reason.to_string(),
-        (RoutingDecision::Queue { reason, .. }, Some(note)) => format!("{reason}; {note}"),
-        (kind, _) => kind.as_str().to_owned(),
+        (RoutingDecision::Route { reason, .. }, _) => owned_header_value(reason.to_string()),
+        (RoutingDecision::Queue { reason, .. }, Some(note)) => {
+            owned_header_value(format!("{reason}; {note}"))
+        }
+        (kind, _) => HeaderValue::from_static(kind.as_str()),
     };
     let budget_status = decision.budget_status().as_str();
     move |guard| {
@@ -799,20 +804,26 @@ fn routing_headers(x: &Exchange, routed: &Routed) -> HeaderMap {
     let guard = &routed.guard;
     let backend = guard.backend();
     let mut headers = HeaderMap::with_capacity(10);
-    let mut put = |name: &'static str, value: &str| {
-        headers.insert(HeaderName::from_static(name), header_value(value));
+    let mut put = |name: &'static str, value: HeaderValue| {
+        headers.insert(HeaderName::from_static(name), value);
     };
-    put("x-nexus-backend", backend.name());
-    put("x-nexus-model", guard.model());
-    put("x-nexus-route-reason", &routed.reason);
+    put("x-nexus-backend", header_value(backend.name()));
+    put("x-nexus-model", header_value(guard.model()));
+    put("x-nexus-route-reason", routed.reason.clone());
     put(
         "x-nexus-cost-estimate-usd",
-        &format!("{:.6}", guard.ticket().cost_estimate.cost_usd),
+        usd_header_value(guard.ticket().cost_estimate.cost_usd),
     );
-    put("x-nexus-privacy-zone", backend.zone().as_str());
-    put("x-nexus-budget-status", routed.budget_status);
+    put(
+        "x-nexus-privacy-zone",
+        HeaderValue::from_static(backend.zone().as_str()),
+    );
+    put(
+        "x-nexus-budget-status",
+        HeaderValue::from_static(routed.budget_status),
+    );
     if let Some(model) = &routed.fallback_model {
-        put("x-nexus-fallback-model", model);
+        put("x-nexus-fallback-model", header_value(model));
     }
     headers.insert(
         HeaderName::from_static("x-request-id"),
@@ -821,10 +832,42 @@ fn routing_headers(x: &Exchange, routed: &Routed) -> HeaderMap {
     headers
 }
 
+/// `text` as a header value without copying it when it needs no escaping (the usual
+/// case); see [`header_value`].
+fn owned_header_value(text: String) -> HeaderValue {
+    if text.bytes().all(is_plain) {
+        return HeaderValue::from_maybe_shared(Bytes::from(text))
+            .unwrap_or(HeaderValue::from_static("?"));
+    }
+    header_value(&text)
+}
+
+/// An amount of USD with six decimals (`{:.6}`), written on the stack rather than
+/// into a `String` that is then copied.
+fn usd_header_value(usd: f64) -> HeaderValue {
+    use std::io::Write as _;
+    let mut buf = [0u8; 48];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    match write!(cursor, "{usd:.6}") {
+        Ok(()) => {
+            let len = usize::try_from(cursor.position()).unwrap_or(0);
+            HeaderValue::from_bytes(&buf[..len]).unwrap_or(HeaderValue::from_static("?"))
+        }
+        // Longer than any amount a budget holds: written the slow way.
+        Err(_) => header_value(&format!("{usd:.6}")),
+    }
+}
+
+/// Bytes a header value carries as they are: visible ASCII and spaces, but not `%`,
+/// which [`header_value`] uses to escape the rest.
+fn is_plain(byte: u8) -> bool {
+    byte == b' ' || (byte.is_ascii_graphic() && byte != b'%')
+}
+
 /// `text` as a header value: visible ASCII kept, anything else percent-encoded (names
 /// may be any printable Unicode; headers carry ASCII).
 pub(crate) fn header_value(text: &str) -> HeaderValue {
-    let plain = |byte: u8| byte == b' ' || (byte.is_ascii_graphic() && byte != b'%');
+    let plain = is_plain;
     if text.bytes().all(plain) {
         // The usual case, copied once, without the escaping loop below.
         return HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static("?"));
@@ -935,6 +978,45 @@ mod tests {
         );
         assert!(refused(&[]).await.contains("empty body"));
         assert!(refused(&["  ", "\n"]).await.contains("empty body"));
+    }
+
+    #[test]
+    fn the_tier_mode_comes_from_its_two_headers_only() {
+        let gateway = Gateway::new(nexus_router::Router::example().unwrap()).unwrap();
+        let mode = |pairs: &[(&'static str, &'static str)]| {
+            let mut headers = HeaderMap::new();
+            for (name, value) in pairs {
+                headers.append(*name, HeaderValue::from_static(value));
+            }
+            Exchange::new(gateway.clone(), Endpoint::ChatCompletions, &headers).tier_mode
+        };
+        assert_eq!(mode(&[]), TierMode::default());
+        assert_eq!(mode(&[("X-Nexus-Flexible", "1")]), TierMode::Flexible);
+        assert_eq!(mode(&[("x-nexus-flexible", "")]), TierMode::Flexible);
+        assert_eq!(mode(&[("x-nexus-flexible", "no")]), TierMode::default());
+        // A repeated header counts when any of its values is on; strict wins.
+        assert_eq!(
+            mode(&[("x-nexus-flexible", "no"), ("x-nexus-flexible", "yes")]),
+            TierMode::Flexible
+        );
+        assert_eq!(
+            mode(&[("x-nexus-flexible", "true"), ("x-nexus-strict", "on")]),
+            TierMode::Strict
+        );
+        assert_eq!(mode(&[("x-other", "1")]), TierMode::default());
+    }
+
+    #[test]
+    fn amounts_and_reasons_become_header_values() {
+        assert_eq!(usd_header_value(0.0), "0.000000");
+        assert_eq!(usd_header_value(0.000_123_456_7), "0.000123");
+        assert_eq!(usd_header_value(12.5), "12.500000");
+        assert_eq!(usd_header_value(1e300), format!("{:.6}", 1e300).as_str());
+        assert_eq!(
+            owned_header_value("highest score 0.93 of 4 candidates".to_owned()),
+            "highest score 0.93 of 4 candidates"
+        );
+        assert_eq!(owned_header_value("a\nb".to_owned()), "a%0Ab");
     }
 
     #[test]

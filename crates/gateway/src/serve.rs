@@ -5,12 +5,16 @@
 //! timeout: a client that opens a connection and sends nothing, or keeps an idle
 //! connection alive, would hold a socket and a task forever, and enough of them run the
 //! process out of file descriptors. Here every connection gets
-//! `[server] header_read_timeout_ms` to send each request's headers.
+//! `[server] header_read_timeout_ms` to send each request's headers. The proxied
+//! endpoints (`POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`) are
+//! handed to their handler straight from the connection, as the app would route them
+//! (a handler's panic is still a 500), skipping axum's router and layers on the hot path.
 
 use std::future::Future;
 use std::io;
 use std::time::Duration;
 
+use futures_util::future::Either;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -84,8 +88,19 @@ pub async fn serve(
         // Small writes (stream events) go out at once rather than waiting for Nagle.
         let _ = tcp.set_nodelay(true);
         let app = app.clone();
+        let gateway = gateway.clone();
         let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
-            app.clone().oneshot(request.map(axum::body::Body::new))
+            let request = request.map(axum::body::Body::new);
+            // The proxied endpoints, the hot path, go straight to their handler; the
+            // rest through the axum app.
+            match crate::endpoints::proxied_endpoint(request.method(), request.uri().path()) {
+                Some(endpoint) => Either::Left(crate::endpoints::proxied_direct(
+                    gateway.clone(),
+                    endpoint,
+                    request,
+                )),
+                None => Either::Right(app.clone().oneshot(request)),
+            }
         });
         let connection = http.serve_connection(TokioIo::new(tcp), service);
         let mut closing = connections.clone();
