@@ -20,7 +20,7 @@ use crate::{
 
 /// Why the budget stage excluded (or, in `on_route`, vetoed) a backend, or what it
 /// warned about. Amounts are USD. (A shared budget's lease refusals have their own
-/// codes, rendered by the lease module.)
+/// codes: `lease::LeaseReason`, rendered by the lease module.)
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum BudgetReason {
     /// The request's cost would take spend past the limit.
@@ -75,7 +75,7 @@ pub enum BudgetReason {
 
 // Compact codes: `values = [spend, limit, cost]`, `[spend, limit, 0]`, `[cost, cap,
 // policy or -1]`, `[tenant's spend, tenant's limit, tenant index]`.
-pub(crate) const OVER_LIMIT: u16 = 1;
+const OVER_LIMIT: u16 = 1;
 const HARD_LIMIT_CLOUD: u16 = 2;
 const HARD_LIMIT_ALL: u16 = 3;
 const COST_CAP: u16 = 4;
@@ -504,19 +504,18 @@ impl BudgetReconciler {
         lease
             .allowance()
             .try_draw(reserved, ticket.decided_at_secs)
-            .map_err(|refusal| match refusal {
-                crate::lease::Refusal::Insufficient { .. } => BudgetReason::TenantOverLimit {
-                    spend_usd: nanos_to_usd(tenant.ledger.total_nanos_at(ticket.decided_at_secs)),
-                    limit_usd: tenant.limit_usd.unwrap_or(0.0),
-                    tenant: ticket.tenant.map_or(0, |id| id.index()),
+            .map_err(|refusal| {
+                let spend_usd = nanos_to_usd(tenant.ledger.total_nanos_at(ticket.decided_at_secs));
+                let limit_usd = tenant.limit_usd.unwrap_or(0.0);
+                match refusal.lease_reason(spend_usd, limit_usd, nanos_to_usd(reserved)) {
+                    Some(lease) => lease.into(),
+                    None => BudgetReason::TenantOverLimit {
+                        spend_usd,
+                        limit_usd,
+                        tenant: ticket.tenant.map_or(0, |id| id.index()),
+                    }
+                    .into(),
                 }
-                .into(),
-                other => other.reason(
-                    OVER_LIMIT,
-                    nanos_to_usd(tenant.ledger.total_nanos_at(ticket.decided_at_secs)),
-                    tenant.limit_usd.unwrap_or(0.0),
-                    nanos_to_usd(reserved),
-                ),
             })
     }
 
@@ -760,12 +759,20 @@ impl BudgetReconciler {
             .allowance()
             .try_draw(reserved, ticket.decided_at_secs)
             .map_err(|refusal| {
-                refusal.reason(
-                    OVER_LIMIT,
+                let (spend_usd, limit_usd, cost_usd) = (
                     nanos_to_usd(self.ledger.total_nanos_at(ticket.decided_at_secs)),
                     self.limit_usd(),
                     nanos_to_usd(reserved),
-                )
+                );
+                match refusal.lease_reason(spend_usd, limit_usd, cost_usd) {
+                    Some(lease) => lease.into(),
+                    None => BudgetReason::OverLimit {
+                        spend_usd,
+                        limit_usd,
+                        cost_usd,
+                    }
+                    .into(),
+                }
             })
     }
 
