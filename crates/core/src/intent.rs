@@ -52,7 +52,7 @@ pub enum QueueCause {
 
 /// What the selecting stage (the scheduler) decided for the current model.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub enum Selection {
+pub(crate) enum Selection {
     /// Nothing selected yet.
     #[default]
     None,

@@ -13,7 +13,7 @@ use rustc_hash::FxHashMap as HashMap;
 use crate::{Constraints, Fleet, ModelId, PolicySet};
 
 /// The longest alias chain, counting the requested name and the resolved model.
-pub const MAX_ALIAS_NAMES: usize = 3;
+pub(crate) const MAX_ALIAS_NAMES: usize = 3;
 
 /// One model a request may be served by, with the constraints in force for it.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -83,7 +83,8 @@ pub struct PrivacySettings {}
 ///
 /// ```
 /// use std::sync::Arc;
-/// use nexus_core::*;
+/// use nexus_core::policy::{PolicySet, Privacy, TrafficPolicy};
+/// use nexus_core::{BackendSpec, Fleet, ModelSpec, Pipeline, Request, Zone};
 /// use nexus_privacy::PrivacyReconciler;
 ///
 /// let fleet = Arc::new(Fleet::new(vec![

@@ -162,7 +162,9 @@ pub struct TierSettings {}
 ///
 /// ```
 /// use std::sync::Arc;
-/// use nexus_core::*;
+/// use nexus_core::pipeline::TierMode;
+/// use nexus_core::policy::{PolicySet, TrafficPolicy};
+/// use nexus_core::{BackendSpec, Fleet, ModelSpec, Pipeline, Request};
 /// use nexus_tier::TierReconciler;
 ///
 /// let fleet = Arc::new(Fleet::new(vec![

@@ -16,21 +16,31 @@
 //! The module is in three parts: [`builder`](PipelineBuilder) assembles a pipeline,
 //! `run` decides (the reconcile/refine passes, selection and commit), and `explain`
 //! renders why backends were excluded and finds the best fix of a Reject. What a
-//! decision hands back ([`Decision`], [`RouteGuard`]) lives in `crate::decision`.
+//! decision hands back ([`Decision`], [`RouteGuard`]) and what a request asks for
+//! ([`Request`]) are defined in their own files and re-exported here.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::decision::{Decision, OwnedDecision};
 use crate::routes::{ModelRoutes, RoutesError};
-use crate::{Clock, ErrorPolicy, Fleet, PolicySet, Reconciler, Request, SystemClock};
+use crate::{Clock, ErrorPolicy, Fleet, PolicySet, Reconciler, SystemClock};
 
 mod builder;
 mod explain;
+mod fix_texts;
 mod run;
 
+pub use crate::decision::{
+    Decision, Fix, OwnedDecision, OwnedRouteGuard, QueueReason, RouteGuard, RouteReason,
+    RoutingDecision, Significant,
+};
+pub use crate::id::TenantId;
+pub use crate::request::{
+    estimate_tokens, CostEstimate, Features, Request, RequestRequirements, TierMode, TokenTier,
+};
 pub use builder::PipelineBuilder;
+pub use fix_texts::FixTexts;
 pub(crate) use run::{return_scratch, scored};
 
 /// One stage of a pipeline: a reconciler and what to do when it fails.
@@ -106,6 +116,8 @@ pub struct Pipeline {
     pub(crate) clock: Arc<dyn Clock>,
     /// Each tenant's overrides, by [`TenantId`](crate::TenantId).
     pub(crate) tenant_constraints: Box<[crate::Constraints]>,
+    /// How the pipeline's own Rejects word their fix.
+    pub(crate) fix_texts: FixTexts,
 }
 
 impl Pipeline {
@@ -119,6 +131,7 @@ impl Pipeline {
             stages: Vec::new(),
             clock: Arc::new(SystemClock),
             tenant_constraints: Vec::new(),
+            fix_texts: FixTexts::default(),
         }
     }
 
