@@ -226,8 +226,9 @@ pub fn check_fraction(key: &str, what: &str, value: f64) -> Result<(), String> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum BuildError {
-    /// The `[routing.<kind>]` table is invalid.
-    #[error("[routing.{kind}]: {message}")]
+    /// The stage's settings are invalid (nexus-router reads them from the
+    /// `[routing.<kind>]` table and points at the key the message starts with).
+    #[error("settings of stage '{kind}': {message}")]
     InvalidSettings {
         /// The stage kind.
         kind: String,
@@ -237,7 +238,7 @@ pub enum BuildError {
         message: String,
     },
     /// No factory is registered under the name.
-    #[error("unknown reconciler '{kind}'{}; known: {}", .suggestion.as_ref().map(|s| format!(" (did you mean '{s}'?)")).unwrap_or_default(), .known.join(", "))]
+    #[error("no stage kind '{kind}' is registered{}; registered kinds: {}", .suggestion.as_ref().map(|s| format!(" (did you mean '{s}'?)")).unwrap_or_default(), .known.join(", "))]
     UnknownKind {
         /// The name asked for.
         kind: String,
@@ -247,7 +248,7 @@ pub enum BuildError {
         known: Vec<String>,
     },
     /// Anything else.
-    #[error("reconciler '{kind}': {message}")]
+    #[error("stage '{kind}': {message}")]
     Other {
         /// The stage kind.
         kind: String,
@@ -275,7 +276,7 @@ where
 
 /// A second factory was registered for a kind.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("a reconciler named '{kind}' is already registered; choose another name for yours")]
+#[error("stage kind '{kind}' is already registered; register yours under another kind")]
 pub struct DuplicateKind {
     /// The kind.
     pub kind: String,
@@ -419,7 +420,7 @@ mod tests {
         });
         assert_eq!(
             err.to_string(),
-            "[routing.geo]: `share` is a fraction in (0, 1], got 40; did you mean 0.4?"
+            "settings of stage 'geo': `share` is a fraction in (0, 1], got 40; did you mean 0.4?"
         );
         // Absent: the default is validated too (0 is not a fraction in (0, 1]).
         let err = with_ctx(None, |ctx| ctx.validated_settings(check).unwrap_err());

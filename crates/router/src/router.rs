@@ -406,7 +406,8 @@ impl RouterBuilder {
             .policies(Arc::clone(&policies))
             .aliases(aliases)
             .fallbacks(fallbacks)
-            .tenant_constraints(tenants.constraints());
+            .tenant_constraints(tenants.constraints())
+            .fix_texts(crate::wording::FIX_TEXTS);
         for (i, kind) in kinds.iter().enumerate() {
             let ctx = BuildContext {
                 kind,
@@ -582,6 +583,14 @@ fn fleet_error(source: &Source<'_>, e: &FleetError) -> ConfigError {
             path.extend([Seg::Key("models"), Seg::Index(*model_index), Seg::Key(key)]);
         }
         _ => {}
+    }
+    if let FleetError::EmptyId { index } = e {
+        // Core names the fix in its terms; the config's is a line to copy.
+        return source.error(
+            &path,
+            format!("backend {index} has an empty id"),
+            Some("set id = \"some-name\"".to_owned()),
+        );
     }
     source.error(&path, e.to_string(), None)
 }

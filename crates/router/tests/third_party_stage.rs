@@ -97,7 +97,7 @@ fn a_kind_cannot_be_registered_twice() {
         .unwrap_err();
     assert_eq!(
         err.to_string(),
-        "a reconciler named 'scheduler' is already registered; choose another name for yours"
+        "stage kind 'scheduler' is already registered; register yours under another kind"
     );
 }
 

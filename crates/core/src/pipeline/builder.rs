@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 
-use super::{Pipeline, PipelineError, Stage};
+use super::{FixTexts, Pipeline, PipelineError, Stage};
 use crate::routes::ModelRoutes;
 use crate::{Clock, Constraints, ErrorPolicy, Fleet, PolicySet, Reconciler};
 
@@ -19,12 +19,20 @@ pub struct PipelineBuilder {
     pub(super) stages: Vec<(Box<dyn Reconciler>, Option<ErrorPolicy>)>,
     pub(super) clock: Arc<dyn Clock>,
     pub(super) tenant_constraints: Vec<Constraints>,
+    pub(super) fix_texts: FixTexts,
 }
 
 impl PipelineBuilder {
     /// Sets the clock that timestamps outcomes (the system clock by default).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
+        self
+    }
+
+    /// Sets how the pipeline's own Rejects word their fix (see [`FixTexts`]): a facade
+    /// names where its configuration says what the fix changes.
+    pub fn fix_texts(mut self, texts: FixTexts) -> Self {
+        self.fix_texts = texts;
         self
     }
 
@@ -116,6 +124,7 @@ impl PipelineBuilder {
             timing: AtomicBool::new(false),
             clock: self.clock,
             tenant_constraints: self.tenant_constraints.into_boxed_slice(),
+            fix_texts: self.fix_texts,
         })
     }
 }

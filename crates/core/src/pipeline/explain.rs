@@ -32,7 +32,8 @@ impl Pipeline {
                 fix: Some(Fix {
                     reconciler: "analyzer",
                     suggested_action: format!(
-                        "{hint}add a backend that serves '{requested}', or an alias in [routing.aliases]"
+                        "{hint}{}",
+                        (self.fix_texts.unknown_model)(requested)
                     ),
                     admits: Vec::new(),
                 }),
@@ -202,7 +203,7 @@ impl Pipeline {
             );
             return Explanation::new(
                 format!("stage '{name}' failed: {message}"),
-                format!("fix what the error names, or set [routing.on_error] {name} = \"fail_open\" to skip the stage when it fails"),
+                (self.fix_texts.failed_stage)(name),
             );
         }
         let ctx = ExplainContext {
