@@ -184,7 +184,12 @@ impl Refusal {
     /// [`Refusal::Insufficient`], which the budget stage records as its own
     /// [`BudgetReason::OverLimit`](crate::BudgetReason::OverLimit) (or the tenant's).
     #[inline]
-    pub fn lease_reason(self, spend_usd: f64, limit_usd: f64, cost_usd: f64) -> Option<LeaseReason> {
+    pub fn lease_reason(
+        self,
+        spend_usd: f64,
+        limit_usd: f64,
+        cost_usd: f64,
+    ) -> Option<LeaseReason> {
         match self {
             Refusal::Insufficient { .. } => None,
             Refusal::Unavailable => Some(LeaseReason::Unavailable {
@@ -296,7 +301,10 @@ mod reason_tests {
     #[test]
     fn refusals_map_to_their_reason_and_insufficient_to_none() {
         let (s, l, c) = (1.0, 2.0, 3.0);
-        assert_eq!(Refusal::Insufficient { left: 5 }.lease_reason(s, l, c), None);
+        assert_eq!(
+            Refusal::Insufficient { left: 5 }.lease_reason(s, l, c),
+            None
+        );
         assert_eq!(
             Refusal::Unavailable.lease_reason(s, l, c),
             Some(LeaseReason::Unavailable {
@@ -338,7 +346,9 @@ mod reason_tests {
             rolling.reason,
             "the budget month has just changed and the new month's lease has not arrived yet"
         );
-        assert!(unavailable.suggested_action.ends_with("set on_unavailable = \"fail_open\" to route on local accounting meanwhile"));
+        assert!(unavailable.suggested_action.ends_with(
+            "set on_unavailable = \"fail_open\" to route on local accounting meanwhile"
+        ));
         assert_eq!(rolling.suggested_action, "retry in a second");
         assert!(explain(&Reason::new(1)).is_none());
     }
