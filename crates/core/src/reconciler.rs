@@ -1,4 +1,4 @@
-//! The [`Reconciler`] trait: one policy stage of the pipeline.
+//! The [`Reconciler`] trait: what one stage of the pipeline runs.
 //!
 //! A stage looks at the [`RoutingIntent`] and only ever narrows it: it excludes
 //! candidates (with a [`Reason`]) or multiplies their score weight. Because no stage can
@@ -191,7 +191,8 @@ impl Settlement<'_> {
     }
 }
 
-/// One policy stage of the routing pipeline.
+/// What one stage of the routing pipeline runs: a *reconciler*. Placed in a pipeline
+/// (with its [`ErrorPolicy`]) it is a *stage*; [`name`](Self::name) is its *kind*.
 ///
 /// Implementations must be cheap and must not allocate in `reconcile` on the path to a
 /// Route decision; see the crate docs for the hot-path rules.
@@ -221,7 +222,8 @@ impl Settlement<'_> {
 /// }
 /// ```
 pub trait Reconciler: Send + Sync + std::fmt::Debug {
-    /// The stage's kind as written in config, e.g. `"privacy"`.
+    /// The reconciler's kind: the name it is registered and configured by, e.g.
+    /// `"privacy"`; decisions name the stage by it.
     fn name(&self) -> &'static str;
 
     /// Narrows the intent: exclude candidates or scale their weights.
