@@ -11,7 +11,8 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use nexus_benches::{fleet_config, MODEL, REQUESTED, SIZES};
 use nexus_budget::{BudgetReconciler, BudgetSettings};
 use nexus_core::{
-    BackendId, Fleet, Reconciler, Request, RequestAnalyzer, RoutingIntent, Scratch, SystemClock,
+    analyzer::RequestAnalyzer, clock::SystemClock, fleet::BackendId, stage::Scratch, Fleet,
+    Reconciler, Request, RoutingIntent,
 };
 use nexus_privacy::PrivacyReconciler;
 use nexus_quality::{QualityReconciler, QualitySettings, QualityTracker};

@@ -19,7 +19,7 @@ use crate::{BackendId, Constraints, Fleet, ModelId, PolicySet, RequestRequiremen
 /// reason is never read as a pipeline failure.
 ///
 /// ```
-/// use nexus_core::Reason;
+/// use nexus_core::stage::Reason;
 ///
 /// const TOO_FAR: u16 = 3;
 /// let reason = Reason::with(TOO_FAR, [120.0, 80.0, 0.0]);
@@ -106,7 +106,7 @@ impl Reason {
 /// [`Reconciler::explain`](crate::Reconciler::explain).
 ///
 /// ```
-/// use nexus_core::{Reason, StageReason};
+/// use nexus_core::stage::{Reason, StageReason};
 ///
 /// #[derive(Clone, Copy, Debug, PartialEq)]
 /// enum GeoReason {

@@ -198,7 +198,7 @@ impl Settlement<'_> {
 /// Route decision; see the crate docs for the hot-path rules.
 ///
 /// ```
-/// use nexus_core::{Reason, ReconcileError, Reconciler, RoutingIntent, Verdict};
+/// use nexus_core::{stage::{Reason, ReconcileError, Verdict}, Reconciler, RoutingIntent};
 ///
 /// /// Excludes backends whose id starts with "test-".
 /// #[derive(Debug)]

@@ -64,7 +64,7 @@ impl BuildContext<'_> {
     /// ```
     /// # use std::path::Path;
     /// # use std::sync::Arc;
-    /// # use nexus_core::{BuildContext, Clock, Fleet, PolicySet, SystemClock};
+    /// # use nexus_core::{clock::{Clock, SystemClock}, policy::PolicySet, registry::BuildContext, Fleet};
     /// # let fleet = Arc::new(Fleet::new(Vec::new()).unwrap());
     /// # let policies = Arc::new(PolicySet::new(Vec::new()).unwrap());
     /// # let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -94,7 +94,7 @@ impl BuildContext<'_> {
     ///
     /// ```
     /// # use std::sync::Arc;
-    /// # use nexus_core::{BuildContext, BuildError, Clock, Fleet, PolicySet, SystemClock};
+    /// # use nexus_core::{clock::{Clock, SystemClock}, policy::PolicySet, registry::{BuildContext, BuildError}, Fleet};
     /// # let fleet = Arc::new(Fleet::new(Vec::new()).unwrap());
     /// # let policies = Arc::new(PolicySet::new(Vec::new()).unwrap());
     /// # let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -199,7 +199,7 @@ fn deserialize<T: DeserializeOwned>(kind: &str, value: &toml::Value) -> Result<T
 /// percentage (1 < value <= 100), suggests the fraction it probably meant.
 ///
 /// ```
-/// use nexus_core::check_fraction;
+/// use nexus_core::registry::check_fraction;
 /// assert_eq!(check_fraction("`max_error_rate`", "a fraction", 0.25), Ok(()));
 /// assert_eq!(
 ///     check_fraction("`max_error_rate`", "a fraction", 25.0),
@@ -285,7 +285,7 @@ pub struct DuplicateKind {
 /// Named reconciler factories.
 ///
 /// ```
-/// use nexus_core::{BuildContext, BuildError, Reconciler, Registry, RequestAnalyzer};
+/// use nexus_core::{analyzer::RequestAnalyzer, registry::{BuildContext, BuildError, Registry}, Reconciler};
 ///
 /// let mut registry = Registry::new();
 /// assert!(registry.contains("analyzer"));

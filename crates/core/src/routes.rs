@@ -193,7 +193,7 @@ pub fn closest<'c>(name: &str, candidates: impl IntoIterator<Item = &'c str>) ->
 ///
 /// ```
 /// use std::collections::BTreeMap;
-/// use nexus_core::{BackendSpec, Fleet, ModelRoutes, ModelSpec, PolicySet};
+/// use nexus_core::{policy::PolicySet, routes::ModelRoutes, BackendSpec, Fleet, ModelSpec};
 ///
 /// let fleet = Fleet::new(vec![BackendSpec::new("gpu", "http://127.0.0.1:1")
 ///     .with_model(ModelSpec::new("llama3:70b"))

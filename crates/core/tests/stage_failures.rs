@@ -4,8 +4,9 @@
 use std::sync::Arc;
 
 use nexus_core::{
-    BackendSpec, ErrorPolicy, Fleet, ModelSpec, Pipeline, ReconcileError, Reconciler, Request,
-    RequestAnalyzer, RoutingDecision, RoutingIntent,
+    analyzer::RequestAnalyzer,
+    stage::{ErrorPolicy, ReconcileError},
+    BackendSpec, Fleet, ModelSpec, Pipeline, Reconciler, Request, RoutingDecision, RoutingIntent,
 };
 
 #[derive(Debug)]

@@ -16,8 +16,11 @@
 #![warn(missing_docs)]
 
 use nexus_core::{
-    BackendSet, BuildContext, BuildError, ExplainContext, Explanation, Fleet, Privacy, Reason,
-    ReconcileError, Reconciler, RoutingIntent, StageReason, Zone,
+    fleet::BackendSet,
+    policy::Privacy,
+    registry::{BuildContext, BuildError},
+    stage::{ExplainContext, Explanation, Reason, ReconcileError, StageReason},
+    Fleet, Reconciler, RoutingIntent, Zone,
 };
 use serde::Deserialize;
 

@@ -6,8 +6,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use nexus_core::{
-    BuildContext, Clock, Decision, DuplicateKind, Fleet, FleetError, OwnedDecision, Pipeline,
-    PipelineError, PolicyError, PolicySet, ReconcilerFactory, Registry, Request, SystemClock,
+    clock::{Clock, SystemClock},
+    fleet::FleetError,
+    pipeline::{Decision, OwnedDecision, PipelineError},
+    policy::{PolicyError, PolicySet},
+    registry::{BuildContext, DuplicateKind, ReconcilerFactory, Registry},
+    Fleet, Pipeline, Request,
 };
 
 use crate::config::{
@@ -34,8 +38,9 @@ pub trait WithBuiltins {
 }
 
 /// A built-in stage's factory.
-type Factory =
-    fn(&BuildContext<'_>) -> Result<Box<dyn nexus_core::Reconciler>, nexus_core::BuildError>;
+type Factory = fn(
+    &BuildContext<'_>,
+) -> Result<Box<dyn nexus_core::Reconciler>, nexus_core::registry::BuildError>;
 
 /// The stages this build includes, beyond core's `analyzer`.
 const BUILTINS: &[(&str, Factory)] = &[
@@ -69,7 +74,7 @@ impl WithBuiltins for Registry {
 /// Builds a [`Router`]: registers extra stage kinds, sets the clock, loads config.
 ///
 /// ```
-/// use nexus_core::{BuildContext, BuildError, Reconciler, RequestAnalyzer};
+/// use nexus_core::{analyzer::RequestAnalyzer, registry::{BuildContext, BuildError}, Reconciler};
 /// use nexus_router::RouterBuilder;
 ///
 /// let router = RouterBuilder::new()
@@ -114,7 +119,7 @@ impl RouterBuilder {
     /// check` and `nexus route` do): stages read what they persist without creating,
     /// changing or locking it (the budget reads its store read-only, so a running
     /// router keeps it), and start no background work. See
-    /// [`BuildContext::dry_run`](nexus_core::BuildContext::dry_run).
+    /// [`BuildContext::dry_run`](nexus_core::registry::BuildContext::dry_run).
     pub fn dry_run(mut self, dry_run: bool) -> Self {
         self.dry_run = dry_run;
         self
@@ -266,7 +271,7 @@ impl RouterBuilder {
         for key in stages.keys() {
             if !self.registry.contains(key) {
                 let known = ROUTING_KEYS.iter().copied().chain(self.registry.kinds());
-                let help = match nexus_core::closest(key, known) {
+                let help = match nexus_core::routes::closest(key, known) {
                     Some(best) => format!("did you mean `{best}`?"),
                     None => format!(
                         "[routing] takes {} and the settings of a stage kind ({})",
@@ -317,7 +322,7 @@ impl RouterBuilder {
                 return Err(source.error(
                     &[Seg::Key("routing"), Seg::Key("on_error"), Seg::Key(kind)],
                     format!("[routing.on_error] names '{kind}', which is not in the pipeline"),
-                    nexus_core::closest(kind, kinds.iter().map(String::as_str))
+                    nexus_core::routes::closest(kind, kinds.iter().map(String::as_str))
                         .map(|k| format!("did you mean `{k}`?")),
                 ));
             }
@@ -420,7 +425,7 @@ impl RouterBuilder {
                 previous: running.map(|r| &**r.pipeline()),
             };
             let stage = self.registry.build(&ctx).map_err(|e| match &e {
-                nexus_core::BuildError::UnknownKind { suggestion, .. } => source.error(
+                nexus_core::registry::BuildError::UnknownKind { suggestion, .. } => source.error(
                     &pipeline_path(i),
                     format!("unknown stage '{kind}' in the pipeline"),
                     Some(match suggestion {
@@ -431,7 +436,7 @@ impl RouterBuilder {
                         ),
                     }),
                 ),
-                nexus_core::BuildError::InvalidSettings { message, .. } => {
+                nexus_core::registry::BuildError::InvalidSettings { message, .. } => {
                     source.settings_error(kind, message)
                 }
                 _ => source.error(&[Seg::Key("routing"), Seg::Key(kind)], e.to_string(), None),
@@ -527,7 +532,7 @@ fn build_fleet(
 /// The `[[routing.policies]]`, with a warning for each policy an earlier one shadows.
 fn build_policies(
     source: &Source<'_>,
-    policies: Vec<nexus_core::TrafficPolicy>,
+    policies: Vec<nexus_core::policy::TrafficPolicy>,
     warnings: &mut Vec<ConfigWarning>,
 ) -> Result<Arc<PolicySet>, ConfigError> {
     let policies = PolicySet::new(policies).map_err(|e| {

@@ -61,7 +61,7 @@ pub(crate) fn with_suggestion(message: &str) -> (String, Option<String>) {
         let mut quoted = rest.split('`').skip(1).step_by(2);
         let Some(given) = quoted.next() else { break };
         let expected: Vec<&str> = quoted.collect();
-        let help = match nexus_core::closest(given, expected.iter().copied()) {
+        let help = match nexus_core::routes::closest(given, expected.iter().copied()) {
             Some(best) => format!("did you mean `{best}`?"),
             None if !expected.is_empty() => format!(
                 "use one of {}",

@@ -272,12 +272,12 @@ fn walk(cases: &[Case], schema: Vec<String>, config: impl Fn(&str) -> String) {
 fn every_policy_key_changes_a_decision() {
     walk(
         POLICY_CASES,
-        schema_fields::<nexus_core::TrafficPolicy>(),
+        schema_fields::<nexus_core::policy::TrafficPolicy>(),
         policy_config,
     );
     let mut listed: Vec<&str> = POLICY_KEY_STAGES.iter().map(|(k, _)| *k).collect();
     listed.sort_unstable();
-    assert_eq!(listed, schema_fields::<nexus_core::TrafficPolicy>());
+    assert_eq!(listed, schema_fields::<nexus_core::policy::TrafficPolicy>());
 }
 
 #[test]
@@ -391,6 +391,9 @@ fn the_default_pipeline_runs_the_budget_stage_without_a_budget_table() {
     // No monthly limit: any spend is Normal, and the cloud stays admitted.
     budget.ledger().set_month_to_date(1e6);
     let decision = router.route(&Request::new("m").input_tokens(1000));
-    assert_eq!(decision.budget_status(), nexus_core::BudgetStatus::Normal);
+    assert_eq!(
+        decision.budget_status(),
+        nexus_core::stage::BudgetStatus::Normal
+    );
     assert_eq!(decision.backend().unwrap().name(), "cloud");
 }

@@ -6,7 +6,10 @@
 
 use std::time::Duration;
 
-use nexus_core::{Outcome, OwnedDecision, OwnedRouteGuard, Request, RoutingDecision};
+use nexus_core::{
+    pipeline::{OwnedDecision, OwnedRouteGuard},
+    Outcome, Request, RoutingDecision,
+};
 use nexus_router::budget::BudgetReconciler;
 use nexus_router::Router;
 

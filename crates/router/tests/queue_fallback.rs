@@ -6,8 +6,10 @@
 use std::time::Duration;
 
 use nexus_core::{
-    BuildContext, Decision, Outcome, Pipeline, Reason, Reconciler, Request, RouteTicket,
-    RoutingDecision, RoutingIntent,
+    pipeline::Decision,
+    registry::BuildContext,
+    stage::{Reason, RouteTicket},
+    Outcome, Pipeline, Reconciler, Request, RoutingDecision, RoutingIntent,
 };
 use nexus_router::budget::BudgetReconciler;
 use nexus_router::quality::QualityReconciler;
@@ -147,7 +149,10 @@ impl Reconciler for VetoStage {
     fn name(&self) -> &'static str {
         "veto"
     }
-    fn reconcile(&self, _intent: &mut RoutingIntent<'_>) -> Result<(), nexus_core::ReconcileError> {
+    fn reconcile(
+        &self,
+        _intent: &mut RoutingIntent<'_>,
+    ) -> Result<(), nexus_core::stage::ReconcileError> {
         Ok(())
     }
     fn on_route(&self, ticket: &RouteTicket) -> Result<(), Reason> {

@@ -3,7 +3,11 @@
 
 use std::time::Duration;
 
-use nexus_core::{BackendId, BackendStatus, Clock, Outcome, Request, RoutingDecision, SystemClock};
+use nexus_core::{
+    clock::{Clock, SystemClock},
+    fleet::{BackendId, BackendStatus},
+    Outcome, Request, RoutingDecision,
+};
 use nexus_router::{DecisionReport, Router};
 
 const THREE_HEALTHY: &str = r#"

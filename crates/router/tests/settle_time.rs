@@ -6,7 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use nexus_core::{Clock, FakeClock, Outcome, Request};
+use nexus_core::{
+    clock::{Clock, FakeClock},
+    Outcome, Request,
+};
 use nexus_router::budget::{BudgetReconciler, Month};
 use nexus_router::quality::QualityReconciler;
 use nexus_router::{DecisionReport, Router};

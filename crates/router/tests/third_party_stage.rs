@@ -2,8 +2,9 @@
 #![allow(clippy::unwrap_used)]
 
 use nexus_core::{
-    BuildContext, BuildError, ExplainContext, Explanation, Reason, ReconcileError, Reconciler,
-    Request, RoutingIntent,
+    registry::{BuildContext, BuildError},
+    stage::{ExplainContext, Explanation, Reason, ReconcileError},
+    Reconciler, Request, RoutingIntent,
 };
 use nexus_router::RouterBuilder;
 use serde::Deserialize;

@@ -10,7 +10,7 @@
 //! product of the factors earlier stages set (quality, budget preference). The latency
 //! EWMA falls back to [`SchedulerSettings::default_latency_ms`] until the backend has
 //! answered, and again once its last answer is older than
-//! [`LATENCY_MEMORY_SECS`](nexus_core::LATENCY_MEMORY_SECS): a backend that lost all its
+//! [`LATENCY_MEMORY_SECS`](nexus_core::fleet::LATENCY_MEMORY_SECS): a backend that lost all its
 //! traffic for being slow is tried again after a while instead of being judged forever
 //! by old news.
 //!
@@ -37,8 +37,10 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use nexus_core::{
-    Backend, BackendId, BackendStatus, BuildContext, BuildError, QueueCause, ReconcileError,
-    Reconciler, RoutingIntent, Verdict,
+    fleet::{Backend, BackendId, BackendStatus},
+    registry::{BuildContext, BuildError},
+    stage::{QueueCause, ReconcileError, Verdict},
+    Reconciler, RoutingIntent,
 };
 use serde::Deserialize;
 
@@ -197,7 +199,7 @@ impl SchedulerReconciler {
     /// The latency used for scoring: the EWMA while fresh, else the default; never
     /// below [`MIN_LATENCY_MS`] (`!(x >= min)` also catches NaN).
     #[inline]
-    fn latency_ms(&self, live: &nexus_core::LiveState, now_secs: u64) -> f64 {
+    fn latency_ms(&self, live: &nexus_core::fleet::LiveState, now_secs: u64) -> f64 {
         let latency = live
             .latency_ewma_ms(now_secs)
             .unwrap_or(self.settings.default_latency_ms);
@@ -323,7 +325,7 @@ impl Reconciler for SchedulerReconciler {
         Ok(())
     }
 
-    fn default_error_policy(&self) -> nexus_core::ErrorPolicy {
-        nexus_core::ErrorPolicy::FailClosed
+    fn default_error_policy(&self) -> nexus_core::stage::ErrorPolicy {
+        nexus_core::stage::ErrorPolicy::FailClosed
     }
 }

@@ -57,7 +57,7 @@ pub use allowance::{Allowance, Refusal};
 pub use client::{LeaseClient, LeaseError, LeaseStatus};
 pub use settings::{OnUnavailable, RedisBudgetSettings, MIN_TTL_SECS};
 
-use nexus_core::{Explanation, Reason, StageReason};
+use nexus_core::stage::{Explanation, Reason, StageReason};
 
 /// The largest monthly limit a shared budget holds, in USD (2^53 nano-dollars, so that
 /// Lua's doubles stay exact).

@@ -94,7 +94,7 @@ pub enum PipelineError {
 ///
 /// ```
 /// use std::sync::Arc;
-/// use nexus_core::{BackendSpec, Fleet, ModelSpec, Pipeline, Request, RequestAnalyzer};
+/// use nexus_core::{analyzer::RequestAnalyzer, BackendSpec, Fleet, ModelSpec, Pipeline, Request};
 ///
 /// let fleet = Arc::new(Fleet::new(vec![
 ///     BackendSpec::new("gpu-box", "http://127.0.0.1:11434")
