@@ -379,10 +379,9 @@ mod tests {
         let fix = fix_of(&closed).expect("a fix");
         assert_eq!(fix.reconciler, "flaky");
         assert_eq!(fix.admits, ["b", "c", "d"]);
-        assert!(
-            fix.suggested_action.contains("fail_open"),
-            "{}",
-            fix.suggested_action
+        assert_eq!(
+            fix.suggested_action,
+            "fix what the error names, or give stage 'flaky' the fail-open error policy to skip it when it fails"
         );
 
         let open = pipeline(vec![
@@ -391,5 +390,32 @@ mod tests {
         ]);
         let fix = fix_of(&open).expect("a fix");
         assert_eq!((fix.reconciler, fix.admits), ("one", vec!["a".to_owned()]));
+    }
+
+    fn unknown_fix(pipeline: &Pipeline) -> String {
+        match pipeline.decide(&Request::new("n")).kind() {
+            RoutingDecision::Reject { fix: Some(fix), .. } => fix.suggested_action.clone(),
+            other => panic!("expected a Reject with a fix, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_pipelines_own_rejects_word_their_fix_with_its_fix_texts() {
+        assert_eq!(
+            unknown_fix(&pipeline(Vec::new())),
+            "did you mean 'm'? add a backend that serves 'n', or an alias that names it (PipelineBuilder::alias)"
+        );
+        let fleet = pipeline(Vec::new()).fleet().clone();
+        let worded = Pipeline::builder(fleet)
+            .fix_texts(super::super::FixTexts {
+                unknown_model: |model| format!("list '{model}' in models.yaml"),
+                ..Default::default()
+            })
+            .build()
+            .expect("a pipeline");
+        assert_eq!(
+            unknown_fix(&worded),
+            "did you mean 'm'? list 'n' in models.yaml"
+        );
     }
 }
