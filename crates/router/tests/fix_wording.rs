@@ -3,6 +3,9 @@
 //! pipeline builder's calls.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::{backend, fleet};
 use nexus_core::{
     registry::{BuildContext, BuildError},
     stage::ReconcileError,
@@ -10,12 +13,9 @@ use nexus_core::{
 };
 use nexus_router::{Router, RouterBuilder};
 
-const FLEET: &str = r#"
-[[backends]]
-id = "gpu-box"
-url = "http://127.0.0.1:1"
-models = [{ name = "llama3:70b" }]
-"#;
+fn test_fleet() -> String {
+    fleet([backend("gpu-box", "http://127.0.0.1:1").serves("llama3:70b")])
+}
 
 /// A stage that always fails (fail-closed by default).
 #[derive(Debug)]
@@ -39,7 +39,7 @@ fn fix_of(router: &Router, model: &str) -> String {
 
 #[test]
 fn an_unknown_name_is_fixed_in_routing_aliases() {
-    let router = Router::from_toml("fleet.toml", FLEET).unwrap();
+    let router = Router::from_toml("fleet.toml", &test_fleet()).unwrap();
     assert_eq!(
         fix_of(&router, "llama3:70"),
         "did you mean 'llama3:70b'? add a backend that serves 'llama3:70', or an alias in [routing.aliases]"
@@ -48,8 +48,10 @@ fn an_unknown_name_is_fixed_in_routing_aliases() {
 
 #[test]
 fn a_failing_stage_is_fixed_in_routing_on_error() {
-    let config =
-        format!("{FLEET}\n[routing]\npipeline = [\"analyzer\", \"broken\", \"scheduler\"]\n");
+    let config = format!(
+        "{fleet}\n[routing]\npipeline = [\"analyzer\", \"broken\", \"scheduler\"]\n",
+        fleet = test_fleet()
+    );
     let router = RouterBuilder::new()
         .with_reconciler("broken", |_: &BuildContext<'_>| {
             Ok::<_, BuildError>(Box::new(Broken) as Box<dyn Reconciler>)
