@@ -188,7 +188,7 @@ pub struct Request<'a> {
     pub excluded: &'a [BackendId],
     /// The tenant the request is made for, when the caller authenticated one: the
     /// pipeline tightens the constraints by the tenant's overrides
-    /// ([`PipelineBuilder::tenant_constraints`](crate::PipelineBuilder::tenant_constraints))
+    /// ([`PipelineBuilder::tenant_constraints`](crate::pipeline::PipelineBuilder::tenant_constraints))
     /// and the budget counts its spend against the tenant's limit as well as the
     /// global one. `None`: no tenant.
     pub tenant: Option<TenantId>,

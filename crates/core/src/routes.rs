@@ -4,7 +4,7 @@
 //! chain (at most three names, no cycles), the resolved model, its fallbacks, and the
 //! policy constraints combined over every name on the way. A decision then does one
 //! hash lookup to get its [`RoutePlan`]. The per-decision part of request analysis is
-//! the [`RequestAnalyzer`](crate::RequestAnalyzer) stage.
+//! the [`RequestAnalyzer`](crate::analyzer::RequestAnalyzer) stage.
 
 use std::collections::BTreeMap;
 

@@ -73,7 +73,7 @@ impl PipelineBuilder {
         self
     }
 
-    /// Sets each tenant's overrides, indexed by [`TenantId`](crate::TenantId): a request
+    /// Sets each tenant's overrides, indexed by [`TenantId`](crate::pipeline::TenantId): a request
     /// made for a tenant ([`Request::tenant`](crate::Request::tenant)) has its constraints
     /// tightened by them, for every model it may be served by. Overrides only tighten:
     /// combined with the policies' constraints by taking the strictest of each.

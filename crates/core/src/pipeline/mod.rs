@@ -114,7 +114,7 @@ pub struct Pipeline {
     pub(crate) stages: Box<[Stage]>,
     pub(crate) timing: AtomicBool,
     pub(crate) clock: Arc<dyn Clock>,
-    /// Each tenant's overrides, by [`TenantId`](crate::TenantId).
+    /// Each tenant's overrides, by [`TenantId`](crate::pipeline::TenantId).
     pub(crate) tenant_constraints: Box<[crate::Constraints]>,
     /// How the pipeline's own Rejects word their fix.
     pub(crate) fix_texts: FixTexts,
@@ -206,7 +206,7 @@ mod sealed {
     impl Sealed for std::sync::Arc<super::Pipeline> {}
 }
 
-/// How a [`Decision`] and its [`RouteGuard`](crate::RouteGuard) hold the pipeline that made them: borrowed
+/// How a [`Decision`] and its [`RouteGuard`](crate::pipeline::RouteGuard) hold the pipeline that made them: borrowed
 /// (`&Pipeline`, from [`Pipeline::decide`]: nothing shared is written) or shared
 /// (`Arc<Pipeline>`, from [`Pipeline::decide_owned`]: `Send + 'static`, for servers).
 /// Sealed: those are the only two.
