@@ -33,7 +33,7 @@
 //! does one hash lookup for the requested name, copies a precomputed bitset of the
 //! model's servers, and lets each stage clear bits and scale weights in buffers reused
 //! from a per-thread pool: a Route decision does not touch the heap. Live backend state
-//! is atomics. Rejections are recorded as compact [`Reason`](stage::Reason) codes and rendered into
+//! is atomics. Rejections are recorded as compact [`Reason`] codes and rendered into
 //! words only for a Reject or when asked.
 //!
 //! ## Example

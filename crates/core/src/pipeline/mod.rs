@@ -1,6 +1,6 @@
 //! The [`Pipeline`]: ordered stages, run for each model a request may be served by.
 //!
-//! A decision looks up the request's precomputed [`RoutePlan`], then for the resolved
+//! A decision looks up the request's precomputed [`RoutePlan`](crate::routes::RoutePlan), then for the resolved
 //! model and, if it ends with no viable backend, for each fallback in turn: starts from
 //! the model's servers, runs every stage in order, and takes what the selecting stage
 //! (the scheduler) chose. A chosen backend is committed by asking every stage's
@@ -206,7 +206,7 @@ mod sealed {
     impl Sealed for std::sync::Arc<super::Pipeline> {}
 }
 
-/// How a [`Decision`] and its [`RouteGuard`](crate::pipeline::RouteGuard) hold the pipeline that made them: borrowed
+/// How a [`Decision`] and its [`RouteGuard`] hold the pipeline that made them: borrowed
 /// (`&Pipeline`, from [`Pipeline::decide`]: nothing shared is written) or shared
 /// (`Arc<Pipeline>`, from [`Pipeline::decide_owned`]: `Send + 'static`, for servers).
 /// Sealed: those are the only two.
