@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nexus_core::{
-    BackendSpec, FakeClock, Fleet, ModelSpec, Outcome, Pipeline, Request, RequestAnalyzer,
-    RoutingDecision, Zone,
+    analyzer::RequestAnalyzer, clock::FakeClock, BackendSpec, Fleet, ModelSpec, Outcome, Pipeline,
+    Request, RoutingDecision, Zone,
 };
 use nexus_examples::MaintenanceWindow;
 use nexus_scheduler::Scheduler;

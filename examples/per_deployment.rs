@@ -5,7 +5,9 @@
 
 use std::sync::Arc;
 
-use nexus_core::{BackendSpec, Fleet, ModelSpec, Pipeline, Request, RequestAnalyzer, Zone};
+use nexus_core::{
+    analyzer::RequestAnalyzer, BackendSpec, Fleet, ModelSpec, Pipeline, Request, Zone,
+};
 use nexus_examples::MaintenanceWindow;
 use nexus_scheduler::Scheduler;
 

@@ -38,7 +38,7 @@ fn reject(c: &mut Criterion) {
         for backend in router.fleet().backends() {
             router
                 .fleet()
-                .set_status(backend.id(), nexus_core::BackendStatus::Unhealthy);
+                .set_status(backend.id(), nexus_core::fleet::BackendStatus::Unhealthy);
         }
         let request = Request::new(REQUESTED).input_tokens(1200);
         group.bench_function(BenchmarkId::from_parameter(backends), |b| {

@@ -15,8 +15,10 @@ use nexus_benches::{fleet_config, MODEL};
 use nexus_budget::lease::RedisBudgetSettings;
 use nexus_budget::{BudgetReconciler, BudgetSettings};
 use nexus_core::{
-    Clock, CostEstimate, Outcome, Reconciler, Request, RouteTicket, Settlement, SystemClock,
-    TokenTier, Zone,
+    clock::{Clock, SystemClock},
+    pipeline::{CostEstimate, TokenTier},
+    stage::{RouteTicket, Settlement},
+    Outcome, Reconciler, Request, Zone,
 };
 use nexus_router::Router;
 

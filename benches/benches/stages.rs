@@ -12,8 +12,12 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use nexus_benches::{fleet_config, MODEL, REQUESTED, SIZES};
 use nexus_budget::{BudgetReconciler, BudgetSettings};
 use nexus_core::{
-    BackendId, Fleet, Reconciler, Request, RequestAnalyzer, RoutingIntent, Scratch, Selector,
-    Shortlist, SystemClock,
+    analyzer::RequestAnalyzer,
+    clock::SystemClock,
+    fleet::BackendId,
+    selector::{Selector, Shortlist},
+    stage::Scratch,
+    Fleet, Reconciler, Request, RoutingIntent,
 };
 use nexus_privacy::PrivacyReconciler;
 use nexus_quality::{QualityReconciler, QualitySettings, QualityTracker};

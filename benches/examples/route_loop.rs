@@ -19,7 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for backend in router.fleet().backends() {
             router
                 .fleet()
-                .set_status(backend.id(), nexus_core::BackendStatus::Unhealthy);
+                .set_status(backend.id(), nexus_core::fleet::BackendStatus::Unhealthy);
         }
     }
     let request = Request::new(REQUESTED)

@@ -69,7 +69,7 @@ fn allocations_per_route_in(
     config: &str,
     model: &str,
     owned: bool,
-    tenant: Option<nexus_core::TenantId>,
+    tenant: Option<nexus_core::pipeline::TenantId>,
 ) -> usize {
     let router = Router::from_toml("alloc.toml", config).unwrap();
     let mut request = Request::new(model)
@@ -131,7 +131,7 @@ fn a_tenants_route_decision_allocates_nothing() {
         fleet_config(100),
         "ab".repeat(32)
     );
-    let tenant = Some(nexus_core::TenantId::new(0));
+    let tenant = Some(nexus_core::pipeline::TenantId::new(0));
     for owned in [false, true] {
         for model in [REQUESTED, MODEL] {
             assert_eq!(
@@ -145,7 +145,7 @@ fn a_tenants_route_decision_allocates_nothing() {
 
 #[test]
 fn recording_an_outcome_allocates_nothing() {
-    use nexus_core::{BackendId, SystemClock};
+    use nexus_core::{clock::SystemClock, fleet::BackendId};
     use nexus_quality::{QualitySettings, QualityTracker};
     use std::sync::Arc;
 

@@ -12,8 +12,10 @@
 #![warn(missing_docs)]
 
 use nexus_core::{
-    BackendSet, BuildContext, BuildError, ExplainContext, Explanation, Fleet, Reason,
-    ReconcileError, Reconciler, RoutingIntent, StageReason,
+    fleet::BackendSet,
+    registry::{BuildContext, BuildError},
+    stage::{ExplainContext, Explanation, Reason, ReconcileError, StageReason},
+    Fleet, Reconciler, RoutingIntent,
 };
 use serde::Deserialize;
 
@@ -93,9 +95,10 @@ impl MaintenanceWindow {
         let mut set = BackendSet::with_capacity(fleet.len());
         for id in backends {
             let backend = fleet.backend_by_name(id).ok_or_else(|| {
-                let hint = nexus_core::closest(id, fleet.backends().iter().map(|b| b.name()))
-                    .map(|b| format!(" (did you mean '{b}'?)"))
-                    .unwrap_or_default();
+                let hint =
+                    nexus_core::routes::closest(id, fleet.backends().iter().map(|b| b.name()))
+                        .map(|b| format!(" (did you mean '{b}'?)"))
+                        .unwrap_or_default();
                 format!("backend '{id}' is not in the fleet{hint}")
             })?;
             set.insert(backend.id());

@@ -49,7 +49,7 @@ fn homelab_chat_falls_back_to_the_mini_pc_when_the_desktop_is_down() {
     let desktop = router.fleet().backend_by_name("desktop-gpu").unwrap().id();
     router
         .fleet()
-        .set_status(desktop, nexus_core::BackendStatus::Unhealthy);
+        .set_status(desktop, nexus_core::fleet::BackendStatus::Unhealthy);
     let decision = router.route(&Request::new("chat"));
     assert_eq!(decision.backend().unwrap().name(), "mini-pc");
     assert!(decision.fallback_used());

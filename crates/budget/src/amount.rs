@@ -3,7 +3,7 @@
 //!
 //! The ledger counts in `i64` nano-dollars so that a reservation is one compare-and-swap.
 //! That word holds about $9.2 billion; limits are kept well inside it, and prices are
-//! bounded where the fleet is built ([`MAX_USD_PER_MTOK`](nexus_core::MAX_USD_PER_MTOK))
+//! bounded where the fleet is built ([`MAX_USD_PER_MTOK`](nexus_core::fleet::MAX_USD_PER_MTOK))
 //! so that no single request's cost leaves it either. Whatever still passes the range
 //! saturates in the [`SpendLedger`](crate::SpendLedger): it never wraps.
 

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use nexus_core::Clock;
+use nexus_core::clock::Clock;
 
 use crate::{nanos_to_usd, usd_to_nanos, Month};
 
@@ -47,7 +47,7 @@ pub struct SpendSnapshot {
 /// ```
 /// use std::sync::Arc;
 /// use nexus_budget::{usd_to_nanos, SpendLedger};
-/// use nexus_core::FakeClock;
+/// use nexus_core::clock::FakeClock;
 ///
 /// let ledger = SpendLedger::new(Arc::new(FakeClock::at_secs(1_795_307_670)));
 /// let limit = usd_to_nanos(1.0);
@@ -338,7 +338,7 @@ fn sub(counter: &AtomicU64, nanos: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nexus_core::FakeClock;
+    use nexus_core::clock::FakeClock;
     use std::time::Duration;
 
     fn ledger() -> (Arc<FakeClock>, SpendLedger) {

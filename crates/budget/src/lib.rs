@@ -25,7 +25,7 @@
 //! write that fails (a full disk) stays queued until the store takes it: see
 //! [`RedbStore`] and [`Journal`].
 //!
-//! The month is the UTC calendar month of the [`Clock`](nexus_core::Clock); at rollover
+//! The month is the UTC calendar month of the [`Clock`](nexus_core::clock::Clock); at rollover
 //! spend starts from zero, requests in flight keep their reservations, and the closed
 //! month stays readable ([`SpendLedger::month_spend`]).
 #![forbid(unsafe_code)]

@@ -5,9 +5,14 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use nexus_core::{
-    BackendSet, BudgetStatus, BuildContext, BuildError, Clock, ExplainContext, Explanation, Fleet,
-    Offering, Reason, ReconcileError, Reconciler, RouteTicket, RoutingIntent, Settlement,
-    StageReason, Verdict, Zone,
+    clock::Clock,
+    fleet::{BackendSet, Offering},
+    registry::{BuildContext, BuildError},
+    stage::{
+        BudgetStatus, ExplainContext, Explanation, Reason, ReconcileError, RouteTicket, Settlement,
+        StageReason, Verdict,
+    },
+    Fleet, Reconciler, RoutingIntent, Zone,
 };
 use serde::Deserialize;
 
@@ -20,7 +25,7 @@ use crate::{
 
 /// Why the budget stage excluded (or, in `on_route`, vetoed) a backend, or what it
 /// warned about. Amounts are USD. (A shared budget's lease refusals have their own
-/// codes, rendered by the lease module.)
+/// codes: `lease::LeaseReason`, rendered by the lease module.)
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum BudgetReason {
     /// The request's cost would take spend past the limit.
@@ -75,7 +80,7 @@ pub enum BudgetReason {
 
 // Compact codes: `values = [spend, limit, cost]`, `[spend, limit, 0]`, `[cost, cap,
 // policy or -1]`, `[tenant's spend, tenant's limit, tenant index]`.
-pub(crate) const OVER_LIMIT: u16 = 1;
+const OVER_LIMIT: u16 = 1;
 const HARD_LIMIT_CLOUD: u16 = 2;
 const HARD_LIMIT_ALL: u16 = 3;
 const COST_CAP: u16 = 4;
@@ -263,7 +268,7 @@ impl BudgetSettings {
         if let Some(limit) = self.monthly_limit_usd {
             check_limit_usd("monthly_limit_usd", limit)?;
         }
-        nexus_core::check_fraction(
+        nexus_core::registry::check_fraction(
             "soft_limit_percent",
             "a fraction of the limit",
             self.soft_limit_percent,
@@ -361,7 +366,7 @@ pub struct BudgetReconciler {
     store_status: Option<crate::StoreStatus>,
     clock: Arc<dyn Clock>,
     /// Every tenant's ledger by id (to share with the stage of the next config on
-    /// reload), and this config's tenants by [`TenantId`](nexus_core::TenantId), once
+    /// reload), and this config's tenants by [`TenantId`](nexus_core::pipeline::TenantId), once
     /// attached.
     tenants: OnceLock<(Arc<crate::TenantLedgers>, Box<[TenantBudget]>)>,
     /// This replica's lease of the shared budget (scope `global`), when
@@ -412,7 +417,7 @@ impl BudgetReconciler {
         })
     }
 
-    /// Gives this stage its tenants, in [`TenantId`](nexus_core::TenantId) order: a
+    /// Gives this stage its tenants, in [`TenantId`](nexus_core::pipeline::TenantId) order: a
     /// request made for a tenant counts against the tenant's own limit as well as the
     /// global one. Each tenant's ledger is found by id in `ledgers` (pass the previous
     /// stage's [`tenant_ledgers`](Self::tenant_ledgers) on a reload to keep the month's
@@ -504,19 +509,18 @@ impl BudgetReconciler {
         lease
             .allowance()
             .try_draw(reserved, ticket.decided_at_secs)
-            .map_err(|refusal| match refusal {
-                crate::lease::Refusal::Insufficient { .. } => BudgetReason::TenantOverLimit {
-                    spend_usd: nanos_to_usd(tenant.ledger.total_nanos_at(ticket.decided_at_secs)),
-                    limit_usd: tenant.limit_usd.unwrap_or(0.0),
-                    tenant: ticket.tenant.map_or(0, |id| id.index()),
+            .map_err(|refusal| {
+                let spend_usd = nanos_to_usd(tenant.ledger.total_nanos_at(ticket.decided_at_secs));
+                let limit_usd = tenant.limit_usd.unwrap_or(0.0);
+                match refusal.lease_reason(spend_usd, limit_usd, nanos_to_usd(reserved)) {
+                    Some(lease) => lease.into(),
+                    None => BudgetReason::TenantOverLimit {
+                        spend_usd,
+                        limit_usd,
+                        tenant: ticket.tenant.map_or(0, |id| id.index()),
+                    }
+                    .into(),
                 }
-                .into(),
-                other => other.reason(
-                    OVER_LIMIT,
-                    nanos_to_usd(tenant.ledger.total_nanos_at(ticket.decided_at_secs)),
-                    tenant.limit_usd.unwrap_or(0.0),
-                    nanos_to_usd(reserved),
-                ),
             })
     }
 
@@ -561,7 +565,7 @@ impl BudgetReconciler {
         self.tenants.get().map(|(ledgers, _)| ledgers)
     }
 
-    /// Each attached tenant's month, in [`TenantId`](nexus_core::TenantId) order.
+    /// Each attached tenant's month, in [`TenantId`](nexus_core::pipeline::TenantId) order.
     pub fn tenant_spend(&self) -> Vec<crate::TenantSpend> {
         self.tenant_table()
             .iter()
@@ -577,7 +581,7 @@ impl BudgetReconciler {
         self.tenants.get().map_or(&[], |(_, table)| table)
     }
 
-    fn tenant(&self, tenant: Option<nexus_core::TenantId>) -> Option<&TenantBudget> {
+    fn tenant(&self, tenant: Option<nexus_core::pipeline::TenantId>) -> Option<&TenantBudget> {
         tenant.and_then(|t| self.tenant_table().get(t.index()))
     }
 
@@ -760,12 +764,20 @@ impl BudgetReconciler {
             .allowance()
             .try_draw(reserved, ticket.decided_at_secs)
             .map_err(|refusal| {
-                refusal.reason(
-                    OVER_LIMIT,
+                let (spend_usd, limit_usd, cost_usd) = (
                     nanos_to_usd(self.ledger.total_nanos_at(ticket.decided_at_secs)),
                     self.limit_usd(),
                     nanos_to_usd(reserved),
-                )
+                );
+                match refusal.lease_reason(spend_usd, limit_usd, cost_usd) {
+                    Some(lease) => lease.into(),
+                    None => BudgetReason::OverLimit {
+                        spend_usd,
+                        limit_usd,
+                        cost_usd,
+                    }
+                    .into(),
+                }
             })
     }
 
@@ -1197,8 +1209,8 @@ impl Reconciler for BudgetReconciler {
         Some(self)
     }
 
-    fn default_error_policy(&self) -> nexus_core::ErrorPolicy {
-        nexus_core::ErrorPolicy::FailClosed
+    fn default_error_policy(&self) -> nexus_core::stage::ErrorPolicy {
+        nexus_core::stage::ErrorPolicy::FailClosed
     }
 }
 

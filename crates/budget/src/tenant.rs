@@ -5,12 +5,12 @@
 //! and adds the new ones). The decision path never touches the map: when the router
 //! attaches its tenants ([`BudgetReconciler::attach_tenants`](crate::BudgetReconciler::attach_tenants)),
 //! each tenant's ledger is resolved once into a table indexed by
-//! [`TenantId`](nexus_core::TenantId), read without a lock or a hash.
+//! [`TenantId`](nexus_core::pipeline::TenantId), read without a lock or a hash.
 
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use nexus_core::Clock;
+use nexus_core::clock::Clock;
 
 use crate::{check_limit_usd, usd_to_nanos, SpendLedger, SpendSnapshot};
 
@@ -137,7 +137,7 @@ impl TenantSpend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nexus_core::FakeClock;
+    use nexus_core::clock::FakeClock;
 
     #[test]
     fn a_tenant_keeps_its_ledger_by_id() {

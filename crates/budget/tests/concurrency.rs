@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use nexus_budget::{usd_to_nanos, BudgetReconciler, BudgetSettings};
 use nexus_core::{
-    BackendSpec, Fleet, ModelSpec, Outcome, Pipeline, Request, RoutingDecision, SystemClock, Zone,
+    clock::SystemClock, BackendSpec, Fleet, ModelSpec, Outcome, Pipeline, Request, RoutingDecision,
+    Zone,
 };
 use nexus_scheduler::Scheduler;
 
@@ -206,8 +207,8 @@ fn decide_and_settle_concurrently(count: InputCount) {
 
 fn fleet_offer<'p>(
     pipeline: &'p Pipeline,
-    ticket: &nexus_core::RouteTicket,
-) -> &'p nexus_core::Offering {
+    ticket: &nexus_core::stage::RouteTicket,
+) -> &'p nexus_core::fleet::Offering {
     pipeline
         .fleet()
         .model(ticket.model)

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nexus_budget::{usd_to_nanos, BudgetReconciler, BudgetSettings, Month, RedbStore, SpendStore};
-use nexus_core::{BackendSpec, FakeClock, Fleet, ModelSpec, Outcome, Pipeline, Request, Zone};
+use nexus_core::{
+    clock::FakeClock, BackendSpec, Fleet, ModelSpec, Outcome, Pipeline, Request, Zone,
+};
 use nexus_scheduler::Scheduler;
 
 const CHILD_ENV: &str = "NEXUS_DURABILITY_CHILD_STORE";

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use nexus_budget::{usd_to_nanos, BudgetReconciler, BudgetSettings, Month, SpendLedger};
 use nexus_core::{
-    BackendSpec, FakeClock, Fleet, ModelSpec, Outcome, Pipeline, Request, RouteGuard,
-    RoutingDecision, Zone,
+    clock::FakeClock, pipeline::RouteGuard, BackendSpec, Fleet, ModelSpec, Outcome, Pipeline,
+    Request, RoutingDecision, Zone,
 };
 use nexus_scheduler::Scheduler;
 use proptest::prelude::*;

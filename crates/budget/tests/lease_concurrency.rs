@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nexus_budget::lease::{LeaseClient, RedisBudgetSettings, Refusal};
-use nexus_core::{Clock, SystemClock};
+use nexus_core::clock::{Clock, SystemClock};
 use redis_server::RedisServer;
 
 const LIMIT: u64 = 1_000_000_000; // 1 USD in nano-dollars

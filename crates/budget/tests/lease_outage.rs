@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nexus_budget::lease::{LeaseClient, LeaseStatus, OnUnavailable, RedisBudgetSettings, Refusal};
-use nexus_core::{Clock, SystemClock};
+use nexus_core::clock::{Clock, SystemClock};
 use redis_server::RedisServer;
 
 const LIMIT: u64 = 100_000_000;

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use nexus_budget::lease::RedisBudgetSettings;
 use nexus_budget::{BudgetReconciler, BudgetSettings, Month};
 use nexus_core::{
-    BackendSpec, Clock, Fleet, ModelSpec, Outcome, Pipeline, Request, SystemClock, Zone,
+    clock::{Clock, SystemClock},
+    BackendSpec, Fleet, ModelSpec, Outcome, Pipeline, Request, Zone,
 };
 use nexus_scheduler::Scheduler;
 use redis_server::RedisServer;

@@ -12,7 +12,8 @@ use nexus_budget::{
     SpendLedger, SpendSource, SpendStore, StoreError,
 };
 use nexus_core::{
-    BackendSpec, FakeClock, Fleet, ModelSpec, Outcome, Pipeline, Request, RoutingDecision, Zone,
+    clock::FakeClock, BackendSpec, Fleet, ModelSpec, Outcome, Pipeline, Request, RoutingDecision,
+    Zone,
 };
 use nexus_scheduler::Scheduler;
 

@@ -11,7 +11,7 @@ use nexus_budget::{
     usd_to_nanos, MemoryStore, Month, ReconciliationLoop, SpendLedger, SpendSource, SpendStore,
     StoreError, StoreErrorKind,
 };
-use nexus_core::FakeClock;
+use nexus_core::clock::FakeClock;
 use tokio_util::sync::CancellationToken;
 
 /// A billing API stand-in: reports what it is told, or fails when told to.

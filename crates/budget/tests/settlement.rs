@@ -8,8 +8,10 @@ use nexus_budget::{
     usd_to_nanos, BudgetReconciler, BudgetSettings, HardLimitAction, MemoryStore, Month, SpendStore,
 };
 use nexus_core::{
-    BackendSpec, BudgetStatus, FakeClock, Fleet, ModelSpec, Outcome, Pipeline, PolicySet, Request,
-    RoutingDecision, TrafficPolicy, Zone,
+    clock::FakeClock,
+    policy::{PolicySet, TrafficPolicy},
+    stage::BudgetStatus,
+    BackendSpec, Fleet, ModelSpec, Outcome, Pipeline, Request, RoutingDecision, Zone,
 };
 use nexus_scheduler::Scheduler;
 
@@ -232,7 +234,7 @@ fn a_warning_is_given_once_even_when_fallbacks_are_tried() {
         Fleet::new(vec![
             BackendSpec::new("down", "http://127.0.0.1:1")
                 .with_zone(Zone::Local)
-                .with_status(nexus_core::BackendStatus::Unhealthy)
+                .with_status(nexus_core::fleet::BackendStatus::Unhealthy)
                 .with_model(ModelSpec::new("big")),
             BackendSpec::new("up", "https://api.example.com")
                 .with_zone(Zone::Cloud)
@@ -249,7 +251,7 @@ fn a_warning_is_given_once_even_when_fallbacks_are_tried() {
     let pipeline = Pipeline::builder(fleet)
         .clock(clock)
         .fallback("big", ["small"])
-        .stage(nexus_core::RequestAnalyzer)
+        .stage(nexus_core::analyzer::RequestAnalyzer)
         .stage(Arc::clone(&budget))
         .selector(Scheduler::new())
         .build()

@@ -12,7 +12,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
-use nexus_core::{Features, Request, TierMode};
+use nexus_core::{
+    pipeline::{Features, TierMode},
+    Request,
+};
 use nexus_router::{ConfigError, DecisionReport, Router, EXAMPLE_CONFIG_NAME};
 
 #[cfg(feature = "otlp")]

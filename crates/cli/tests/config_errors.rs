@@ -176,8 +176,9 @@ fn two_selectors_are_an_error_at_the_second() {
     let extra = "[routing]\npipeline = [\"analyzer\", \"scheduler\", \"picky\"]\n";
     let text = format!("{BACKENDS}{extra}");
     let err = nexus_router::RouterBuilder::new()
-        .with_selector("picky", |_: &nexus_core::BuildContext<'_>| {
-            Ok(Box::new(nexus_core::HeaviestCandidate) as Box<dyn nexus_core::Selector>)
+        .with_selector("picky", |_: &nexus_core::registry::BuildContext<'_>| {
+            Ok(Box::new(nexus_core::selector::HeaviestCandidate)
+                as Box<dyn nexus_core::selector::Selector>)
         })
         .unwrap()
         .load_str("nexus.toml", &text)

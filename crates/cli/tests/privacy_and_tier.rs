@@ -3,7 +3,10 @@
 
 use std::process::Command;
 
-use nexus_core::{Features, Request, TierMode};
+use nexus_core::{
+    pipeline::{Features, TierMode},
+    Request,
+};
 use nexus_router::{DecisionReport, Router};
 
 fn report(config: &str, request: Request<'_>) -> DecisionReport {

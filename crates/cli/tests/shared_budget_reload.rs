@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nexus_core::{Outcome, Request, TenantId};
+use nexus_core::{pipeline::TenantId, Outcome, Request};
 use nexus_router::budget::BudgetReconciler;
 use nexus_router::{LiveRouter, Router};
 use shared::RedisServer;

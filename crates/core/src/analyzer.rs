@@ -1,7 +1,7 @@
 //! The `analyzer` stage: the per-decision part of request analysis.
 //!
 //! Name resolution, fallbacks and policy matching are precomputed by
-//! [`ModelRoutes`](crate::ModelRoutes) when the pipeline is built; what is left for each
+//! [`ModelRoutes`](crate::routes::ModelRoutes) when the pipeline is built; what is left for each
 //! decision is health: backends whose health rules them out are excluded.
 
 use crate::{
@@ -35,7 +35,7 @@ impl StageReason for AnalyzerReason {
 
 /// The `analyzer` stage: admits only backends whose health allows traffic.
 ///
-/// Name resolution, fallbacks and policy matching are done by [`ModelRoutes`](crate::ModelRoutes) when the
+/// Name resolution, fallbacks and policy matching are done by [`ModelRoutes`](crate::routes::ModelRoutes) when the
 /// pipeline is built; this stage is the per-decision part of request analysis.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RequestAnalyzer;

@@ -48,7 +48,7 @@ mod fake {
     /// A clock that stands still until told to move; for tests.
     ///
     /// ```
-    /// use nexus_core::{Clock, FakeClock};
+    /// use nexus_core::clock::{Clock, FakeClock};
     /// use std::time::Duration;
     ///
     /// let clock = FakeClock::at_secs(1_700_000_000);

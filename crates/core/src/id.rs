@@ -9,7 +9,7 @@ use std::fmt;
 
 /// A backend's position in its [`Fleet`](crate::Fleet), from `0` to `fleet.len() - 1`.
 ///
-/// The configured string id (`"gpu-box"`) is [`Backend::name`](crate::Backend::name);
+/// The configured string id (`"gpu-box"`) is [`Backend::name`](crate::fleet::Backend::name);
 /// this handle is what decisions, candidate sets and rejections carry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BackendId(u32);

@@ -98,8 +98,8 @@ impl Scratch {
 }
 
 /// One candidate, as [`RoutingIntent::visit_candidates`] shows it to a stage and a
-/// [`Shortlist`](crate::Shortlist) to the selector (which picks one with
-/// [`Pick`](crate::Pick)).
+/// [`Shortlist`](crate::selector::Shortlist) to the selector (which picks one with
+/// [`Pick`](crate::selector::Pick)).
 #[derive(Clone, Copy, Debug)]
 pub struct Candidate<'a> {
     /// The backend.

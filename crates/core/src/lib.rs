@@ -1,11 +1,34 @@
 //! # nexus-core
 //!
 //! The small, stable heart of the Nexus LLM routing control plane: the [`Reconciler`]
-//! trait that every policy stage implements, the [`RoutingIntent`] stages narrow, the
-//! [`Selector`] that picks among what they left, the [`RoutingDecision`] they arrive at, the [`Fleet`] of backends with their live state,
-//! traffic [`PolicySet`]s, request analysis ([`ModelRoutes`]) and the [`Pipeline`] that
-//! runs it all. Policy crates (`nexus-privacy`, `nexus-budget`, ...) depend on this
-//! crate only; the `nexus-router` facade builds pipelines from TOML.
+//! trait that every stage's reconciler implements, the [`RoutingIntent`] stages narrow, the
+//! [`Selector`] that picks among what they left, the
+//! [`RoutingDecision`] they arrive at, the [`Fleet`] of backends with their live state,
+//! traffic policies, name resolution and the [`Pipeline`] that runs it all. Policy
+//! crates (`nexus-privacy`, `nexus-budget`, ...) depend on this crate only; the
+//! `nexus-router` facade builds pipelines from configuration.
+//!
+//! ## Where names live
+//! Every public name lives in the module of its idea:
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`stage`] | what a stage is written against: `Reconciler`, `RoutingIntent`, `Candidate`, `Verdict`, `Reason`, `StageReason`, `Explanation`, `ReconcileError`, `ErrorPolicy`, `Outcome`, `RouteTicket`, `Settlement` |
+//! | [`fleet`] | backends and models: `Fleet`, `BackendSpec`, `ModelSpec`, `Zone`, `LiveState`, `BackendId`, `BackendSet` |
+//! | [`policy`] | traffic policies: `PolicySet`, `TrafficPolicy`, `Constraints`, `Privacy` |
+//! | [`selector`] | the one role that picks after every stage ran: `Selector`, `Shortlist`, `Pick`, `HeaviestCandidate` (the default) |
+//! | [`routes`] | name resolution at load time: `ModelRoutes`, `RoutePlan`, `closest` |
+//! | [`pipeline`] | building and running a pipeline: `Pipeline`, `PipelineBuilder`, `Request`, `Decision`, `RoutingDecision`, `RouteGuard` |
+//! | [`registry`] | building stages by kind: `Registry`, `ReconcilerFactory`, `SelectorFactory`, `BuildContext`, `BuildError` |
+//! | [`analyzer`] | the built-in `analyzer` stage: `RequestAnalyzer` |
+//! | [`clock`] | `Clock`, `SystemClock` (and `FakeClock` with the `test-util` feature) |
+//!
+//! The root re-exports only the names a first program uses, and that is the rule for
+//! adding one: those of the example below, which describes a fleet, builds a pipeline,
+//! decides a request and finishes its route ([`Fleet`], [`BackendSpec`], [`ModelSpec`],
+//! [`Zone`], [`Pipeline`], [`Request`], [`Outcome`]), the [`RoutingDecision`] every
+//! caller matches on, and the two names a stage author implements against
+//! ([`Reconciler`], [`RoutingIntent`]).
 //!
 //! ## Hot-path rules
 //! Everything is parsed, compiled and indexed when the pipeline is built. A decision
@@ -18,7 +41,8 @@
 //! ## Example
 //! ```
 //! use std::sync::Arc;
-//! use nexus_core::*;
+//! use nexus_core::analyzer::RequestAnalyzer;
+//! use nexus_core::{BackendSpec, Fleet, ModelSpec, Outcome, Pipeline, Request, Zone};
 //!
 //! let fleet = Arc::new(Fleet::new(vec![
 //!     BackendSpec::new("gpu-box", "http://127.0.0.1:11434")
@@ -38,52 +62,49 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-mod analyzer;
-mod clock;
+pub mod analyzer;
+pub mod clock;
+pub mod fleet;
+pub mod pipeline;
+pub mod policy;
+pub mod registry;
+pub mod routes;
+pub mod selector;
+pub mod stage;
+
 mod decision;
-mod fleet;
 mod id;
 mod intent;
-mod pipeline;
-mod policy;
 mod reason;
 mod reconciler;
-mod registry;
 mod request;
-mod routes;
-mod selector;
 mod set;
 
-pub use analyzer::{AnalyzerReason, RequestAnalyzer};
-#[cfg(any(test, feature = "test-util"))]
-pub use clock::FakeClock;
-pub use clock::{Clock, SystemClock};
-pub use decision::{
-    Decision, Fix, OwnedDecision, OwnedRouteGuard, QueueReason, RouteGuard, RouteReason,
-    RoutingDecision, Significant,
+// The crate root: the names of a first program (see the crate docs).
+pub use fleet::{BackendSpec, Fleet, ModelSpec, Zone};
+pub use pipeline::{Pipeline, Request, RoutingDecision};
+pub use stage::{Outcome, Reconciler, RoutingIntent};
+
+// Inside the crate every name is also reachable at `crate::Name`, so that a file does not
+// need to know which module re-exports what it uses.
+pub(crate) use analyzer::RequestAnalyzer;
+pub(crate) use clock::{Clock, SystemClock};
+pub(crate) use fleet::{Backend, BackendId, BackendSet, ModelEntry, ModelId, Offering};
+pub(crate) use pipeline::{
+    CostEstimate, Features, RequestRequirements, TenantId, TierMode, TokenTier,
 };
-pub use fleet::{
-    Backend, BackendKind, BackendSpec, BackendStatus, Fleet, FleetError, LiveState, ModelEntry,
-    ModelSpec, OfferSummary, Offering, Zone, LATENCY_MEMORY_SECS, MAX_USD_PER_MTOK,
+pub(crate) use policy::{Constraints, PolicySet};
+#[cfg(test)]
+pub(crate) use policy::{Privacy, TrafficPolicy};
+pub(crate) use reason::{Exclusion, Warning};
+pub(crate) use routes::closest;
+pub(crate) use selector::{HeaviestCandidate, Pick, Selector, Shortlist};
+#[cfg(test)]
+pub(crate) use stage::Verdict;
+pub(crate) use stage::{
+    BudgetStatus, ErrorPolicy, ExplainContext, Explanation, QueueCause, Reason, ReconcileError,
+    Rejection, RouteTicket, Settlement, StageReason,
 };
-pub use id::{BackendId, ModelId, TenantId};
-pub use intent::{BudgetStatus, Candidate, QueueCause, RoutingIntent, Scratch, Verdict};
-pub use pipeline::{Pipeline, PipelineBuilder, PipelineError, PipelineRef, Stage, StageTiming};
-pub use policy::{Constraints, PolicyError, PolicySet, Privacy, Shadowed, TrafficPolicy};
-pub use reason::{Exclusion, ExplainContext, Explanation, Reason, Rejection, StageReason, Warning};
-pub use reconciler::{
-    ErrorKind, ErrorPolicy, Outcome, ReconcileError, Reconciler, RouteTicket, Settlement,
-};
-pub use registry::{
-    check_fraction, BuildContext, BuildError, DuplicateKind, ReconcilerFactory, Registry,
-    SelectorFactory,
-};
-pub use request::{
-    estimate_tokens, CostEstimate, Features, Request, RequestRequirements, TierMode, TokenTier,
-};
-pub use routes::{closest, Attempt, ModelRoutes, RoutePlan, RoutesError, MAX_ALIAS_NAMES};
-pub use selector::{HeaviestCandidate, Pick, Selector, Shortlist};
-pub use set::{BackendSet, Iter as BackendSetIter};
 
 /// The snippets of `docs/writing-a-reconciler.md`, compiled and run as doctests.
 #[cfg(doctest)]

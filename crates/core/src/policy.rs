@@ -208,7 +208,7 @@ impl Constraints {
     /// a tenant's overrides). Needs no [`PolicySet`]: for combining on the decision path.
     ///
     /// ```
-    /// use nexus_core::{Constraints, Privacy};
+    /// use nexus_core::policy::{Constraints, Privacy};
     /// let tenant = Constraints { privacy: Privacy::Restricted, min_tier: 2, ..Constraints::NONE };
     /// let policy = Constraints { min_tier: 3, max_cost_per_request: Some(0.5), ..Constraints::NONE };
     /// let both = policy.tightened_by(&tenant);
@@ -244,7 +244,7 @@ impl Constraints {
 /// Every traffic policy, compiled.
 ///
 /// ```
-/// use nexus_core::{PolicySet, Privacy, TrafficPolicy};
+/// use nexus_core::policy::{PolicySet, Privacy, TrafficPolicy};
 ///
 /// let policies = PolicySet::new(vec![
 ///     TrafficPolicy::new("gpt-4-*").privacy(Privacy::Restricted).min_tier(3),
@@ -252,7 +252,7 @@ impl Constraints {
 /// ])?;
 /// assert_eq!(policies.matching("gpt-4-turbo"), Some(0));
 /// assert_eq!(policies.matching("llama3"), Some(1));
-/// # Ok::<(), nexus_core::PolicyError>(())
+/// # Ok::<(), nexus_core::policy::PolicyError>(())
 /// ```
 #[derive(Debug, Clone)]
 pub struct PolicySet {

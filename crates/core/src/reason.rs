@@ -19,7 +19,7 @@ use crate::{BackendId, Constraints, Fleet, ModelId, PolicySet, RequestRequiremen
 /// reason is never read as a pipeline failure.
 ///
 /// ```
-/// use nexus_core::Reason;
+/// use nexus_core::stage::Reason;
 ///
 /// const TOO_FAR: u16 = 3;
 /// let reason = Reason::with(TOO_FAR, [120.0, 80.0, 0.0]);
@@ -106,7 +106,7 @@ impl Reason {
 /// [`Reconciler::explain`](crate::Reconciler::explain).
 ///
 /// ```
-/// use nexus_core::{Reason, StageReason};
+/// use nexus_core::stage::{Reason, StageReason};
 ///
 /// #[derive(Clone, Copy, Debug, PartialEq)]
 /// enum GeoReason {
@@ -146,29 +146,29 @@ pub trait StageReason: Copy + Into<Reason> {
 
 /// One backend excluded by one stage while deciding for one model.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Exclusion {
+pub(crate) struct Exclusion {
     /// The excluded backend.
-    pub backend: BackendId,
+    pub(crate) backend: BackendId,
     /// The model being decided for (differs from the primary when a fallback was tried).
-    pub model: ModelId,
+    pub(crate) model: ModelId,
     /// Index of the stage in the pipeline.
-    pub stage: u16,
+    pub(crate) stage: u16,
     /// Why.
-    pub reason: Reason,
+    pub(crate) reason: Reason,
 }
 
 /// A note attached to a decision that does not exclude anything, e.g. a flexible tier
 /// downgrade or a stage that failed open.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Warning {
+pub(crate) struct Warning {
     /// Index of the stage in the pipeline.
-    pub stage: u16,
+    pub(crate) stage: u16,
     /// The model being decided for.
-    pub model: ModelId,
+    pub(crate) model: ModelId,
     /// The backend it is about, if any.
-    pub backend: Option<BackendId>,
+    pub(crate) backend: Option<BackendId>,
     /// What happened.
-    pub reason: Reason,
+    pub(crate) reason: Reason,
 }
 
 /// A rendered reason: what happened and what would fix it.

@@ -1,8 +1,8 @@
-//! The [`Reconciler`] trait: one policy stage of the pipeline.
+//! The [`Reconciler`] trait: what one stage of the pipeline runs.
 //!
 //! A stage looks at the [`RoutingIntent`] and only ever narrows it: it excludes
 //! candidates (with a [`Reason`]) or multiplies their score weight. It never picks: the
-//! pipeline's one [`Selector`](crate::Selector) does, among what every stage left. Because no stage can
+//! pipeline's one [`Selector`](crate::selector::Selector) does, among what every stage left. Because no stage can
 //! re-admit a backend, stages compose in any order. Decisions are synchronous and
 //! allocation-free; anything that does I/O happens outside them, in background tasks or
 //! in [`Reconciler::on_settle`] after the response.
@@ -192,13 +192,14 @@ impl Settlement<'_> {
     }
 }
 
-/// One policy stage of the routing pipeline.
+/// What one stage of the routing pipeline runs: a *reconciler*. Placed in a pipeline
+/// (with its [`ErrorPolicy`]) it is a *stage*; [`name`](Self::name) is its *kind*.
 ///
 /// Implementations must be cheap and must not allocate in `reconcile` on the path to a
 /// Route decision; see the crate docs for the hot-path rules.
 ///
 /// ```
-/// use nexus_core::{Reason, ReconcileError, Reconciler, RoutingIntent, Verdict};
+/// use nexus_core::{stage::{Reason, ReconcileError, Verdict}, Reconciler, RoutingIntent};
 ///
 /// /// Excludes backends whose id starts with "test-".
 /// #[derive(Debug)]
@@ -222,14 +223,15 @@ impl Settlement<'_> {
 /// }
 /// ```
 pub trait Reconciler: Send + Sync + std::fmt::Debug {
-    /// The stage's kind as written in config, e.g. `"privacy"`.
+    /// The reconciler's kind: the name it is registered and configured by, e.g.
+    /// `"privacy"`; decisions name the stage by it.
     fn name(&self) -> &'static str;
 
     /// Narrows the intent: exclude candidates or scale their weights.
     ///
     /// It may run more than once for one request: for each fallback model, and alone
     /// when a Reject is explained ([`RoutingIntent::is_explaining`]). Picking among what
-    /// is left is not a stage's job: the pipeline's [`Selector`](crate::Selector) does
+    /// is left is not a stage's job: the pipeline's [`Selector`](crate::selector::Selector) does
     /// it after every stage ran.
     fn reconcile(&self, intent: &mut RoutingIntent<'_>) -> Result<(), ReconcileError>;
 

@@ -68,7 +68,7 @@ impl BuildContext<'_> {
     /// ```
     /// # use std::path::Path;
     /// # use std::sync::Arc;
-    /// # use nexus_core::{BuildContext, Clock, Fleet, PolicySet, SystemClock};
+    /// # use nexus_core::{clock::{Clock, SystemClock}, policy::PolicySet, registry::BuildContext, Fleet};
     /// # let fleet = Arc::new(Fleet::new(Vec::new()).unwrap());
     /// # let policies = Arc::new(PolicySet::new(Vec::new()).unwrap());
     /// # let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -98,7 +98,7 @@ impl BuildContext<'_> {
     ///
     /// ```
     /// # use std::sync::Arc;
-    /// # use nexus_core::{BuildContext, BuildError, Clock, Fleet, PolicySet, SystemClock};
+    /// # use nexus_core::{clock::{Clock, SystemClock}, policy::PolicySet, registry::{BuildContext, BuildError}, Fleet};
     /// # let fleet = Arc::new(Fleet::new(Vec::new()).unwrap());
     /// # let policies = Arc::new(PolicySet::new(Vec::new()).unwrap());
     /// # let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -203,7 +203,7 @@ fn deserialize<T: DeserializeOwned>(kind: &str, value: &toml::Value) -> Result<T
 /// percentage (1 < value <= 100), suggests the fraction it probably meant.
 ///
 /// ```
-/// use nexus_core::check_fraction;
+/// use nexus_core::registry::check_fraction;
 /// assert_eq!(check_fraction("`max_error_rate`", "a fraction", 0.25), Ok(()));
 /// assert_eq!(
 ///     check_fraction("`max_error_rate`", "a fraction", 25.0),
@@ -230,8 +230,9 @@ pub fn check_fraction(key: &str, what: &str, value: f64) -> Result<(), String> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum BuildError {
-    /// The `[routing.<kind>]` table is invalid.
-    #[error("[routing.{kind}]: {message}")]
+    /// The stage's settings are invalid (nexus-router reads them from the
+    /// `[routing.<kind>]` table and points at the key the message starts with).
+    #[error("settings of stage '{kind}': {message}")]
     InvalidSettings {
         /// The stage kind.
         kind: String,
@@ -241,7 +242,7 @@ pub enum BuildError {
         message: String,
     },
     /// No factory is registered under the name.
-    #[error("unknown reconciler '{kind}'{}; known: {}", .suggestion.as_ref().map(|s| format!(" (did you mean '{s}'?)")).unwrap_or_default(), .known.join(", "))]
+    #[error("no stage kind '{kind}' is registered{}; registered kinds: {}", .suggestion.as_ref().map(|s| format!(" (did you mean '{s}'?)")).unwrap_or_default(), .known.join(", "))]
     UnknownKind {
         /// The name asked for.
         kind: String,
@@ -251,7 +252,7 @@ pub enum BuildError {
         known: Vec<String>,
     },
     /// Anything else.
-    #[error("reconciler '{kind}': {message}")]
+    #[error("stage '{kind}': {message}")]
     Other {
         /// The stage kind.
         kind: String,
@@ -303,7 +304,7 @@ enum Factory {
 
 /// A second factory was registered for a kind.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("a reconciler named '{kind}' is already registered; choose another name for yours")]
+#[error("stage kind '{kind}' is already registered; register yours under another kind")]
 pub struct DuplicateKind {
     /// The kind.
     pub kind: String,
@@ -326,7 +327,7 @@ pub struct DuplicateKind {
 ///     Ok(Box::new(HeaviestCandidate) as Box<dyn Selector>)
 /// })?;
 /// assert!(registry.is_selector("heaviest") && !registry.is_selector("analyzer"));
-/// # Ok::<(), nexus_core::DuplicateKind>(())
+/// # Ok::<(), nexus_core::registry::DuplicateKind>(())
 /// ```
 #[derive(Clone)]
 pub struct Registry {
@@ -494,7 +495,7 @@ mod tests {
         });
         assert_eq!(
             err.to_string(),
-            "[routing.geo]: `share` is a fraction in (0, 1], got 40; did you mean 0.4?"
+            "settings of stage 'geo': `share` is a fraction in (0, 1], got 40; did you mean 0.4?"
         );
         // Absent: the default is validated too (0 is not a fraction in (0, 1]).
         let err = with_ctx(None, |ctx| ctx.validated_settings(check).unwrap_err());

@@ -9,7 +9,7 @@ use crate::{BackendId, TenantId};
 /// Optional model features a request may need, as a small bit set.
 ///
 /// ```
-/// use nexus_core::Features;
+/// use nexus_core::pipeline::Features;
 /// let needs = Features::VISION | Features::TOOLS;
 /// assert!(needs.contains(Features::TOOLS));
 /// assert_eq!(needs.missing_from(Features::TOOLS), Features::VISION);
@@ -102,7 +102,7 @@ impl fmt::Display for Features {
 /// `X-Nexus-Flexible` and `X-Nexus-Strict` to the mode.
 ///
 /// ```
-/// use nexus_core::TierMode;
+/// use nexus_core::pipeline::TierMode;
 /// let headers = [("content-type", "application/json"), ("x-nexus-flexible", "true")];
 /// assert_eq!(TierMode::from_headers(headers), Some(TierMode::Flexible));
 /// assert_eq!(TierMode::from_headers([("X-Nexus-Flexible", "0")]), None);
@@ -160,7 +160,7 @@ impl TierMode {
 /// request body without copying.
 ///
 /// ```
-/// use nexus_core::{Features, Request};
+/// use nexus_core::{pipeline::Features, Request};
 /// let request = Request::new("gpt-4").input_tokens(1000).needs(Features::TOOLS);
 /// let needs = request.requirements();
 /// assert_eq!(needs.estimated_output_tokens, 500);
@@ -188,7 +188,7 @@ pub struct Request<'a> {
     pub excluded: &'a [BackendId],
     /// The tenant the request is made for, when the caller authenticated one: the
     /// pipeline tightens the constraints by the tenant's overrides
-    /// ([`PipelineBuilder::tenant_constraints`](crate::PipelineBuilder::tenant_constraints))
+    /// ([`PipelineBuilder::tenant_constraints`](crate::pipeline::PipelineBuilder::tenant_constraints))
     /// and the budget counts its spend against the tenant's limit as well as the
     /// global one. `None`: no tenant.
     pub tenant: Option<TenantId>,
@@ -358,8 +358,8 @@ pub struct CostEstimate {
 /// English text with BPE tokenizers (it over-counts code and under-counts CJK text).
 ///
 /// ```
-/// assert_eq!(nexus_core::estimate_tokens("Hello, world!"), 4);
-/// assert_eq!(nexus_core::estimate_tokens(""), 0);
+/// assert_eq!(nexus_core::pipeline::estimate_tokens("Hello, world!"), 4);
+/// assert_eq!(nexus_core::pipeline::estimate_tokens(""), 0);
 /// ```
 pub fn estimate_tokens(text: &str) -> u32 {
     u32::try_from(text.len().div_ceil(4)).unwrap_or(u32::MAX)

@@ -4,7 +4,7 @@
 //! chain (at most three names, no cycles), the resolved model, its fallbacks, and the
 //! policy constraints combined over every name on the way. A decision then does one
 //! hash lookup to get its [`RoutePlan`]. The per-decision part of request analysis is
-//! the [`RequestAnalyzer`](crate::RequestAnalyzer) stage.
+//! the [`RequestAnalyzer`](crate::analyzer::RequestAnalyzer) stage.
 
 use std::collections::BTreeMap;
 
@@ -13,7 +13,7 @@ use rustc_hash::FxHashMap as HashMap;
 use crate::{Constraints, Fleet, ModelId, PolicySet};
 
 /// The longest alias chain, counting the requested name and the resolved model.
-pub const MAX_ALIAS_NAMES: usize = 3;
+pub(crate) const MAX_ALIAS_NAMES: usize = 3;
 
 /// One model a request may be served by, with the constraints in force for it.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -193,7 +193,7 @@ pub fn closest<'c>(name: &str, candidates: impl IntoIterator<Item = &'c str>) ->
 ///
 /// ```
 /// use std::collections::BTreeMap;
-/// use nexus_core::{BackendSpec, Fleet, ModelRoutes, ModelSpec, PolicySet};
+/// use nexus_core::{policy::PolicySet, routes::ModelRoutes, BackendSpec, Fleet, ModelSpec};
 ///
 /// let fleet = Fleet::new(vec![BackendSpec::new("gpu", "http://127.0.0.1:1")
 ///     .with_model(ModelSpec::new("llama3:70b"))

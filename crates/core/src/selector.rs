@@ -28,7 +28,7 @@ use crate::{
 /// everyone is saturated).
 ///
 /// ```
-/// use nexus_core::{Pick, Selector, Shortlist};
+/// use nexus_core::selector::{Pick, Selector, Shortlist};
 ///
 /// /// Routes to the candidate with the lowest backend index.
 /// #[derive(Debug)]
@@ -168,7 +168,7 @@ impl Pick {
 
 /// The candidates every stage left for the current model, as a [`Selector`] sees them:
 /// read-only, in backend order, with their weights, and a place to record the score
-/// each got (shown with the decision, [`Decision::scored_candidates`](crate::Decision::scored_candidates)).
+/// each got (shown with the decision, [`Decision::scored_candidates`](crate::pipeline::Decision::scored_candidates)).
 pub struct Shortlist<'a, 'i> {
     intent: &'i mut RoutingIntent<'a>,
 }

@@ -10,7 +10,7 @@ use crate::BackendId;
 /// A set of backends of one fleet, stored as a bitset over [`BackendId`] indices.
 ///
 /// ```
-/// use nexus_core::{BackendId, BackendSet};
+/// use nexus_core::fleet::{BackendId, BackendSet};
 ///
 /// let mut set = BackendSet::with_capacity(100);
 /// set.insert(BackendId::new(3));

@@ -6,8 +6,10 @@
 use std::sync::{Arc, Mutex};
 
 use nexus_core::{
-    BackendId, BackendSet, BackendSpec, BackendStatus, Fleet, ModelId, ModelSpec, Pipeline, Reason,
-    ReconcileError, Reconciler, Request, RequestAnalyzer, RoutingDecision, RoutingIntent,
+    analyzer::RequestAnalyzer,
+    fleet::{BackendId, BackendSet, BackendStatus, ModelId},
+    stage::{Reason, ReconcileError},
+    BackendSpec, Fleet, ModelSpec, Pipeline, Reconciler, Request, RoutingDecision, RoutingIntent,
 };
 use proptest::prelude::*;
 
@@ -38,8 +40,8 @@ impl Reconciler for MaskStage {
         }
         Ok(())
     }
-    fn default_error_policy(&self) -> nexus_core::ErrorPolicy {
-        nexus_core::ErrorPolicy::FailOpen
+    fn default_error_policy(&self) -> nexus_core::stage::ErrorPolicy {
+        nexus_core::stage::ErrorPolicy::FailOpen
     }
 }
 
@@ -157,15 +159,15 @@ proptest! {
         let fleet = Arc::new(Fleet::new(specs).unwrap());
         let Some(model) = fleet.model_id("alpha") else { return Ok(()) };
         let run = |order: &[usize]| {
-            let mut scratch = nexus_core::Scratch::default();
-            let policies = nexus_core::PolicySet::default();
+            let mut scratch = nexus_core::stage::Scratch::default();
+            let policies = nexus_core::policy::PolicySet::default();
             let mut intent = RoutingIntent::new(
                 &fleet,
                 &policies,
                 &mut scratch,
                 model,
                 Request::new("alpha").requirements(),
-                nexus_core::Constraints::NONE,
+                nexus_core::policy::Constraints::NONE,
             );
             for &i in order {
                 let (mask, weight, _) = stages[i];

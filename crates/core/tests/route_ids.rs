@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use nexus_core::{BackendSpec, Fleet, ModelSpec, Pipeline, Request, RequestAnalyzer};
+use nexus_core::{analyzer::RequestAnalyzer, BackendSpec, Fleet, ModelSpec, Pipeline, Request};
 
 fn pipeline() -> Pipeline {
     let fleet = Arc::new(

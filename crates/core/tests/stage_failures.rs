@@ -4,8 +4,9 @@
 use std::sync::Arc;
 
 use nexus_core::{
-    BackendSpec, ErrorPolicy, Fleet, ModelSpec, Pipeline, ReconcileError, Reconciler, Request,
-    RequestAnalyzer, RoutingDecision, RoutingIntent,
+    analyzer::RequestAnalyzer,
+    stage::{ErrorPolicy, ReconcileError},
+    BackendSpec, Fleet, ModelSpec, Pipeline, Reconciler, Request, RoutingDecision, RoutingIntent,
 };
 
 #[derive(Debug)]
@@ -54,9 +55,10 @@ fn fail_closed_is_the_default_and_rejects_naming_the_error() {
         &*rejections[0].reason,
         "stage 'geo' failed: the region map is not loaded yet"
     );
-    assert!(rejections[0]
-        .suggested_action
-        .contains("[routing.on_error] geo = \"fail_open\""));
+    assert_eq!(
+        &*rejections[0].suggested_action,
+        "fix what the error names, or give stage 'geo' the fail-open error policy to skip it when it fails"
+    );
     assert_eq!(fix.as_ref().unwrap().reconciler, "geo");
 }
 

@@ -8,7 +8,7 @@
 //! constant time, and never logged or echoed.
 
 use axum::http::{header, HeaderMap};
-use nexus_core::TenantId;
+use nexus_core::pipeline::TenantId;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 

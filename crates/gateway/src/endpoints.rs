@@ -7,7 +7,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use nexus_core::BackendStatus;
+use nexus_core::fleet::BackendStatus;
 use nexus_router::DecisionReport;
 use serde_json::{json, Value};
 

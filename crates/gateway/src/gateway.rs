@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use axum::http::HeaderValue;
 use axum::routing::{get, post};
-use nexus_core::{Backend, Fleet};
+use nexus_core::{fleet::Backend, Fleet};
 use nexus_router::{ConfigError, HealthConfig, LiveRouter, ReloadSummary, Router, ServerConfig};
 
 use crate::queue::Queue;

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use axum::http::header;
 use futures_util::future::join_all;
-use nexus_core::{Backend, BackendKind, BackendStatus};
+use nexus_core::fleet::{Backend, BackendKind, BackendStatus};
 use serde::Deserialize;
 
 use crate::proxy::upstream_url;

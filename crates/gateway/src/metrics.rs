@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use nexus_core::{Backend, BackendStatus, Fleet, Zone};
+use nexus_core::{
+    fleet::{Backend, BackendStatus},
+    Fleet, Zone,
+};
 
 use crate::Gateway;
 

@@ -26,7 +26,9 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use nexus_core::{
-    BackendId, BackendStatus, OwnedDecision, OwnedRouteGuard, RoutingDecision, TenantId, TierMode,
+    fleet::{BackendId, BackendStatus},
+    pipeline::{OwnedDecision, OwnedRouteGuard, TenantId, TierMode},
+    RoutingDecision,
 };
 use nexus_router::DecisionReport;
 use tracing::Instrument as _;
@@ -462,7 +464,7 @@ pub(crate) fn refusal(requested: &str, decision: &OwnedDecision) -> GatewayError
     }
     let report = report_json(requested, decision);
     if pipeline.routes().plan(requested).is_none() {
-        let closest = nexus_core::closest(requested, pipeline.routes().names());
+        let closest = nexus_core::routes::closest(requested, pipeline.routes().names());
         return GatewayError::model_not_found(requested, closest).with_decision(report);
     }
     let lead = fix

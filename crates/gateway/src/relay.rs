@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use axum::http::{HeaderValue, StatusCode};
 use bytes::Bytes;
 use futures_util::Stream;
-use nexus_core::{Outcome, OwnedRouteGuard};
+use nexus_core::{pipeline::OwnedRouteGuard, Outcome};
 use tokio::time::Sleep;
 
 use crate::sse::SseInspector;

@@ -80,7 +80,7 @@ pub(crate) fn decide_span(parent: &Span) -> Span {
 /// client span, named `{operation} {model}` as the conventions ask.
 pub(crate) fn upstream_span(
     attempt: usize,
-    backend: &nexus_core::Backend,
+    backend: &nexus_core::fleet::Backend,
     model: &str,
     endpoint: Endpoint,
 ) -> Span {
@@ -131,7 +131,7 @@ pub(crate) fn millis(d: Duration) -> f64 {
 /// What settling knew about a request that reached a backend.
 pub(crate) struct Settled<'a> {
     pub(crate) request_id: &'a HeaderValue,
-    pub(crate) backend: &'a nexus_core::Backend,
+    pub(crate) backend: &'a nexus_core::fleet::Backend,
     pub(crate) model: &'a str,
     pub(crate) status: u16,
     pub(crate) ending: &'static str,

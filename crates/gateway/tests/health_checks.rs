@@ -5,7 +5,7 @@
 mod common;
 
 use common::{backend, serve};
-use nexus_core::BackendStatus;
+use nexus_core::fleet::BackendStatus;
 use nexus_testkit::{MockConfig, MockUpstream};
 
 #[tokio::test]

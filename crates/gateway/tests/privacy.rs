@@ -35,7 +35,7 @@ async fn restricted_traffic_stays_local_whatever_happens() {
     let fleet = router.fleet();
     fleet.set_status(
         fleet.backend_by_name("local").unwrap().id(),
-        nexus_core::BackendStatus::Unhealthy,
+        nexus_core::fleet::BackendStatus::Unhealthy,
     );
     let answer = served.chat("secret").await;
     assert_eq!(answer.status(), 503);

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{backend, serve, NO_HEALTH};
-use nexus_core::BackendStatus;
+use nexus_core::fleet::BackendStatus;
 use nexus_testkit::{MockConfig, MockUpstream};
 
 #[tokio::test]

@@ -16,8 +16,11 @@
 #![warn(missing_docs)]
 
 use nexus_core::{
-    BackendSet, BuildContext, BuildError, ExplainContext, Explanation, Fleet, Privacy, Reason,
-    ReconcileError, Reconciler, RoutingIntent, StageReason, Zone,
+    fleet::BackendSet,
+    policy::Privacy,
+    registry::{BuildContext, BuildError},
+    stage::{ExplainContext, Explanation, Reason, ReconcileError, StageReason},
+    Fleet, Reconciler, RoutingIntent, Zone,
 };
 use serde::Deserialize;
 
@@ -83,7 +86,8 @@ pub struct PrivacySettings {}
 ///
 /// ```
 /// use std::sync::Arc;
-/// use nexus_core::*;
+/// use nexus_core::policy::{PolicySet, Privacy, TrafficPolicy};
+/// use nexus_core::{BackendSpec, Fleet, ModelSpec, Pipeline, Request, Zone};
 /// use nexus_privacy::PrivacyReconciler;
 ///
 /// let fleet = Arc::new(Fleet::new(vec![

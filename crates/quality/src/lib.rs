@@ -42,8 +42,13 @@ mod window;
 use std::sync::Arc;
 
 use nexus_core::{
-    BuildContext, BuildError, Candidate, Clock, ExplainContext, Explanation, Fleet, Reason,
-    ReconcileError, Reconciler, RouteTicket, RoutingIntent, Settlement, StageReason, Verdict,
+    clock::Clock,
+    registry::{BuildContext, BuildError},
+    stage::{
+        Candidate, ExplainContext, Explanation, Reason, ReconcileError, RouteTicket, Settlement,
+        StageReason, Verdict,
+    },
+    Fleet, Reconciler, RoutingIntent,
 };
 use serde::Deserialize;
 
@@ -185,7 +190,11 @@ impl QualitySettings {
     /// Checks the values; the error names the key (in backticks, so that config errors
     /// point at its line) and how to fix it.
     pub fn validate(&self) -> Result<(), String> {
-        nexus_core::check_fraction("`max_error_rate`", "a fraction", self.max_error_rate)?;
+        nexus_core::registry::check_fraction(
+            "`max_error_rate`",
+            "a fraction",
+            self.max_error_rate,
+        )?;
         if self.min_samples == 0 {
             return Err("`min_samples` must be at least 1".to_owned());
         }
@@ -391,9 +400,9 @@ impl Reconciler for QualityReconciler {
         Some(self)
     }
 
-    fn default_error_policy(&self) -> nexus_core::ErrorPolicy {
+    fn default_error_policy(&self) -> nexus_core::stage::ErrorPolicy {
         // Learned preferences must not take routing down: skip the stage if it fails.
-        nexus_core::ErrorPolicy::FailOpen
+        nexus_core::stage::ErrorPolicy::FailOpen
     }
 }
 

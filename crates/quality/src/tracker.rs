@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use nexus_core::{BackendId, Clock, Fleet};
+use nexus_core::{clock::Clock, fleet::BackendId, Fleet};
 
 use crate::window::Window;
 use crate::QualitySettings;
@@ -141,7 +141,7 @@ struct BackendQuality {
     ttft_ms_1h: Window<60, 60>,
     circuit: AtomicU64,
     /// The route that holds the probe while the circuit is probing (a
-    /// [`RouteTicket::id`](nexus_core::RouteTicket::id)); meaningless otherwise. Only
+    /// [`RouteTicket::id`](nexus_core::stage::RouteTicket::id)); meaningless otherwise. Only
     /// that route's settlement ends or gives back the probe: routes decided before the
     /// circuit opened may settle at any time, and must not free a second probe.
     probe_owner: AtomicU64,
@@ -193,7 +193,7 @@ pub const RECENT_TTFT_MINUTES: usize = 5;
 /// ```
 /// use std::sync::Arc;
 /// use std::time::Duration;
-/// use nexus_core::{BackendId, FakeClock};
+/// use nexus_core::{clock::FakeClock, fleet::BackendId};
 /// use nexus_quality::{Circuit, QualitySettings, QualityTracker};
 ///
 /// let clock = Arc::new(FakeClock::at_secs(1_800_000_000));
@@ -305,7 +305,7 @@ impl QualityTracker {
     }
 
     /// Records the outcome of route `route` (its
-    /// [`RouteTicket::id`](nexus_core::RouteTicket::id)) at `now_secs`. While the circuit
+    /// [`RouteTicket::id`](nexus_core::stage::RouteTicket::id)) at `now_secs`. While the circuit
     /// is probing, only the route that claimed the probe decides it (a success closes
     /// the circuit, a failure re-opens it); the outcomes of other routes, decided before
     /// the circuit opened, count in the windows but leave the circuit alone.
@@ -400,7 +400,7 @@ impl QualityTracker {
     }
 
     /// Claims the half-open backend's one probe for route `route` (its
-    /// [`RouteTicket::id`](nexus_core::RouteTicket::id), not 0); false if the circuit is
+    /// [`RouteTicket::id`](nexus_core::stage::RouteTicket::id), not 0); false if the circuit is
     /// not half-open or another request claimed the probe first.
     pub fn try_claim_probe(&self, backend: BackendId, now_secs: u64, route: u64) -> bool {
         let Some(q) = self.backend(backend) else {

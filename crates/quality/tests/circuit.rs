@@ -6,7 +6,8 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use nexus_core::{
-    BackendId, BackendSpec, FakeClock, Fleet, ModelSpec, Outcome, Pipeline, Request, Zone,
+    clock::FakeClock, fleet::BackendId, BackendSpec, Fleet, ModelSpec, Outcome, Pipeline, Request,
+    Zone,
 };
 use nexus_quality::{Circuit, OpenCause, QualityReconciler, QualitySettings, QualityTracker};
 use nexus_scheduler::Scheduler;
@@ -49,7 +50,7 @@ fn windows_roll_over() {
     assert_eq!((stats.successes_24h, stats.failures_24h), (0, 0));
 }
 
-use nexus_core::Clock;
+use nexus_core::clock::Clock;
 
 #[test]
 fn the_error_rate_rule_waits_for_min_samples() {

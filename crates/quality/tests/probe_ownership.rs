@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nexus_core::{
-    BackendId, BackendSpec, FakeClock, Fleet, ModelSpec, Outcome, Pipeline, Request, RouteGuard,
-    Zone,
+    clock::FakeClock, fleet::BackendId, pipeline::RouteGuard, BackendSpec, Fleet, ModelSpec,
+    Outcome, Pipeline, Request, Zone,
 };
 use nexus_quality::{Circuit, QualityReconciler, QualitySettings};
 use nexus_scheduler::Scheduler;

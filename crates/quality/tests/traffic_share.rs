@@ -7,8 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nexus_core::{
-    BackendSpec, Clock, FakeClock, Fleet, ModelSpec, Outcome, Pipeline, Request, RequestAnalyzer,
-    RouteGuard, Zone,
+    analyzer::RequestAnalyzer,
+    clock::{Clock, FakeClock},
+    pipeline::RouteGuard,
+    BackendSpec, Fleet, ModelSpec, Outcome, Pipeline, Request, Zone,
 };
 use nexus_quality::{QualityReconciler, QualitySettings};
 use nexus_scheduler::Scheduler;

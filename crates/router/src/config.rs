@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Range;
 
-use nexus_core::{BackendSpec, ErrorPolicy, TrafficPolicy};
+use nexus_core::{policy::TrafficPolicy, stage::ErrorPolicy, BackendSpec};
 use serde::Deserialize;
 
 use crate::wording::{printable, split_fix, syntax_error, type_error, with_suggestion};

@@ -6,7 +6,10 @@
 //! `privacy = "restricted"` policy would route to the cloud with no word said. So the
 //! key is an error, at its line, with the two ways out.
 
-use nexus_core::{Privacy, Registry, TrafficPolicy};
+use nexus_core::{
+    policy::{Privacy, TrafficPolicy},
+    registry::Registry,
+};
 
 use crate::config::{ConfigError, Seg, Source};
 

@@ -2,7 +2,7 @@
 //!
 //! The facade of the Nexus control plane. It turns a TOML configuration into a
 //! [`Fleet`](nexus_core::Fleet) and a [`Pipeline`](nexus_core::Pipeline) of stages drawn
-//! from a [`Registry`](nexus_core::Registry) (built-ins plus whatever you register),
+//! from a [`Registry`](nexus_core::registry::Registry) (built-ins plus whatever you register),
 //! and renders decisions for people and machines ([`DecisionReport`]); the `nexus`
 //! command-line tool lives in `nexus-cli`, so that embedding this crate never compiles
 //! a web server. Each policy crate is re-exported behind a feature of its name.

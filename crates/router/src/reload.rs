@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
-use nexus_core::{OwnedDecision, Request};
+use nexus_core::{pipeline::OwnedDecision, Request};
 use serde::Serialize;
 
 use crate::{ConfigError, HealthConfig, Router, RouterBuilder, ServerConfig};

@@ -84,7 +84,7 @@ fn replay(router: &Router, path: &Path) -> Result<usize, ReplayError> {
         })?;
         let Some(backend) = router.fleet().backend_by_name(&outcome.backend) else {
             let known = router.fleet().backends().iter().map(|b| b.name());
-            let hint = nexus_core::closest(&outcome.backend, known)
+            let hint = nexus_core::routes::closest(&outcome.backend, known)
                 .map(|b| format!(" (did you mean '{b}'?)"))
                 .unwrap_or_default();
             return Err(ReplayError::new(format!(

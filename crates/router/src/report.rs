@@ -8,7 +8,10 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use nexus_core::{Decision, PipelineRef, RoutingDecision, Significant};
+use nexus_core::{
+    pipeline::{Decision, PipelineRef, Significant},
+    RoutingDecision,
+};
 use serde::Serialize;
 
 /// The estimated cost part of a report.
@@ -112,7 +115,7 @@ impl DecisionReport {
     /// Renders `decision` (made for `requested_model`).
     pub fn new<P: PipelineRef>(requested_model: &str, decision: &Decision<P>) -> Self {
         let fleet = decision.pipeline().fleet();
-        let name = |b: nexus_core::BackendId| fleet.backend(b).name().to_owned();
+        let name = |b: nexus_core::fleet::BackendId| fleet.backend(b).name().to_owned();
         let requirements = decision.requirements();
         let cost = decision.cost_estimate();
         let mut report = DecisionReport {
@@ -129,7 +132,7 @@ impl DecisionReport {
                 input_tokens: requirements.input_tokens,
                 estimated_output_tokens: requirements.estimated_output_tokens,
                 cost_usd: cost.map(|c| c.cost_usd),
-                token_tier: nexus_core::TokenTier::of(requirements.total_tokens())
+                token_tier: nexus_core::pipeline::TokenTier::of(requirements.total_tokens())
                     .as_str()
                     .to_owned(),
             },

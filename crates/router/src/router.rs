@@ -6,9 +6,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use nexus_core::{
-    BuildContext, Clock, Decision, DuplicateKind, Fleet, FleetError, OwnedDecision, Pipeline,
-    PipelineError, PolicyError, PolicySet, ReconcilerFactory, Registry, Request, SelectorFactory,
-    SystemClock,
+    clock::{Clock, SystemClock},
+    fleet::FleetError,
+    pipeline::{Decision, OwnedDecision, PipelineError},
+    policy::{PolicyError, PolicySet},
+    registry::{BuildContext, DuplicateKind, ReconcilerFactory, Registry, SelectorFactory},
+    Fleet, Pipeline, Request,
 };
 
 use crate::config::{
@@ -35,8 +38,9 @@ pub trait WithBuiltins {
 }
 
 /// A built-in stage's factory.
-type Factory =
-    fn(&BuildContext<'_>) -> Result<Box<dyn nexus_core::Reconciler>, nexus_core::BuildError>;
+type Factory = fn(
+    &BuildContext<'_>,
+) -> Result<Box<dyn nexus_core::Reconciler>, nexus_core::registry::BuildError>;
 
 /// The stages this build includes, beyond core's `analyzer`.
 const BUILTINS: &[(&str, Factory)] = &[
@@ -52,7 +56,9 @@ const BUILTINS: &[(&str, Factory)] = &[
 
 /// A built-in selector's factory.
 type SelectorFn =
-    fn(&BuildContext<'_>) -> Result<Box<dyn nexus_core::Selector>, nexus_core::BuildError>;
+    fn(
+        &BuildContext<'_>,
+    ) -> Result<Box<dyn nexus_core::selector::Selector>, nexus_core::registry::BuildError>;
 
 /// The selectors this build includes.
 const BUILTIN_SELECTORS: &[(&str, SelectorFn)] = &[
@@ -80,7 +86,7 @@ impl WithBuiltins for Registry {
 /// Builds a [`Router`]: registers extra stage kinds, sets the clock, loads config.
 ///
 /// ```
-/// use nexus_core::{BuildContext, BuildError, Reconciler, RequestAnalyzer};
+/// use nexus_core::{analyzer::RequestAnalyzer, registry::{BuildContext, BuildError}, Reconciler};
 /// use nexus_router::RouterBuilder;
 ///
 /// let router = RouterBuilder::new()
@@ -125,7 +131,7 @@ impl RouterBuilder {
     /// check` and `nexus route` do): stages read what they persist without creating,
     /// changing or locking it (the budget reads its store read-only, so a running
     /// router keeps it), and start no background work. See
-    /// [`BuildContext::dry_run`](nexus_core::BuildContext::dry_run).
+    /// [`BuildContext::dry_run`](nexus_core::registry::BuildContext::dry_run).
     pub fn dry_run(mut self, dry_run: bool) -> Self {
         self.dry_run = dry_run;
         self
@@ -289,7 +295,7 @@ impl RouterBuilder {
         for key in stages.keys() {
             if !self.registry.contains(key) {
                 let known = ROUTING_KEYS.iter().copied().chain(self.registry.kinds());
-                let help = match nexus_core::closest(key, known) {
+                let help = match nexus_core::routes::closest(key, known) {
                     Some(best) => format!("did you mean `{best}`?"),
                     None => format!(
                         "[routing] takes {} and the settings of a stage kind ({})",
@@ -361,7 +367,7 @@ impl RouterBuilder {
                 return Err(source.error(
                     &[Seg::Key("routing"), Seg::Key("on_error"), Seg::Key(kind)],
                     format!("[routing.on_error] names '{kind}', which is not in the pipeline"),
-                    nexus_core::closest(kind, kinds.iter().map(String::as_str))
+                    nexus_core::routes::closest(kind, kinds.iter().map(String::as_str))
                         .map(|k| format!("did you mean `{k}`?")),
                 ));
             }
@@ -445,7 +451,8 @@ impl RouterBuilder {
             .policies(Arc::clone(&policies))
             .aliases(aliases)
             .fallbacks(fallbacks)
-            .tenant_constraints(tenants.constraints());
+            .tenant_constraints(tenants.constraints())
+            .fix_texts(crate::wording::FIX_TEXTS);
         for (i, kind) in kinds.iter().enumerate() {
             let ctx = BuildContext {
                 kind,
@@ -457,8 +464,8 @@ impl RouterBuilder {
                 dry_run: self.dry_run,
                 previous: running.map(|r| &**r.pipeline()),
             };
-            let build_error = |e: nexus_core::BuildError| match &e {
-                nexus_core::BuildError::UnknownKind { suggestion, .. } => source.error(
+            let build_error = |e: nexus_core::registry::BuildError| match &e {
+                nexus_core::registry::BuildError::UnknownKind { suggestion, .. } => source.error(
                     &pipeline_path(i),
                     format!("unknown stage '{kind}' in the pipeline"),
                     Some(match suggestion {
@@ -469,7 +476,7 @@ impl RouterBuilder {
                         ),
                     }),
                 ),
-                nexus_core::BuildError::InvalidSettings { message, .. } => {
+                nexus_core::registry::BuildError::InvalidSettings { message, .. } => {
                     source.settings_error(kind, message)
                 }
                 _ => source.error(&[Seg::Key("routing"), Seg::Key(kind)], e.to_string(), None),
@@ -571,7 +578,7 @@ fn build_fleet(
 /// The `[[routing.policies]]`, with a warning for each policy an earlier one shadows.
 fn build_policies(
     source: &Source<'_>,
-    policies: Vec<nexus_core::TrafficPolicy>,
+    policies: Vec<nexus_core::policy::TrafficPolicy>,
     warnings: &mut Vec<ConfigWarning>,
 ) -> Result<Arc<PolicySet>, ConfigError> {
     let policies = PolicySet::new(policies).map_err(|e| {
@@ -627,6 +634,14 @@ fn fleet_error(source: &Source<'_>, e: &FleetError) -> ConfigError {
             path.extend([Seg::Key("models"), Seg::Index(*model_index), Seg::Key(key)]);
         }
         _ => {}
+    }
+    if let FleetError::EmptyId { index } = e {
+        // Core names the fix in its terms; the config's is a line to copy.
+        return source.error(
+            &path,
+            format!("backend {index} has an empty id"),
+            Some("set id = \"some-name\"".to_owned()),
+        );
     }
     source.error(&path, e.to_string(), None)
 }

@@ -178,7 +178,7 @@ fn print_tenants(out: &mut String, router: &Router) {
             None => parts.push("global limit only".to_owned()),
         }
         let c = tenant.constraints();
-        if c.privacy == crate::core::Privacy::Restricted {
+        if c.privacy == crate::core::policy::Privacy::Restricted {
             parts.push("restricted".to_owned());
         }
         if c.min_tier > 0 {

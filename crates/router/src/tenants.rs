@@ -11,7 +11,10 @@
 use std::fmt;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
-use nexus_core::{Constraints, Privacy, TenantId};
+use nexus_core::{
+    pipeline::TenantId,
+    policy::{Constraints, Privacy},
+};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;

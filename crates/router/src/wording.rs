@@ -21,6 +21,17 @@ pub(crate) fn printable(text: &str) -> std::borrow::Cow<'_, str> {
         .into()
 }
 
+/// How the pipeline's own Rejects word their fix in a router built from config: they
+/// name the config's tables (core's defaults name the pipeline builder's calls).
+pub(crate) const FIX_TEXTS: nexus_core::pipeline::FixTexts = nexus_core::pipeline::FixTexts {
+    unknown_model: |model| {
+        format!("add a backend that serves '{model}', or an alias in [routing.aliases]")
+    },
+    failed_stage: |kind| {
+        format!("fix what the error names, or set [routing.on_error] {kind} = \"fail_open\" to skip the stage when it fails")
+    },
+};
+
 /// Errors of the engine's crates read "what is wrong; how to fix it": the fix becomes
 /// the `help:` line.
 pub(crate) fn split_fix(message: String) -> (String, Option<String>) {
@@ -50,7 +61,7 @@ pub(crate) fn with_suggestion(message: &str) -> (String, Option<String>) {
         let mut quoted = rest.split('`').skip(1).step_by(2);
         let Some(given) = quoted.next() else { break };
         let expected: Vec<&str> = quoted.collect();
-        let help = match nexus_core::closest(given, expected.iter().copied()) {
+        let help = match nexus_core::routes::closest(given, expected.iter().copied()) {
             Some(best) => format!("did you mean `{best}`?"),
             None if !expected.is_empty() => format!(
                 "use one of {}",

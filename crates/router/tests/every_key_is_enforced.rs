@@ -6,9 +6,12 @@
 //! without a case fails the walk, so a key that is parsed and ignored cannot come back.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::Path;
 use std::time::Duration;
 
+use common::{backend, fleet, local};
 use nexus_core::{Outcome, Request};
 use nexus_router::budget::{BudgetReconciler, BudgetSettings};
 use nexus_router::{Router, POLICY_KEY_STAGES};
@@ -16,40 +19,21 @@ use serde::de::DeserializeOwned;
 
 /// A local backend and a dearer, higher-priority cloud one serving `m`; a backend that
 /// is down serving `big`, whose fallback `small` is served locally.
-const FLEET: &str = r#"
-[[backends]]
-id = "local"
-url = "http://127.0.0.1:11434"
-zone = "local"
-priority = 2
-tier = 2
-  [[backends.models]]
-  name = "m"
-  [[backends.models]]
-  name = "small"
-
-[[backends]]
-id = "cloud"
-url = "https://api.example.com/v1"
-zone = "cloud"
-priority = 3
-tier = 4
-  [[backends.models]]
-  name = "m"
-  input_usd_per_mtok = 10.0
-  output_usd_per_mtok = 10.0
-
-[[backends]]
-id = "down"
-url = "http://127.0.0.1:8000"
-zone = "local"
-status = "unhealthy"
-  [[backends.models]]
-  name = "big"
-
-[routing.fallbacks]
-"big" = ["small"]
-"#;
+fn test_fleet() -> String {
+    fleet([
+        local("local", 11434)
+            .priority(2)
+            .tier(2)
+            .serves("m")
+            .serves("small"),
+        backend("cloud", "https://api.example.com/v1")
+            .zone("cloud")
+            .priority(3)
+            .tier(4)
+            .serves_priced("m", 10.0, Some(10.0)),
+        local("down", 8000).status("unhealthy").serves("big"),
+    ]) + "\n[routing.fallbacks]\n\"big\" = [\"small\"]\n"
+}
 
 /// The fields of a `deny_unknown_fields` schema, as its unknown-field error lists them.
 fn schema_fields<T: DeserializeOwned + std::fmt::Debug>() -> Vec<String> {
@@ -211,12 +195,18 @@ const NOT_DECISION_KEYS: &[(&str, &str)] = &[
 ];
 
 fn policy_config(policy: &str) -> String {
-    format!("{FLEET}\n[[routing.policies]]\n{policy}\n")
+    format!(
+        "{fleet}\n[[routing.policies]]\n{policy}\n",
+        fleet = test_fleet()
+    )
 }
 
 fn budget_config(budget: &str, store: &Path) -> String {
     let budget = budget.replace("{store}", &store.display().to_string());
-    format!("{FLEET}\n[routing.budget]\n{budget}\n")
+    format!(
+        "{fleet}\n[routing.budget]\n{budget}\n",
+        fleet = test_fleet()
+    )
 }
 
 /// A store file holding $100 of this month's spend, written the way a router does.
@@ -272,12 +262,12 @@ fn walk(cases: &[Case], schema: Vec<String>, config: impl Fn(&str) -> String) {
 fn every_policy_key_changes_a_decision() {
     walk(
         POLICY_CASES,
-        schema_fields::<nexus_core::TrafficPolicy>(),
+        schema_fields::<nexus_core::policy::TrafficPolicy>(),
         policy_config,
     );
     let mut listed: Vec<&str> = POLICY_KEY_STAGES.iter().map(|(k, _)| *k).collect();
     listed.sort_unstable();
-    assert_eq!(listed, schema_fields::<nexus_core::TrafficPolicy>());
+    assert_eq!(listed, schema_fields::<nexus_core::policy::TrafficPolicy>());
 }
 
 #[test]
@@ -332,8 +322,7 @@ fn a_policy_key_whose_stage_is_left_out_is_an_error_at_that_key() {
 fn the_issue_reproductions_are_refused_or_enforced() {
     // A restricted policy in a pipeline without privacy routed to the cloud.
     let text = format!(
-        "{FLEET}\n[routing]\npipeline = [\"analyzer\", \"tier\", \"scheduler\"]\n\n[[routing.policies]]\nmodel_pattern = \"m\"\nprivacy = \"restricted\"\n"
-    );
+        "{fleet}\n[routing]\npipeline = [\"analyzer\", \"tier\", \"scheduler\"]\n\n[[routing.policies]]\nmodel_pattern = \"m\"\nprivacy = \"restricted\"\n", fleet = test_fleet());
     let err = Router::from_toml("p.toml", &text).unwrap_err();
     let line = text
         .lines()
@@ -366,8 +355,7 @@ fn the_issue_reproductions_are_refused_or_enforced() {
 #[test]
 fn a_stage_table_whose_stage_is_left_out_is_an_error_at_the_table() {
     let text = format!(
-        "{FLEET}\n[routing]\npipeline = [\"analyzer\", \"scheduler\"]\n\n[routing.quality]\nmin_samples = 5\n"
-    );
+        "{fleet}\n[routing]\npipeline = [\"analyzer\", \"scheduler\"]\n\n[routing.quality]\nmin_samples = 5\n", fleet = test_fleet());
     let err = Router::from_toml("t.toml", &text).unwrap_err();
     let line = text.lines().position(|l| l == "[routing.quality]").unwrap() + 1;
     assert_eq!(err.position.map(|p| p.0), Some(line), "{err}");
@@ -385,12 +373,15 @@ fn a_stage_table_whose_stage_is_left_out_is_an_error_at_the_table() {
 
 #[test]
 fn the_default_pipeline_runs_the_budget_stage_without_a_budget_table() {
-    let router = Router::from_toml("d.toml", FLEET).unwrap();
+    let router = Router::from_toml("d.toml", &test_fleet()).unwrap();
     let budget = router.pipeline().stage_of::<BudgetReconciler>().unwrap();
     assert_eq!(budget.settings().monthly_limit_usd, None);
     // No monthly limit: any spend is Normal, and the cloud stays admitted.
     budget.ledger().set_month_to_date(1e6);
     let decision = router.route(&Request::new("m").input_tokens(1000));
-    assert_eq!(decision.budget_status(), nexus_core::BudgetStatus::Normal);
+    assert_eq!(
+        decision.budget_status(),
+        nexus_core::stage::BudgetStatus::Normal
+    );
     assert_eq!(decision.backend().unwrap().name(), "cloud");
 }

@@ -3,7 +3,7 @@
 //! it does flexible keep the best tier below it, with a warning.
 #![allow(clippy::unwrap_used)]
 
-use nexus_core::{Request, TierMode};
+use nexus_core::{pipeline::TierMode, Request};
 use nexus_router::{DecisionReport, Router};
 
 /// `m` served only at tier 1, its fallback `n` at tier `n_tier`, `min_tier = 3` on `m`

@@ -2,26 +2,25 @@
 //! `default_latency_ms` made every score infinite, so priority was ignored.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::{fleet, local};
 use nexus_core::Request;
 use nexus_router::Router;
 
-const FLEET: &str = r#"[[backends]]
-id = "small"
-url = "http://127.0.0.1:1"
-zone = "local"
-models = [{ name = "m" }]
+fn test_fleet() -> String {
+    fleet([
+        local("small", 1).serves("m"),
+        local("big", 2).priority(3).serves("m"),
+    ])
+}
 
-[[backends]]
-id = "big"
-url = "http://127.0.0.1:2"
-zone = "local"
-priority = 3
-models = [{ name = "m" }]
-"#;
-
-/// Loads FLEET with `table` holding `key = value`; the error, and the key's line.
+/// Loads the test fleet with `table` holding `key = value`; the error, and the key's line.
 fn load(table: &str, key: &str, value: &str) -> (Result<Router, nexus_router::ConfigError>, usize) {
-    let config = format!("{FLEET}\n[{table}]\n{key} = {value}\n");
+    let config = format!(
+        "{fleet}\n[{table}]\n{key} = {value}\n",
+        fleet = test_fleet()
+    );
     let line = 1 + config.lines().position(|l| l.starts_with(key)).unwrap();
     (Router::from_toml("floats.toml", &config), line)
 }

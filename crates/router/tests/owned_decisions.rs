@@ -4,33 +4,24 @@
 //! it decides again after a failed attempt.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::time::Duration;
 
-use nexus_core::{Outcome, OwnedDecision, OwnedRouteGuard, Request, RoutingDecision};
+use common::{cloud, fleet, local};
+use nexus_core::{
+    pipeline::{OwnedDecision, OwnedRouteGuard},
+    Outcome, Request, RoutingDecision,
+};
 use nexus_router::budget::BudgetReconciler;
 use nexus_router::Router;
 
-const FLEET: &str = r#"
-[[backends]]
-id = "local"
-url = "http://127.0.0.1:11434"
-zone = "local"
-priority = 4
-  [[backends.models]]
-  name = "m"
-
-[[backends]]
-id = "cloud"
-url = "https://api.example.com"
-zone = "cloud"
-  [[backends.models]]
-  name = "m"
-  input_usd_per_mtok = 1000.0
-  output_usd_per_mtok = 1000.0
-
-[routing.budget]
-monthly_limit_usd = 10.0
-"#;
+fn test_fleet() -> String {
+    fleet([
+        local("local", 11434).priority(4).serves("m"),
+        cloud("cloud").serves_priced("m", 1000.0, Some(1000.0)),
+    ]) + "\n[routing.budget]\nmonthly_limit_usd = 10.0\n"
+}
 
 fn send_and_static<T: Send + 'static>() {}
 
@@ -42,7 +33,7 @@ fn owned_decisions_and_guards_are_send_and_static() {
 
 #[test]
 fn an_owned_guard_finishes_in_another_thread_after_the_router_is_gone() {
-    let router = Router::from_toml("fleet.toml", FLEET).unwrap();
+    let router = Router::from_toml("fleet.toml", &test_fleet()).unwrap();
     let ledger = router
         .pipeline()
         .stage_of::<BudgetReconciler>()
@@ -88,7 +79,7 @@ fn an_owned_guard_finishes_in_another_thread_after_the_router_is_gone() {
 
 #[test]
 fn a_decision_moves_into_a_thread_and_drops_there() {
-    let router = Router::from_toml("fleet.toml", FLEET).unwrap();
+    let router = Router::from_toml("fleet.toml", &test_fleet()).unwrap();
     let decision = router.route_owned(&Request::new("m"));
     let fleet = router.fleet().clone();
     assert_eq!(
@@ -106,7 +97,7 @@ fn a_decision_moves_into_a_thread_and_drops_there() {
 
 #[test]
 fn excluded_backends_are_left_out_and_say_why() {
-    let router = Router::from_toml("fleet.toml", FLEET).unwrap();
+    let router = Router::from_toml("fleet.toml", &test_fleet()).unwrap();
     let fleet = router.fleet();
     let local = fleet.backend_by_name("local").unwrap().id();
     let cloud = fleet.backend_by_name("cloud").unwrap().id();

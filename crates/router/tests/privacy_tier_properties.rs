@@ -16,9 +16,12 @@ use std::time::Duration;
 
 use nexus_budget::{BudgetReconciler, BudgetSettings};
 use nexus_core::{
-    BackendId, BackendSpec, BackendStatus, Constraints, FakeClock, Features, Fleet, ModelSpec,
-    Pipeline, PolicySet, Privacy, Reconciler, Request, RequestAnalyzer, RoutingDecision, TierMode,
-    TrafficPolicy, Zone,
+    analyzer::RequestAnalyzer,
+    clock::FakeClock,
+    fleet::{BackendId, BackendStatus},
+    pipeline::{Features, TierMode},
+    policy::{Constraints, PolicySet, Privacy, TrafficPolicy},
+    BackendSpec, Fleet, ModelSpec, Pipeline, Reconciler, Request, RoutingDecision, Zone,
 };
 use nexus_privacy::PrivacyReconciler;
 use nexus_quality::{QualityReconciler, QualitySettings};
@@ -299,7 +302,7 @@ proptest! {
             guard.cancel();
         }
 
-        let summary = |d: &nexus_core::Decision<&Pipeline>| {
+        let summary = |d: &nexus_core::pipeline::Decision<&Pipeline>| {
             let mut candidates: Vec<String> =
                 d.scored_candidates().iter().map(|(b, _)| b.name().to_owned()).collect();
             candidates.sort();

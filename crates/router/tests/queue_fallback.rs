@@ -3,11 +3,16 @@
 //! its guard: finish it when the fallback serves, cancel it when waiting instead.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::time::Duration;
 
+use common::{cloud, fleet, local};
 use nexus_core::{
-    BuildContext, Decision, Outcome, Pipeline, Reason, Reconciler, Request, RouteTicket,
-    RoutingDecision, RoutingIntent,
+    pipeline::Decision,
+    registry::BuildContext,
+    stage::{Reason, RouteTicket},
+    Outcome, Pipeline, Reconciler, Request, RoutingDecision, RoutingIntent,
 };
 use nexus_router::budget::BudgetReconciler;
 use nexus_router::quality::QualityReconciler;
@@ -16,27 +21,15 @@ use nexus_router::{DecisionReport, Router};
 /// `gpu` (preferred, loading) and a priced cloud backend serving `m`: every decision
 /// queues for `gpu`, offering `cloud` instead. 1000 input tokens at $1000 a million
 /// cost $1 there; the month's limit is $1.50.
-const FLEET: &str = r#"
-[[backends]]
-id = "gpu"
-url = "http://127.0.0.1:11434"
-zone = "local"
-priority = 10
-status = "loading"
-  [[backends.models]]
-  name = "m"
-
-[[backends]]
-id = "cloud"
-url = "https://api.example.com"
-zone = "cloud"
-  [[backends.models]]
-  name = "m"
-  input_usd_per_mtok = 1000.0
-
-[routing.budget]
-monthly_limit_usd = 1.5
-"#;
+fn test_fleet() -> String {
+    fleet([
+        local("gpu", 11434)
+            .priority(10)
+            .status("loading")
+            .serves("m"),
+        cloud("cloud").serves_priced("m", 1000.0, None),
+    ]) + "\n[routing.budget]\nmonthly_limit_usd = 1.5\n"
+}
 
 fn request() -> Request<'static> {
     Request::new("m").input_tokens(1000).max_output_tokens(0)
@@ -66,7 +59,7 @@ fn cloud_in_flight(router: &Router) -> u32 {
 
 #[test]
 fn a_priced_fallback_is_offered_only_while_the_budget_can_pay_for_it() {
-    let router = Router::from_toml("queue.toml", FLEET).unwrap();
+    let router = Router::from_toml("queue.toml", &test_fleet()).unwrap();
     // Five requests queue while the first one's offer is still open.
     let decisions: Vec<Decision<&Pipeline>> = (0..5).map(|_| router.route(&request())).collect();
     let offered: Vec<Option<String>> = decisions.iter().map(fallback_of).collect();
@@ -109,7 +102,7 @@ fn a_priced_fallback_is_offered_only_while_the_budget_can_pay_for_it() {
 
 #[test]
 fn serving_from_the_fallback_settles_it_and_waiting_cancels_it() {
-    let router = Router::from_toml("queue.toml", FLEET).unwrap();
+    let router = Router::from_toml("queue.toml", &test_fleet()).unwrap();
 
     // Waiting: the caller cancels the offer.
     let mut decision = router.route(&request());
@@ -147,7 +140,10 @@ impl Reconciler for VetoStage {
     fn name(&self) -> &'static str {
         "veto"
     }
-    fn reconcile(&self, _intent: &mut RoutingIntent<'_>) -> Result<(), nexus_core::ReconcileError> {
+    fn reconcile(
+        &self,
+        _intent: &mut RoutingIntent<'_>,
+    ) -> Result<(), nexus_core::stage::ReconcileError> {
         Ok(())
     }
     fn on_route(&self, ticket: &RouteTicket) -> Result<(), Reason> {

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use nexus_core::{BackendStatus, Outcome, Request};
+use nexus_core::{fleet::BackendStatus, Outcome, Request};
 use nexus_router::budget::BudgetReconciler;
 use nexus_router::quality::{Circuit, QualityReconciler};
 use nexus_router::{LiveRouter, Router};

@@ -2,25 +2,20 @@
 //! is refused naming the file, line and column.
 #![cfg(feature = "quality")]
 
+mod common;
+
 use std::path::PathBuf;
 
+use common::{backend, fleet};
 use nexus_core::Request;
 use nexus_router::Router;
 
-const CONFIG: &str = r#"
-[[backends]]
-id = "flaky"
-url = "http://127.0.0.1:1"
-models = [{ name = "m" }]
-
-[[backends]]
-id = "steady"
-url = "http://127.0.0.1:2"
-models = [{ name = "m" }]
-
-[routing]
-pipeline = ["analyzer", "quality", "scheduler"]
-"#;
+fn config() -> String {
+    fleet([
+        backend("flaky", "http://127.0.0.1:1").serves("m"),
+        backend("steady", "http://127.0.0.1:2").serves("m"),
+    ]) + "\n[routing]\npipeline = [\"analyzer\", \"quality\", \"scheduler\"]\n"
+}
 
 fn outcomes_file(name: &str, text: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("nexus-replay-{}", std::process::id()));
@@ -33,7 +28,7 @@ fn outcomes_file(name: &str, text: &str) -> PathBuf {
 #[test]
 fn replayed_failures_keep_the_quality_stage_from_a_backend() {
     let router = Router::builder()
-        .load_str("inline.toml", CONFIG)
+        .load_str("inline.toml", &config())
         .expect("a valid config");
     let line = r#"{"backend": "flaky", "success": false, "latency_ms": 900}"#;
     let text = format!("# twenty failures\n\n{}\n", vec![line; 20].join("\n"));
@@ -51,7 +46,7 @@ fn replayed_failures_keep_the_quality_stage_from_a_backend() {
 #[test]
 fn a_bad_line_is_named_by_file_line_and_column() {
     let router = Router::builder()
-        .load_str("inline.toml", CONFIG)
+        .load_str("inline.toml", &config())
         .expect("a valid config");
     let path = outcomes_file(
         "bad.jsonl",
@@ -66,7 +61,7 @@ fn a_bad_line_is_named_by_file_line_and_column() {
 #[test]
 fn an_unknown_backend_gets_a_hint() {
     let router = Router::builder()
-        .load_str("inline.toml", CONFIG)
+        .load_str("inline.toml", &config())
         .expect("a valid config");
     let path = outcomes_file(
         "unknown.jsonl",
@@ -85,7 +80,7 @@ fn an_unknown_backend_gets_a_hint() {
 #[test]
 fn the_summary_names_what_was_loaded() {
     let router = Router::builder()
-        .load_str("inline.toml", CONFIG)
+        .load_str("inline.toml", &config())
         .expect("a valid config");
     let summary = router.summary("inline.toml");
     assert!(

@@ -1,40 +1,29 @@
 //! The basic routing scenarios, through the facade: route, queue, reject, fallbacks.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::time::Duration;
 
-use nexus_core::{BackendId, BackendStatus, Clock, Outcome, Request, RoutingDecision, SystemClock};
+use common::{cloud, fleet, local};
+use nexus_core::{
+    clock::{Clock, SystemClock},
+    fleet::{BackendId, BackendStatus},
+    Outcome, Request, RoutingDecision,
+};
 use nexus_router::{DecisionReport, Router};
 
-const THREE_HEALTHY: &str = r#"
-[[backends]]
-id = "local-a"
-url = "http://127.0.0.1:11434"
-zone = "local"
-priority = 2
-  [[backends.models]]
-  name = "llama3:70b"
-
-[[backends]]
-id = "local-b"
-url = "http://127.0.0.1:11435"
-zone = "local"
-  [[backends.models]]
-  name = "llama3:70b"
-
-[[backends]]
-id = "cloud"
-url = "https://api.example.com"
-zone = "cloud"
-  [[backends.models]]
-  name = "llama3:70b"
-  input_usd_per_mtok = 1.0
-  output_usd_per_mtok = 2.0
-"#;
+fn three_healthy() -> String {
+    fleet([
+        local("local-a", 11434).priority(2).serves("llama3:70b"),
+        local("local-b", 11435).serves("llama3:70b"),
+        cloud("cloud").serves_priced("llama3:70b", 1.0, Some(2.0)),
+    ])
+}
 
 #[test]
 fn three_healthy_backends_route_with_backend_model_reason_and_cost() {
-    let router = Router::from_toml("three.toml", THREE_HEALTHY).unwrap();
+    let router = Router::from_toml("three.toml", &three_healthy()).unwrap();
     let decision = router.route(&Request::new("llama3:70b").input_tokens(1000));
     let RoutingDecision::Route {
         backend,
@@ -57,7 +46,7 @@ fn three_healthy_backends_route_with_backend_model_reason_and_cost() {
 
 #[test]
 fn the_cost_estimate_uses_the_chosen_backends_prices() {
-    let router = Router::from_toml("three.toml", THREE_HEALTHY).unwrap();
+    let router = Router::from_toml("three.toml", &three_healthy()).unwrap();
     for id in ["local-a", "local-b"] {
         let backend = router.fleet().backend_by_name(id).unwrap().id();
         router.fleet().set_status(backend, BackendStatus::Unhealthy);
@@ -78,37 +67,17 @@ fn the_cost_estimate_uses_the_chosen_backends_prices() {
         .all(|r| r.reconciler == "analyzer" && r.reason.contains("unhealthy")));
 }
 
-const SATURATING: &str = r#"
-[[backends]]
-id = "gpu-1"
-url = "http://127.0.0.1:1"
-zone = "local"
-max_concurrency = 1
-  [[backends.models]]
-  name = "llama3:70b"
-
-[[backends]]
-id = "gpu-2"
-url = "http://127.0.0.1:2"
-zone = "local"
-max_concurrency = 2
-  [[backends.models]]
-  name = "llama3:70b"
-
-[[backends]]
-id = "small"
-url = "http://127.0.0.1:3"
-zone = "local"
-  [[backends.models]]
-  name = "mistral:7b"
-
-[routing.fallbacks]
-"llama3:70b" = ["mistral:7b"]
-"#;
+fn saturating() -> String {
+    fleet([
+        local("gpu-1", 1).max_concurrency(1).serves("llama3:70b"),
+        local("gpu-2", 2).max_concurrency(2).serves("llama3:70b"),
+        local("small", 3).serves("mistral:7b"),
+    ]) + "\n[routing.fallbacks]\n\"llama3:70b\" = [\"mistral:7b\"]\n"
+}
 
 #[test]
 fn all_at_capacity_queues_with_a_wait_estimate_and_a_fallback() {
-    let router = Router::from_toml("saturating.toml", SATURATING).unwrap();
+    let router = Router::from_toml("saturating.toml", &saturating()).unwrap();
     for id in ["gpu-1", "gpu-2"] {
         let live = router.fleet().backend_by_name(id).unwrap().live();
         live.record_latency(Duration::from_millis(300), SystemClock.now_secs());
@@ -154,7 +123,7 @@ fn all_at_capacity_queues_with_a_wait_estimate_and_a_fallback() {
 
 #[test]
 fn no_backend_serving_the_model_rejects_with_reasons() {
-    let router = Router::from_toml("three.toml", THREE_HEALTHY).unwrap();
+    let router = Router::from_toml("three.toml", &three_healthy()).unwrap();
     let decision = router.route(&Request::new("llama3:7b"));
     let RoutingDecision::Reject { reason, fix, .. } = decision.kind() else {
         panic!("expected a reject");
@@ -172,7 +141,7 @@ fn no_backend_serving_the_model_rejects_with_reasons() {
 
 #[test]
 fn a_reject_lists_every_backend_and_leads_with_the_fix_that_admits_most() {
-    let router = Router::from_toml("three.toml", THREE_HEALTHY).unwrap();
+    let router = Router::from_toml("three.toml", &three_healthy()).unwrap();
     for backend in router.fleet().backends() {
         router
             .fleet()
@@ -192,40 +161,23 @@ fn a_reject_lists_every_backend_and_leads_with_the_fix_that_admits_most() {
     assert_eq!(fix.admits, ["local-a", "local-b", "cloud"]);
 }
 
-const WITH_FALLBACKS: &str = r#"
-[[backends]]
-id = "big"
-url = "http://127.0.0.1:1"
-zone = "local"
-status = "unhealthy"
-  [[backends.models]]
-  name = "llama3:70b"
-
-[[backends]]
-id = "medium"
-url = "http://127.0.0.1:2"
-zone = "local"
-status = "unhealthy"
-  [[backends.models]]
-  name = "qwen2:72b"
-
-[[backends]]
-id = "small"
-url = "http://127.0.0.1:3"
-zone = "local"
-  [[backends.models]]
-  name = "mistral:7b"
-
+fn with_fallbacks() -> String {
+    fleet([
+        local("big", 1).status("unhealthy").serves("llama3:70b"),
+        local("medium", 2).status("unhealthy").serves("qwen2:72b"),
+        local("small", 3).serves("mistral:7b"),
+    ]) + r#"
 [routing.aliases]
 "gpt-4" = "llama3:70b"
 
 [routing.fallbacks]
 "llama3:70b" = ["qwen2:72b", "mistral:7b"]
-"#;
+"#
+}
 
 #[test]
 fn fallbacks_are_tried_in_order_when_the_primary_has_no_viable_backend() {
-    let router = Router::from_toml("fallbacks.toml", WITH_FALLBACKS).unwrap();
+    let router = Router::from_toml("fallbacks.toml", &with_fallbacks()).unwrap();
     let decision = router.route(&Request::new("gpt-4"));
     let report = DecisionReport::new("gpt-4", &decision);
     assert_eq!(report.decision, "route");
@@ -250,7 +202,7 @@ fn fallbacks_are_tried_in_order_when_the_primary_has_no_viable_backend() {
 
 #[test]
 fn a_reject_after_trying_every_fallback_uses_none() {
-    let router = Router::from_toml("fallbacks.toml", WITH_FALLBACKS).unwrap();
+    let router = Router::from_toml("fallbacks.toml", &with_fallbacks()).unwrap();
     let small = router.fleet().backend_by_name("small").unwrap().id();
     router.fleet().set_status(small, BackendStatus::Unhealthy);
     let decision = router.route(&Request::new("gpt-4"));
@@ -268,8 +220,7 @@ fn a_reject_after_trying_every_fallback_uses_none() {
 #[test]
 fn a_policy_that_forbids_fallbacks_is_obeyed() {
     let config = format!(
-        "{WITH_FALLBACKS}\n[[routing.policies]]\nmodel_pattern = \"gpt-4\"\nfallback_allowed = false\n"
-    );
+        "{with_fallbacks}\n[[routing.policies]]\nmodel_pattern = \"gpt-4\"\nfallback_allowed = false\n", with_fallbacks = with_fallbacks());
     let router = Router::from_toml("fallbacks.toml", &config).unwrap();
     assert_eq!(
         router.route(&Request::new("gpt-4")).kind().as_str(),
@@ -284,7 +235,7 @@ fn a_policy_that_forbids_fallbacks_is_obeyed() {
 
 #[test]
 fn finishing_a_guard_updates_in_flight_and_latency() {
-    let router = Router::from_toml("three.toml", THREE_HEALTHY).unwrap();
+    let router = Router::from_toml("three.toml", &three_healthy()).unwrap();
     let mut decision = router.route(&Request::new("llama3:70b"));
     let guard = decision.take_guard().unwrap();
     let live = router.fleet().backend(guard.ticket().backend).live();

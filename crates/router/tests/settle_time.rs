@@ -3,10 +3,16 @@
 //! pins the budget to another year or stretches a circuit's cooldown.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use nexus_core::{Clock, FakeClock, Outcome, Request};
+use common::{cloud, fleet};
+use nexus_core::{
+    clock::{Clock, FakeClock},
+    Outcome, Request,
+};
 use nexus_router::budget::{BudgetReconciler, Month};
 use nexus_router::quality::QualityReconciler;
 use nexus_router::{DecisionReport, Router};
@@ -14,18 +20,10 @@ use nexus_router::{DecisionReport, Router};
 /// One backend, where a request costs $1 (1000 input tokens at $1000 per million), a $10
 /// limit under `warn`, and the quality stage's defaults (5 failures open the circuit
 /// for 30 s).
-const CONFIG: &str = r#"
-[[backends]]
-id = "cloud"
-url = "https://api.example.com"
-zone = "cloud"
-priority = 5
-models = [{ name = "m", input_usd_per_mtok = 1000.0 }]
-
-[routing.budget]
-monthly_limit_usd = 10.0
-hard_limit_action = "warn"
-"#;
+fn config() -> String {
+    fleet([cloud("cloud").priority(5).serves_priced("m", 1000.0, None)])
+        + "\n[routing.budget]\nmonthly_limit_usd = 10.0\nhard_limit_action = \"warn\"\n"
+}
 
 fn november() -> Month {
     Month::new(2026, 11).unwrap()
@@ -38,7 +36,7 @@ fn router() -> (Arc<FakeClock>, Router) {
     ));
     let router = Router::builder()
         .clock(clock.clone())
-        .load_str("settle.toml", CONFIG)
+        .load_str("settle.toml", &config())
         .unwrap();
     (clock, router)
 }

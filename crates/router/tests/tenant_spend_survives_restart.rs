@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use nexus_core::{Outcome, Request, TenantId};
+use nexus_core::{pipeline::TenantId, Outcome, Request};
 use nexus_router::budget::BudgetReconciler;
 use nexus_router::Router;
 

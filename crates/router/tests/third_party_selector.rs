@@ -3,7 +3,11 @@
 //! shares one namespace with the stages.
 #![allow(clippy::unwrap_used)]
 
-use nexus_core::{BuildContext, BuildError, Pick, Request, Selector, Shortlist};
+use nexus_core::{
+    registry::{BuildContext, BuildError},
+    selector::{Pick, Selector, Shortlist},
+    Request,
+};
 use nexus_router::RouterBuilder;
 use serde::Deserialize;
 

@@ -1,9 +1,13 @@
 //! A third-party stage registered with the builder and named in config.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::{backend, fleet};
 use nexus_core::{
-    BuildContext, BuildError, ExplainContext, Explanation, Reason, ReconcileError, Reconciler,
-    Request, RoutingIntent,
+    registry::{BuildContext, BuildError},
+    stage::{ExplainContext, Explanation, Reason, ReconcileError},
+    Reconciler, Request, RoutingIntent,
 };
 use nexus_router::RouterBuilder;
 use serde::Deserialize;
@@ -53,31 +57,27 @@ fn factory(ctx: &BuildContext<'_>) -> Result<Box<dyn Reconciler>, BuildError> {
     }))
 }
 
-const CONFIG: &str = r#"
-[[backends]]
-id = "inside"
-url = "http://10.0.0.5:11434"
-models = [{ name = "m" }]
-
-[[backends]]
-id = "outside"
-url = "https://api.example.com"
-priority = 9
-models = [{ name = "m" }]
-
+fn config() -> String {
+    fleet([
+        backend("inside", "http://10.0.0.5:11434").serves("m"),
+        backend("outside", "https://api.example.com")
+            .priority(9)
+            .serves("m"),
+    ]) + r#"
 [routing]
 pipeline = ["analyzer", "host-allow-list", "scheduler"]
 
 [routing.host-allow-list]
 hosts = ["10.0.0.5"]
-"#;
+"#
+}
 
 #[test]
 fn a_registered_kind_is_built_from_its_settings_and_explains_itself() {
     let router = RouterBuilder::new()
         .with_reconciler("host-allow-list", factory)
         .unwrap()
-        .load_str("plugin.toml", CONFIG)
+        .load_str("plugin.toml", &config())
         .unwrap();
     let decision = router.route(&Request::new("m"));
     assert_eq!(decision.backend().unwrap().name(), "inside");
@@ -97,14 +97,14 @@ fn a_kind_cannot_be_registered_twice() {
         .unwrap_err();
     assert_eq!(
         err.to_string(),
-        "a reconciler named 'scheduler' is already registered; choose another name for yours"
+        "stage kind 'scheduler' is already registered; register yours under another kind"
     );
 }
 
 #[test]
 fn without_registration_the_config_names_the_unknown_stage() {
     let err = RouterBuilder::new()
-        .load_str("plugin.toml", CONFIG)
+        .load_str("plugin.toml", &config())
         .unwrap_err();
     // The settings table is the first place the unknown kind appears.
     assert!(err.message.contains("host-allow-list"), "{err}");
@@ -113,7 +113,7 @@ fn without_registration_the_config_names_the_unknown_stage() {
 
 #[test]
 fn settings_errors_point_into_the_plugin_table() {
-    let broken = CONFIG.replace("hosts = [", "hostz = [");
+    let broken = config().replace("hosts = [", "hostz = [");
     let err = RouterBuilder::new()
         .with_reconciler("host-allow-list", factory)
         .unwrap()

@@ -2,7 +2,7 @@
 //!
 //! The `scheduler` selector: the one role of a pipeline that picks. After every stage
 //! has narrowed the candidates and weighed them, it scores every remaining candidate and
-//! either routes to the best or queues ([`nexus_core::Selector`]; the pipeline calls it
+//! either routes to the best or queues ([`nexus_core::selector::Selector`]; the pipeline calls it
 //! with at least one candidate, and again after a stage vetoed its pick). In config it is
 //! listed in `[routing] pipeline` like a stage (`"scheduler"`, registered as a selector
 //! kind); in code it is given with `Pipeline::builder(..).selector(Scheduler::new())`.
@@ -13,7 +13,7 @@
 //! product of the factors earlier stages set (quality, budget preference). The latency
 //! EWMA falls back to [`SchedulerSettings::default_latency_ms`] until the backend has
 //! answered, and again once its last answer is older than
-//! [`LATENCY_MEMORY_SECS`](nexus_core::LATENCY_MEMORY_SECS): a backend that lost all its
+//! [`LATENCY_MEMORY_SECS`](nexus_core::fleet::LATENCY_MEMORY_SECS): a backend that lost all its
 //! traffic for being slow is tried again after a while instead of being judged forever
 //! by old news.
 //!
@@ -40,8 +40,10 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use nexus_core::{
-    Backend, BackendStatus, BuildContext, BuildError, Candidate, Pick, QueueCause, Selector,
-    Shortlist,
+    fleet::{Backend, BackendStatus},
+    registry::{BuildContext, BuildError},
+    selector::{Pick, Selector, Shortlist},
+    stage::{Candidate, QueueCause},
 };
 use serde::Deserialize;
 
@@ -200,7 +202,7 @@ impl Scheduler {
     /// The latency used for scoring: the EWMA while fresh, else the default; never
     /// below [`MIN_LATENCY_MS`] (`!(x >= min)` also catches NaN).
     #[inline]
-    fn latency_ms(&self, live: &nexus_core::LiveState, now_secs: u64) -> f64 {
+    fn latency_ms(&self, live: &nexus_core::fleet::LiveState, now_secs: u64) -> f64 {
         let latency = live
             .latency_ewma_ms(now_secs)
             .unwrap_or(self.settings.default_latency_ms);

@@ -6,8 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nexus_core::{
-    BackendId, BackendSpec, BackendStatus, Clock, Fleet, ModelSpec, Outcome, Pipeline, QueueCause,
-    Reason, ReconcileError, Reconciler, Request, RoutingDecision, RoutingIntent, SystemClock,
+    clock::{Clock, SystemClock},
+    fleet::{BackendId, BackendStatus},
+    stage::{QueueCause, Reason, ReconcileError},
+    BackendSpec, Fleet, ModelSpec, Outcome, Pipeline, Reconciler, Request, RoutingDecision,
+    RoutingIntent,
 };
 use nexus_scheduler::Scheduler;
 

@@ -6,8 +6,8 @@
 //! - **Capability tier.** A backend's tier for a model is the model's `tier`, else the
 //!   backend's, else 0. With a `min_tier` in the request's combined constraints:
 //!   - *strict* (the default) excludes every candidate below it;
-//!   - *flexible* ([`TierMode::Flexible`](nexus_core::TierMode), `--flexible`, or the
-//!     `X-Nexus-Flexible` header via [`TierMode::from_headers`](nexus_core::TierMode::from_headers)):
+//!   - *flexible* ([`TierMode::Flexible`](nexus_core::pipeline::TierMode), `--flexible`, or the
+//!     `X-Nexus-Flexible` header via [`TierMode::from_headers`](nexus_core::pipeline::TierMode::from_headers)):
 //!     when no candidate meets it, keeps the highest tier that exists below it and adds
 //!     a warning ("served by tier 2, policy 'gpt-4*' (#0) asks for 3"); when some
 //!     candidates meet it, behaves as strict. The pipeline first decides a flexible
@@ -29,8 +29,10 @@
 #![warn(missing_docs)]
 
 use nexus_core::{
-    BuildContext, BuildError, ExplainContext, Explanation, Features, Reason, ReconcileError,
-    Reconciler, RoutingIntent, StageReason, TierMode, Verdict,
+    pipeline::{Features, TierMode},
+    registry::{BuildContext, BuildError},
+    stage::{ExplainContext, Explanation, Reason, ReconcileError, StageReason, Verdict},
+    Reconciler, RoutingIntent,
 };
 use serde::Deserialize;
 
@@ -162,7 +164,9 @@ pub struct TierSettings {}
 ///
 /// ```
 /// use std::sync::Arc;
-/// use nexus_core::*;
+/// use nexus_core::pipeline::TierMode;
+/// use nexus_core::policy::{PolicySet, TrafficPolicy};
+/// use nexus_core::{BackendSpec, Fleet, ModelSpec, Pipeline, Request};
 /// use nexus_tier::TierReconciler;
 ///
 /// let fleet = Arc::new(Fleet::new(vec![

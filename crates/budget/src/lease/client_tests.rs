@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use nexus_core::{Clock, FakeClock};
+use nexus_core::clock::{Clock, FakeClock};
 
 use super::*;
 use crate::lease::redis_server::RedisServer;
@@ -43,7 +43,7 @@ fn draws_settle_and_the_lease_goes_back_at_shutdown() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let clock: Arc<dyn Clock> = Arc::new(nexus_core::SystemClock);
+    let clock: Arc<dyn Clock> = Arc::new(nexus_core::clock::SystemClock);
     let ledger = Arc::new(SpendLedger::new(Arc::clone(&clock)));
     let client = LeaseClient::start(
         &settings(&server),
@@ -145,7 +145,7 @@ fn nothing_paid_is_drawn_before_the_first_answer() {
     let mut settings = RedisBudgetSettings::new("redis://127.0.0.1:1");
     settings.timeout_ms = 100;
     settings.connect_timeout_ms = 100;
-    let clock: Arc<dyn Clock> = Arc::new(nexus_core::SystemClock);
+    let clock: Arc<dyn Clock> = Arc::new(nexus_core::clock::SystemClock);
     let client =
         LeaseClient::start(&settings, "global", 1_000_000, None, Arc::clone(&clock)).unwrap();
     assert!(!client.wait_ready(Duration::from_millis(300)));
@@ -160,7 +160,7 @@ fn nothing_paid_is_drawn_before_the_first_answer() {
 #[test]
 fn limits_beyond_exact_lua_numbers_are_refused() {
     let settings = RedisBudgetSettings::new("redis://127.0.0.1:1");
-    let clock: Arc<dyn Clock> = Arc::new(nexus_core::SystemClock);
+    let clock: Arc<dyn Clock> = Arc::new(nexus_core::clock::SystemClock);
     let error = LeaseClient::start(&settings, "global", 1 << 53, None, clock).unwrap_err();
     assert!(
         error.to_string().contains("lower monthly_limit_usd"),

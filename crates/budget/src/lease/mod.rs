@@ -57,7 +57,7 @@ pub use allowance::{Allowance, Refusal};
 pub use client::{LeaseClient, LeaseError, LeaseStatus};
 pub use settings::{OnUnavailable, RedisBudgetSettings, MIN_TTL_SECS};
 
-use nexus_core::{Explanation, Reason};
+use nexus_core::stage::{Explanation, Reason, StageReason};
 
 /// The largest monthly limit a shared budget holds, in USD (2^53 nano-dollars, so that
 /// Lua's doubles stay exact).
@@ -90,45 +90,266 @@ pub fn check_scope(scope: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Reason: the lease expired with Redis unreachable, `fail_closed`.
-/// `values = [month-to-date spend, limit, cost]` in USD.
-pub const LEASE_UNAVAILABLE: u16 = 20;
-/// Reason: no answer from Redis yet since the start. `values` as above.
-pub const LEASE_NOT_READY: u16 = 21;
-/// Reason: the month just changed; its lease has not arrived. `values` as above.
-pub const LEASE_ROLLING_OVER: u16 = 22;
+/// Why a shared budget's lease refused a paid backend (the budget stage records it in
+/// `on_route`; a lease too small is the stage's own [`BudgetReason::OverLimit`]).
+/// Amounts are USD: month-to-date spend, the limit and this request's cost, recorded
+/// for every variant so that a rendered refusal can say where the month stood.
+///
+/// [`BudgetReason::OverLimit`]: crate::BudgetReason::OverLimit
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum LeaseReason {
+    /// The lease expired with Redis unreachable, `on_unavailable = "fail_closed"`.
+    Unavailable {
+        /// Month-to-date spend, as this replica knows it.
+        spend_usd: f64,
+        /// The monthly limit.
+        limit_usd: f64,
+        /// What this request reserves.
+        cost_usd: f64,
+    },
+    /// No answer from Redis yet since the start: the month's spend is unknown.
+    NotReady {
+        /// Month-to-date spend, as this replica knows it.
+        spend_usd: f64,
+        /// The monthly limit.
+        limit_usd: f64,
+        /// What this request reserves.
+        cost_usd: f64,
+    },
+    /// The month just changed; its lease has not arrived.
+    RollingOver {
+        /// Month-to-date spend, as this replica knows it.
+        spend_usd: f64,
+        /// The monthly limit.
+        limit_usd: f64,
+        /// What this request reserves.
+        cost_usd: f64,
+    },
+}
+
+// Compact codes, after the budget stage's own (1 to 10): `values = [spend, limit, cost]`.
+const LEASE_UNAVAILABLE: u16 = 20;
+const LEASE_NOT_READY: u16 = 21;
+const LEASE_ROLLING_OVER: u16 = 22;
+
+impl From<LeaseReason> for Reason {
+    #[inline]
+    fn from(reason: LeaseReason) -> Reason {
+        match reason {
+            LeaseReason::Unavailable {
+                spend_usd,
+                limit_usd,
+                cost_usd,
+            } => Reason::with(LEASE_UNAVAILABLE, [spend_usd, limit_usd, cost_usd]),
+            LeaseReason::NotReady {
+                spend_usd,
+                limit_usd,
+                cost_usd,
+            } => Reason::with(LEASE_NOT_READY, [spend_usd, limit_usd, cost_usd]),
+            LeaseReason::RollingOver {
+                spend_usd,
+                limit_usd,
+                cost_usd,
+            } => Reason::with(LEASE_ROLLING_OVER, [spend_usd, limit_usd, cost_usd]),
+        }
+    }
+}
+
+impl StageReason for LeaseReason {
+    fn from_reason(reason: Reason) -> Option<Self> {
+        let [spend_usd, limit_usd, cost_usd] = reason.values();
+        Some(match reason.code() {
+            LEASE_UNAVAILABLE => LeaseReason::Unavailable {
+                spend_usd,
+                limit_usd,
+                cost_usd,
+            },
+            LEASE_NOT_READY => LeaseReason::NotReady {
+                spend_usd,
+                limit_usd,
+                cost_usd,
+            },
+            LEASE_ROLLING_OVER => LeaseReason::RollingOver {
+                spend_usd,
+                limit_usd,
+                cost_usd,
+            },
+            _ => return None,
+        })
+    }
+}
 
 impl Refusal {
-    /// The reason a decision records: `over_limit` (the budget stage's code for "this
-    /// cost would pass the limit") for a lease too small, a lease code otherwise.
-    pub fn reason(self, over_limit: u16, spend_usd: f64, limit_usd: f64, cost_usd: f64) -> Reason {
-        let code = match self {
-            Refusal::Insufficient { .. } => over_limit,
-            Refusal::Unavailable => LEASE_UNAVAILABLE,
-            Refusal::NotReady => LEASE_NOT_READY,
-            Refusal::RollingOver => LEASE_ROLLING_OVER,
-        };
-        Reason::with(code, [spend_usd, limit_usd, cost_usd])
+    /// The lease's reason for this refusal, with the amounts it records; `None` for
+    /// [`Refusal::Insufficient`], which the budget stage records as its own
+    /// [`BudgetReason::OverLimit`](crate::BudgetReason::OverLimit) (or the tenant's).
+    #[inline]
+    pub fn lease_reason(
+        self,
+        spend_usd: f64,
+        limit_usd: f64,
+        cost_usd: f64,
+    ) -> Option<LeaseReason> {
+        match self {
+            Refusal::Insufficient { .. } => None,
+            Refusal::Unavailable => Some(LeaseReason::Unavailable {
+                spend_usd,
+                limit_usd,
+                cost_usd,
+            }),
+            Refusal::NotReady => Some(LeaseReason::NotReady {
+                spend_usd,
+                limit_usd,
+                cost_usd,
+            }),
+            Refusal::RollingOver => Some(LeaseReason::RollingOver {
+                spend_usd,
+                limit_usd,
+                cost_usd,
+            }),
+        }
     }
 }
 
 /// Renders a lease reason; `None` for codes that are not the lease's.
 pub fn explain(reason: &Reason) -> Option<Explanation> {
-    let [spend, limit, cost] = reason.values();
     let fix = "check that Redis ([routing.budget.redis] url) is reachable from this replica";
-    match reason.code() {
-        LEASE_UNAVAILABLE => Some(Explanation::new(
+    match LeaseReason::from_reason(*reason)? {
+        LeaseReason::Unavailable {
+            spend_usd: spend,
+            limit_usd: limit,
+            cost_usd: cost,
+        } => Some(Explanation::new(
             format!("the shared budget in Redis has not answered for half a lease lifetime; on_unavailable = \"fail_closed\" counts paid backends as over budget (spend ${spend:.2} of ${limit:.2}, this request ${cost:.4})"),
             format!("{fix}, or set on_unavailable = \"fail_open\" to route on local accounting meanwhile"),
         )),
-        LEASE_NOT_READY => Some(Explanation::new(
+        LeaseReason::NotReady { cost_usd: cost, .. } => Some(Explanation::new(
             format!("the shared budget in Redis has not answered since this replica started, so the month's spend is unknown (this request ${cost:.4})"),
             fix,
         )),
-        LEASE_ROLLING_OVER => Some(Explanation::new(
+        LeaseReason::RollingOver { .. } => Some(Explanation::new(
             "the budget month has just changed and the new month's lease has not arrived yet",
             "retry in a second",
         )),
-        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod reason_tests {
+    use super::*;
+    use crate::BudgetReason;
+
+    const ALL: [LeaseReason; 3] = [
+        LeaseReason::Unavailable {
+            spend_usd: 99.5,
+            limit_usd: 100.0,
+            cost_usd: 0.75,
+        },
+        LeaseReason::NotReady {
+            spend_usd: 0.0,
+            limit_usd: 100.0,
+            cost_usd: 0.0125,
+        },
+        LeaseReason::RollingOver {
+            spend_usd: 12.0,
+            limit_usd: 50.0,
+            cost_usd: 0.5,
+        },
+    ];
+
+    #[test]
+    fn reasons_convert_to_the_compact_form_and_back() {
+        for typed in ALL {
+            let compact: Reason = typed.into();
+            assert_eq!(LeaseReason::from_reason(compact), Some(typed));
+        }
+        assert_eq!(LeaseReason::from_reason(Reason::new(77)), None);
+    }
+
+    #[test]
+    fn codes_and_values_are_unchanged() {
+        let codes: Vec<(u16, [f64; 3])> = ALL
+            .iter()
+            .map(|&typed| {
+                let compact = Reason::from(typed);
+                (compact.code(), compact.values())
+            })
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                (20, [99.5, 100.0, 0.75]),
+                (21, [0.0, 100.0, 0.0125]),
+                (22, [12.0, 50.0, 0.5]),
+            ]
+        );
+    }
+
+    #[test]
+    fn lease_codes_do_not_collide_with_the_budget_stage_codes() {
+        for typed in ALL {
+            assert_eq!(BudgetReason::from_reason(typed.into()), None);
+        }
+        let over = BudgetReason::OverLimit {
+            spend_usd: 1.0,
+            limit_usd: 2.0,
+            cost_usd: 3.0,
+        };
+        assert_eq!(LeaseReason::from_reason(over.into()), None);
+    }
+
+    #[test]
+    fn refusals_map_to_their_reason_and_insufficient_to_none() {
+        let (s, l, c) = (1.0, 2.0, 3.0);
+        assert_eq!(
+            Refusal::Insufficient { left: 5 }.lease_reason(s, l, c),
+            None
+        );
+        assert_eq!(
+            Refusal::Unavailable.lease_reason(s, l, c),
+            Some(LeaseReason::Unavailable {
+                spend_usd: s,
+                limit_usd: l,
+                cost_usd: c
+            })
+        );
+        assert_eq!(
+            Refusal::NotReady.lease_reason(s, l, c),
+            Some(LeaseReason::NotReady {
+                spend_usd: s,
+                limit_usd: l,
+                cost_usd: c
+            })
+        );
+        assert_eq!(
+            Refusal::RollingOver.lease_reason(s, l, c),
+            Some(LeaseReason::RollingOver {
+                spend_usd: s,
+                limit_usd: l,
+                cost_usd: c
+            })
+        );
+    }
+
+    #[test]
+    fn texts_are_unchanged() {
+        let [unavailable, not_ready, rolling] = ALL.map(|typed| explain(&typed.into()).unwrap());
+        assert_eq!(
+            unavailable.reason,
+            "the shared budget in Redis has not answered for half a lease lifetime; on_unavailable = \"fail_closed\" counts paid backends as over budget (spend $99.50 of $100.00, this request $0.7500)"
+        );
+        assert_eq!(
+            not_ready.reason,
+            "the shared budget in Redis has not answered since this replica started, so the month's spend is unknown (this request $0.0125)"
+        );
+        assert_eq!(
+            rolling.reason,
+            "the budget month has just changed and the new month's lease has not arrived yet"
+        );
+        assert!(unavailable.suggested_action.ends_with(
+            "set on_unavailable = \"fail_open\" to route on local accounting meanwhile"
+        ));
+        assert_eq!(rolling.suggested_action, "retry in a second");
+        assert!(explain(&Reason::new(1)).is_none());
     }
 }

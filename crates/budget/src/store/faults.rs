@@ -171,7 +171,7 @@ fn the_journal_keeps_spend_queued_through_a_full_disk_and_writes_it_after() {
     let dir = TempDir::new("journal");
     let (store, full) = faulty_store(&dir.file("spend.redb"));
     let store = Arc::new(store);
-    let clock = Arc::new(nexus_core::FakeClock::at_secs(
+    let clock = Arc::new(nexus_core::clock::FakeClock::at_secs(
         month().start_unix_secs() + 60,
     ));
     let ledger = Arc::new(SpendLedger::new(clock));
@@ -210,7 +210,7 @@ fn dropping_the_journal_on_a_full_disk_gives_up_within_its_deadline() {
     let dir = TempDir::new("shutdown");
     let (store, full) = faulty_store(&dir.file("spend.redb"));
     let store = Arc::new(store);
-    let clock = Arc::new(nexus_core::FakeClock::at_secs(
+    let clock = Arc::new(nexus_core::clock::FakeClock::at_secs(
         month().start_unix_secs() + 60,
     ));
     let ledger = Arc::new(SpendLedger::new(clock));

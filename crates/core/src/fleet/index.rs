@@ -256,7 +256,7 @@ type Offers = Vec<(BackendId, Offering)>;
 /// let model = fleet.model_id("llama3:70b").unwrap();
 /// assert_eq!(fleet.model(model).servers().len(), 1);
 /// assert_eq!(fleet.backend_by_name("openai").unwrap().zone(), Zone::Cloud);
-/// # Ok::<(), nexus_core::FleetError>(())
+/// # Ok::<(), nexus_core::fleet::FleetError>(())
 /// ```
 #[derive(Debug)]
 pub struct Fleet {
@@ -446,7 +446,7 @@ impl Fleet {
     /// call it before the fleet is shared.
     ///
     /// ```
-    /// use nexus_core::{BackendSpec, BackendStatus, Fleet, ModelSpec};
+    /// use nexus_core::{fleet::BackendStatus, BackendSpec, Fleet, ModelSpec};
     ///
     /// let spec = |id: &str| BackendSpec::new(id, "http://127.0.0.1:1").with_model(ModelSpec::new("m"));
     /// let old = Fleet::new(vec![spec("a"), spec("b")])?;
@@ -460,7 +460,7 @@ impl Fleet {
     /// old.backend_by_name("b").unwrap().live().end_request(); // finishes on the old fleet
     /// assert_eq!(b.live().in_flight(), 0);
     /// assert_eq!(new.backend_by_name("c").unwrap().live().in_flight(), 0);
-    /// # Ok::<(), nexus_core::FleetError>(())
+    /// # Ok::<(), nexus_core::fleet::FleetError>(())
     /// ```
     pub fn adopt_live_state(&mut self, previous: &Fleet) -> usize {
         let mut carried = 0;

@@ -8,7 +8,8 @@
 //!
 //! Three parts: the config schema ([`BackendSpec`], [`ModelSpec`], [`FleetError`]), the
 //! live state ([`LiveState`], [`BackendStatus`]) and the model index ([`Fleet`],
-//! [`Backend`], [`ModelEntry`], [`Offering`]).
+//! [`Backend`], [`ModelEntry`], [`Offering`]). Backends and models are named by dense
+//! indices ([`BackendId`], [`ModelId`]) and candidate sets are bitsets ([`BackendSet`]).
 
 mod index;
 mod live;
@@ -17,6 +18,9 @@ mod spec;
 pub use index::{Backend, Fleet, ModelEntry, OfferSummary, Offering};
 pub use live::{BackendStatus, LiveState, LATENCY_MEMORY_SECS};
 pub use spec::{BackendKind, BackendSpec, FleetError, ModelSpec, Zone, MAX_USD_PER_MTOK};
+
+pub use crate::id::{BackendId, ModelId};
+pub use crate::set::{BackendSet, Iter as BackendSetIter};
 
 #[cfg(test)]
 mod tests {

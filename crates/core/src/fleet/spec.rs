@@ -278,7 +278,7 @@ pub enum FleetError {
         index: usize,
     },
     /// A backend has an empty id.
-    #[error("backend {index} has an empty id; set id = \"some-name\"")]
+    #[error("backend {index} has an empty id; give every backend a unique, non-empty id")]
     EmptyId {
         /// The backend's index.
         index: usize,

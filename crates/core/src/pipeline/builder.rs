@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 
-use super::{Pipeline, PipelineError, Stage};
+use super::{FixTexts, Pipeline, PipelineError, Stage};
 use crate::routes::ModelRoutes;
 use crate::{Clock, Constraints, ErrorPolicy, Fleet, PolicySet, Reconciler, Selector};
 
@@ -20,12 +20,20 @@ pub struct PipelineBuilder {
     pub(super) selector: Box<dyn Selector>,
     pub(super) clock: Arc<dyn Clock>,
     pub(super) tenant_constraints: Vec<Constraints>,
+    pub(super) fix_texts: FixTexts,
 }
 
 impl PipelineBuilder {
     /// Sets the clock that timestamps outcomes (the system clock by default).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
+        self
+    }
+
+    /// Sets how the pipeline's own Rejects word their fix (see [`FixTexts`]): a facade
+    /// names where its configuration says what the fix changes.
+    pub fn fix_texts(mut self, texts: FixTexts) -> Self {
+        self.fix_texts = texts;
         self
     }
 
@@ -66,7 +74,7 @@ impl PipelineBuilder {
         self
     }
 
-    /// Sets each tenant's overrides, indexed by [`TenantId`](crate::TenantId): a request
+    /// Sets each tenant's overrides, indexed by [`TenantId`](crate::pipeline::TenantId): a request
     /// made for a tenant ([`Request::tenant`](crate::Request::tenant)) has its constraints
     /// tightened by them, for every model it may be served by. Overrides only tighten:
     /// combined with the policies' constraints by taking the strictest of each.
@@ -93,7 +101,7 @@ impl PipelineBuilder {
 
     /// Sets the selector, the one role that picks among the candidates every stage left
     /// (after all of them ran, and again after a veto). A pipeline has exactly one:
-    /// this replaces the previous one, [`HeaviestCandidate`](crate::HeaviestCandidate)
+    /// this replaces the previous one, [`HeaviestCandidate`](crate::selector::HeaviestCandidate)
     /// by default.
     pub fn selector(self, selector: impl Selector + 'static) -> Self {
         self.boxed_selector(Box::new(selector))
@@ -134,6 +142,7 @@ impl PipelineBuilder {
             timing: AtomicBool::new(false),
             clock: self.clock,
             tenant_constraints: self.tenant_constraints.into_boxed_slice(),
+            fix_texts: self.fix_texts,
         })
     }
 }

@@ -32,7 +32,8 @@ impl Pipeline {
                 fix: Some(Fix {
                     reconciler: "analyzer",
                     suggested_action: format!(
-                        "{hint}add a backend that serves '{requested}', or an alias in [routing.aliases]"
+                        "{hint}{}",
+                        (self.fix_texts.unknown_model)(requested)
                     ),
                     admits: Vec::new(),
                 }),
@@ -202,7 +203,7 @@ impl Pipeline {
             );
             return Explanation::new(
                 format!("stage '{name}' failed: {message}"),
-                format!("fix what the error names, or set [routing.on_error] {name} = \"fail_open\" to skip the stage when it fails"),
+                (self.fix_texts.failed_stage)(name),
             );
         }
         let ctx = ExplainContext {
@@ -378,10 +379,9 @@ mod tests {
         let fix = fix_of(&closed).expect("a fix");
         assert_eq!(fix.reconciler, "flaky");
         assert_eq!(fix.admits, ["b", "c", "d"]);
-        assert!(
-            fix.suggested_action.contains("fail_open"),
-            "{}",
-            fix.suggested_action
+        assert_eq!(
+            fix.suggested_action,
+            "fix what the error names, or give stage 'flaky' the fail-open error policy to skip it when it fails"
         );
 
         let open = pipeline(vec![
@@ -390,5 +390,32 @@ mod tests {
         ]);
         let fix = fix_of(&open).expect("a fix");
         assert_eq!((fix.reconciler, fix.admits), ("one", vec!["a".to_owned()]));
+    }
+
+    fn unknown_fix(pipeline: &Pipeline) -> String {
+        match pipeline.decide(&Request::new("n")).kind() {
+            RoutingDecision::Reject { fix: Some(fix), .. } => fix.suggested_action.clone(),
+            other => panic!("expected a Reject with a fix, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_pipelines_own_rejects_word_their_fix_with_its_fix_texts() {
+        assert_eq!(
+            unknown_fix(&pipeline(Vec::new())),
+            "did you mean 'm'? add a backend that serves 'n', or an alias that names it (PipelineBuilder::alias)"
+        );
+        let fleet = pipeline(Vec::new()).fleet().clone();
+        let worded = Pipeline::builder(fleet)
+            .fix_texts(super::super::FixTexts {
+                unknown_model: |model| format!("list '{model}' in models.yaml"),
+                ..Default::default()
+            })
+            .build()
+            .expect("a pipeline");
+        assert_eq!(
+            unknown_fix(&worded),
+            "did you mean 'm'? list 'n' in models.yaml"
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! The [`Pipeline`]: ordered stages and one selector, run for each model a request may
 //! be served by.
 //!
-//! A decision looks up the request's precomputed [`RoutePlan`], then for the resolved
+//! A decision looks up the request's precomputed [`RoutePlan`](crate::routes::RoutePlan), then for the resolved
 //! model and, if it ends with no viable backend, for each fallback in turn: starts from
 //! the model's servers, runs every stage in order, then asks the pipeline's one
 //! [`Selector`] (the scheduler) to pick among what is left. A picked backend is
@@ -18,24 +18,33 @@
 //! The module is in three parts: [`builder`](PipelineBuilder) assembles a pipeline,
 //! `run` decides (the reconcile/refine passes, the selector's pick and its commit), and `explain`
 //! renders why backends were excluded and finds the best fix of a Reject. What a
-//! decision hands back ([`Decision`], [`RouteGuard`]) lives in `crate::decision`.
+//! decision hands back ([`Decision`], [`RouteGuard`]) and what a request asks for
+//! ([`Request`]) are defined in their own files and re-exported here.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::decision::{Decision, OwnedDecision};
 use crate::routes::{ModelRoutes, RoutesError};
 use crate::{
-    Clock, ErrorPolicy, Fleet, HeaviestCandidate, PolicySet, Reconciler, Request, Selector,
-    SystemClock,
+    Clock, ErrorPolicy, Fleet, HeaviestCandidate, PolicySet, Reconciler, Selector, SystemClock,
 };
 
 mod builder;
 mod explain;
+mod fix_texts;
 mod run;
 
+pub use crate::decision::{
+    Decision, Fix, OwnedDecision, OwnedRouteGuard, QueueReason, RouteGuard, RouteReason,
+    RoutingDecision, Significant,
+};
+pub use crate::id::TenantId;
+pub use crate::request::{
+    estimate_tokens, CostEstimate, Features, Request, RequestRequirements, TierMode, TokenTier,
+};
 pub use builder::PipelineBuilder;
+pub use fix_texts::FixTexts;
 pub(crate) use run::{return_scratch, scored};
 
 /// One stage of a pipeline: a reconciler and what to do when it fails.
@@ -90,7 +99,7 @@ pub enum PipelineError {
 ///
 /// ```
 /// use std::sync::Arc;
-/// use nexus_core::{BackendSpec, Fleet, ModelSpec, Pipeline, Request, RequestAnalyzer};
+/// use nexus_core::{analyzer::RequestAnalyzer, BackendSpec, Fleet, ModelSpec, Pipeline, Request};
 ///
 /// let fleet = Arc::new(Fleet::new(vec![
 ///     BackendSpec::new("gpu-box", "http://127.0.0.1:11434")
@@ -115,8 +124,10 @@ pub struct Pipeline {
     pub(crate) selector_calls: AtomicU64,
     pub(crate) timing: AtomicBool,
     pub(crate) clock: Arc<dyn Clock>,
-    /// Each tenant's overrides, by [`TenantId`](crate::TenantId).
+    /// Each tenant's overrides, by [`TenantId`](crate::pipeline::TenantId).
     pub(crate) tenant_constraints: Box<[crate::Constraints]>,
+    /// How the pipeline's own Rejects word their fix.
+    pub(crate) fix_texts: FixTexts,
 }
 
 impl Pipeline {
@@ -132,6 +143,7 @@ impl Pipeline {
             selector: Box::new(HeaviestCandidate),
             clock: Arc::new(SystemClock),
             tenant_constraints: Vec::new(),
+            fix_texts: FixTexts::default(),
         }
     }
 
@@ -222,7 +234,7 @@ mod sealed {
     impl Sealed for std::sync::Arc<super::Pipeline> {}
 }
 
-/// How a [`Decision`] and its [`RouteGuard`](crate::RouteGuard) hold the pipeline that made them: borrowed
+/// How a [`Decision`] and its [`RouteGuard`] hold the pipeline that made them: borrowed
 /// (`&Pipeline`, from [`Pipeline::decide`]: nothing shared is written) or shared
 /// (`Arc<Pipeline>`, from [`Pipeline::decide_owned`]: `Send + 'static`, for servers).
 /// Sealed: those are the only two.

@@ -10,7 +10,10 @@ use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
 
-use nexus_core::{Features, Request, TierMode};
+use nexus_core::{
+    pipeline::{Features, TierMode},
+    Request,
+};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -28,7 +31,7 @@ pub const IMAGE_TOKENS_MAX: u32 = 16_384;
 /// What routing needs to know about a request, read from its body.
 ///
 /// ```
-/// use nexus_core::{Features, TierMode};
+/// use nexus_core::pipeline::{Features, TierMode};
 /// use nexus_gateway::wire::{Endpoint, RequestBody};
 ///
 /// let body = br#"{
@@ -68,7 +71,7 @@ pub struct RequestSummary<'a> {
     /// it and passes it on only when this is set.
     pub include_usage: bool,
     /// Input tokens estimated from the prompt text, four bytes to a token (the rule of
-    /// [`nexus_core::estimate_tokens`]), plus token ids counted exactly.
+    /// [`nexus_core::pipeline::estimate_tokens`]), plus token ids counted exactly.
     pub input_tokens: u32,
     /// An upper bound of the input tokens: the body's bytes (every token of text, chat
     /// template or tool definition is at least one byte), with each image's bytes replaced

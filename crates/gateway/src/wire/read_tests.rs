@@ -19,7 +19,10 @@ fn a_plain_chat_request() {
         chat(r#"{"model": "gpt-4", "messages": [{"role": "user", "content": "Hello, world!"}]}"#)
             .unwrap();
     assert_eq!(s.model, "gpt-4");
-    assert_eq!(s.input_tokens, nexus_core::estimate_tokens("Hello, world!"));
+    assert_eq!(
+        s.input_tokens,
+        nexus_core::pipeline::estimate_tokens("Hello, world!")
+    );
     assert_eq!(s.max_output_tokens, None);
     assert_eq!(s.features, Features::NONE);
     assert!(!s.stream && !s.include_usage);
