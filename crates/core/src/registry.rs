@@ -139,7 +139,7 @@ impl BuildContext<'_> {
     pub fn required_settings<T: DeserializeOwned>(&self) -> Result<T, BuildError> {
         match self.settings {
             None => Err(self.invalid(
-                "this stage needs settings, and the section is missing; add it with the stage's required keys",
+                "this kind needs settings, and they are missing; give them with its required keys",
             )),
             Some(value) => deserialize(self.kind, value),
         }
@@ -242,7 +242,7 @@ pub enum BuildError {
         message: String,
     },
     /// No factory is registered under the name.
-    #[error("no stage kind '{kind}' is registered{}; registered kinds: {}", .suggestion.as_ref().map(|s| format!(" (did you mean '{s}'?)")).unwrap_or_default(), .known.join(", "))]
+    #[error("no kind '{kind}' is registered{}; registered kinds: {}", .suggestion.as_ref().map(|s| format!(" (did you mean '{s}'?)")).unwrap_or_default(), .known.join(", "))]
     UnknownKind {
         /// The name asked for.
         kind: String,
@@ -304,7 +304,7 @@ enum Factory {
 
 /// A second factory was registered for a kind.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("stage kind '{kind}' is already registered; register yours under another kind")]
+#[error("kind '{kind}' is already registered; register yours under another kind")]
 pub struct DuplicateKind {
     /// The kind.
     pub kind: String,
@@ -313,9 +313,10 @@ pub struct DuplicateKind {
 /// Named reconciler and selector factories.
 ///
 /// ```
-/// use nexus_core::{
-///     BuildContext, HeaviestCandidate, Reconciler, Registry, RequestAnalyzer, Selector,
-/// };
+/// use nexus_core::analyzer::RequestAnalyzer;
+/// use nexus_core::registry::{BuildContext, Registry};
+/// use nexus_core::selector::{HeaviestCandidate, Selector};
+/// use nexus_core::Reconciler;
 ///
 /// let mut registry = Registry::new();
 /// assert!(registry.contains("analyzer"));
@@ -481,7 +482,10 @@ mod tests {
             panic!("{err:?}")
         };
         assert_eq!(kind, "geo");
-        assert!(message.contains("section is missing"), "{message}");
+        assert!(
+            message.contains("needs settings, and they are missing"),
+            "{message}"
+        );
         let table: toml::Value = toml::from_str("share = 0.5").unwrap();
         let settings = with_ctx(Some(&table), |ctx| ctx.required_settings::<Settings>());
         assert_eq!(settings.unwrap().share, 0.5);

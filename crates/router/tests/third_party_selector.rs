@@ -107,7 +107,10 @@ fn a_selectors_settings_errors_point_at_its_table_and_its_kind_is_taken() {
     let config = format!("{FLEET}\n[routing]\npipeline = [\"analyzer\", \"pinned\"]\n");
     let err = builder.load_str("pinned.toml", &config).unwrap_err();
     assert!(err.message.contains("[routing.pinned]"), "{err}");
-    assert!(err.message.contains("section is missing"), "{err}");
+    assert!(
+        err.message.contains("needs settings, and they are missing"),
+        "{err}"
+    );
 
     // Stages and selectors share one namespace.
     let taken = RouterBuilder::new()
@@ -115,7 +118,7 @@ fn a_selectors_settings_errors_point_at_its_table_and_its_kind_is_taken() {
         .unwrap_err();
     assert_eq!(
         taken.to_string(),
-        "a reconciler named 'analyzer' is already registered; choose another name for yours"
+        "kind 'analyzer' is already registered; register yours under another kind"
     );
     let taken = RouterBuilder::new()
         .with_selector("scheduler", factory)

@@ -97,7 +97,7 @@ fn a_kind_cannot_be_registered_twice() {
         .unwrap_err();
     assert_eq!(
         err.to_string(),
-        "stage kind 'scheduler' is already registered; register yours under another kind"
+        "kind 'scheduler' is already registered; register yours under another kind"
     );
 }
 
