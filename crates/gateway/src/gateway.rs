@@ -410,3 +410,25 @@ fn read_keys(fleet: &Fleet) -> HashMap<String, HeaderValue> {
     }
     keys
 }
+
+#[cfg(test)]
+mod tests {
+    use super::upstream_uri;
+
+    #[test]
+    fn upstream_uris_are_normalised_as_the_config_check_reads_them() {
+        let uri = upstream_uri("http://Bücher.example:8080/v1/chat completions").unwrap();
+        assert_eq!(
+            uri.to_string(),
+            "http://xn--bcher-kva.example:8080/v1/chat%20completions"
+        );
+        assert_eq!(
+            upstream_uri("https://api.openai.com/v1/embeddings")
+                .unwrap()
+                .to_string(),
+            "https://api.openai.com/v1/embeddings"
+        );
+        let error = upstream_uri("http://[::1/v1").unwrap_err();
+        assert!(error.contains("is not a URL"), "{error}");
+    }
+}
