@@ -35,7 +35,8 @@ pub const USER_AGENT: &str = concat!("nexus-gateway/", env!("CARGO_PKG_VERSION")
 /// The read buffer of each upstream connection, in bytes, unless
 /// [`ClientBuilder::read_buffer_size`] says otherwise: 4 KiB, half of hyper's default.
 /// An answer's status line and headers must fit in it (those of OpenAI-compatible servers
-/// and the cloud APIs are 0.2-1.5 KB); bodies of any size stream through it.
+/// and the cloud APIs are typically well under 2 KB); bodies of any size stream through
+/// it.
 pub const DEFAULT_READ_BUFFER: usize = 4096;
 
 /// The smallest read buffer [`ClientBuilder::read_buffer_size`] takes: 1 KiB.
