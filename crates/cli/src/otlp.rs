@@ -8,9 +8,10 @@
 //! is on only when one of them is set), `OTEL_EXPORTER_OTLP_HEADERS`,
 //! `OTEL_EXPORTER_OTLP_TIMEOUT`, `OTEL_SERVICE_NAME` (default `nexus`).
 //!
-//! The HTTP client is the gateway's own (reqwest with rustls), run on the server's Tokio
-//! runtime: the exporter's thread hands each batch to the runtime and waits for it, so
-//! no second HTTP stack or TLS library is compiled in.
+//! The HTTP client is reqwest (over the hyper and rustls the gateway's upstream client
+//! uses, on the crypto provider it installs), run on the server's Tokio runtime: the
+//! exporter's thread hands each batch to the runtime and waits for it, so no second HTTP
+//! stack or TLS library is compiled in.
 
 use std::time::Duration;
 
@@ -62,7 +63,9 @@ pub(crate) fn provider(
     if !configured() {
         return Ok(None);
     }
-    let client = nexus_gateway::upstream::client_builder()
+    nexus_gateway::upstream::install_crypto_provider();
+    let client = reqwest::Client::builder()
+        .user_agent(nexus_gateway::upstream::USER_AGENT)
         .timeout(Duration::from_secs(10))
         .build()
         .map_err(|e| format!("cannot build the OTLP HTTP client: {e}"))?;

@@ -42,7 +42,9 @@ pub(crate) fn run(options: &Options) -> std::process::ExitCode {
         }
     };
     runtime.block_on(async {
-        let client = match nexus_gateway::upstream::client_builder()
+        nexus_gateway::upstream::install_crypto_provider();
+        let client = match reqwest::Client::builder()
+            .user_agent(nexus_gateway::upstream::USER_AGENT)
             .timeout(Duration::from_secs(5))
             .build()
         {

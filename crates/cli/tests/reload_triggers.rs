@@ -47,11 +47,14 @@ async fn wait_for_models(client: &reqwest::Client, addr: &str, want: &[&str]) {
 }
 
 fn client() -> reqwest::Client {
-    nexus_gateway::upstream::client_builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("a client")
+    {
+        nexus_gateway::upstream::install_crypto_provider();
+        reqwest::Client::builder()
+    }
+    .no_proxy()
+    .timeout(Duration::from_secs(10))
+    .build()
+    .expect("a client")
 }
 
 fn stop(mut child: std::process::Child) {

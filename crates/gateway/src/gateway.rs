@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use axum::http::HeaderValue;
+use axum::http::{HeaderValue, Uri};
 use axum::routing::{get, post};
 use nexus_core::{fleet::Backend, Fleet};
 use nexus_router::{ConfigError, HealthConfig, LiveRouter, ReloadSummary, Router, ServerConfig};
@@ -37,7 +37,7 @@ pub struct Gateway {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) router: LiveRouter,
-    pub(crate) client: reqwest::Client,
+    pub(crate) client: crate::upstream::Client,
     pub(crate) queue: Queue,
     /// Each backend's key and parsed endpoint URLs by backend id, built at the start and
     /// at each reload (so that a request decided on either config finds its backend).
@@ -59,9 +59,9 @@ pub(crate) struct Shared {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BuildError {
-    /// The upstream HTTP client could not be built (no TLS roots, for one).
+    /// The upstream HTTP client could not be built (its TLS set-up, for one).
     #[error("cannot build the upstream HTTP client: {0}")]
-    Client(#[from] reqwest::Error),
+    Client(#[from] crate::upstream::ClientError),
 }
 
 impl Gateway {
@@ -88,15 +88,24 @@ impl Gateway {
     /// When the upstream client cannot be built.
     pub fn reloadable(router: LiveRouter) -> Result<Gateway, BuildError> {
         let server = router.server();
+        // A backend's URL is where it answers: the client relays a redirect to the client
+        // as any other answer rather than following it.
         let client = crate::upstream::client_builder()
             .connect_timeout(server.connect_timeout())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            // A backend's URL is where it answers: a redirect is relayed to the client as
-            // any other answer rather than followed (reqwest would turn a redirected POST
-            // into a GET, and its redirect bookkeeping cost 4 % of each request).
-            .redirect(reqwest::redirect::Policy::none())
+            .pool_idle_timeout(Some(Duration::from_secs(90)))
             .build()?;
+        for var in [
+            "HTTPS_PROXY",
+            "https_proxy",
+            "HTTP_PROXY",
+            "http_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+        ] {
+            if std::env::var_os(var).is_some_and(|v| !v.is_empty()) {
+                tracing::warn!(var, "a proxy variable is set, but the gateway connects to each backend's URL directly");
+            }
+        }
         let upstreams = ArcSwap::from_pointee(read_upstreams(router.current().fleet()));
         let loaded = Mutex::new(HashMap::new());
         let queue = Queue::new(server.max_queued);
@@ -256,7 +265,7 @@ impl Gateway {
             .clone()
     }
 
-    /// What a request to `backend`'s `endpoint` needs, from one lookup: the URL parsed
+    /// What a request to `backend`'s `endpoint` needs, from one lookup: the URI parsed
     /// when the config was loaded (`None` if it did not parse, or if the backend's URL
     /// is not the one of the config in force, a request decided before a reload that
     /// moved it: the request then parses the text) and the backend's key.
@@ -264,7 +273,7 @@ impl Gateway {
         &self,
         backend: &Backend,
         endpoint: Endpoint,
-    ) -> (Option<reqwest::Url>, Option<HeaderValue>) {
+    ) -> (Option<Uri>, Option<HeaderValue>) {
         let upstreams = self.shared.upstreams.load();
         let Some(upstream) = upstreams.get(backend.name()) else {
             return (None, None);
@@ -354,9 +363,9 @@ struct Upstream {
     /// Its `Authorization` header, from `api_key_env`; marked sensitive so that no debug
     /// output shows it.
     key: Option<HeaderValue>,
-    /// Its URL for each proxied endpoint ([`Endpoint::ALL`]'s order), parsed once here:
+    /// Its URI for each proxied endpoint ([`Endpoint::ALL`]'s order), parsed once here:
     /// parsing it per request was a tenth of the gateway's instructions.
-    targets: [Option<reqwest::Url>; 3],
+    targets: [Option<Uri>; 3],
     /// Its metric handles, made at first use.
     metrics: crate::metrics::BackendMetrics,
 }
@@ -369,8 +378,7 @@ fn read_upstreams(fleet: &Fleet) -> HashMap<String, Upstream> {
         .iter()
         .map(|backend| {
             let targets = Endpoint::ALL.map(|endpoint| {
-                reqwest::Url::parse(&crate::proxy::upstream_url(backend.url(), endpoint.path()))
-                    .ok()
+                upstream_uri(&crate::proxy::upstream_url(backend.url(), endpoint.path())).ok()
             });
             let upstream = Upstream {
                 base: backend.url().to_owned(),
@@ -381,6 +389,14 @@ fn read_upstreams(fleet: &Fleet) -> HashMap<String, Upstream> {
             (backend.name().to_owned(), upstream)
         })
         .collect()
+}
+
+/// `text` as the URI a request is sent to: parsed as a URL first (as the config's check
+/// did), so that what that parser accepts and normalises (an international host name, a
+/// space in a path) reaches the backend in its ASCII form.
+pub(crate) fn upstream_uri(text: &str) -> Result<Uri, String> {
+    let url = url::Url::parse(text).map_err(|e| format!("'{text}' is not a URL ({e})"))?;
+    Uri::try_from(url.as_str()).map_err(|e| format!("'{text}' is not an HTTP URI ({e})"))
 }
 
 /// Each backend's `Authorization` header from its `api_key_env`; a variable that is not
@@ -428,5 +444,22 @@ mod tests {
         let started = gateway.shared.started_micros;
         assert_eq!(gateway.next_request_id(), format!("req-{started:x}-0"));
         assert_eq!(gateway.next_request_id(), format!("req-{started:x}-1"));
+    }
+
+    #[test]
+    fn upstream_uris_are_normalised_as_the_config_check_reads_them() {
+        let uri = upstream_uri("http://Bücher.example:8080/v1/chat completions").unwrap();
+        assert_eq!(
+            uri.to_string(),
+            "http://xn--bcher-kva.example:8080/v1/chat%20completions"
+        );
+        assert_eq!(
+            upstream_uri("https://api.openai.com/v1/embeddings")
+                .unwrap()
+                .to_string(),
+            "https://api.openai.com/v1/embeddings"
+        );
+        let error = upstream_uri("http://[::1/v1").unwrap_err();
+        assert!(error.contains("is not a URL"), "{error}");
     }
 }

@@ -22,12 +22,14 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use axum::http::header;
+use axum::http::{header, Request};
 use futures_util::future::join_all;
+use http_body_util::BodyExt as _;
 use nexus_core::fleet::{Backend, BackendKind, BackendStatus};
 use serde::Deserialize;
 
 use crate::proxy::upstream_url;
+use crate::upstream::OutgoingBody;
 use crate::Gateway;
 
 /// The health of every backend as the checker keeps it.
@@ -135,40 +137,51 @@ struct PsModel {
 /// One check of `backend`: `Ok` with an Ollama's loaded models, or why it failed.
 async fn check(gateway: &Gateway, backend: &Backend) -> Result<Option<Vec<String>>, String> {
     let timeout = gateway.health().timeout();
+    // A 2xx answer's headers within the timeout, and the time left for its body.
     let get = |path: &str| {
         let base = match backend.kind() {
             // Ollama's own API is at the root, beside its /v1.
             BackendKind::Ollama => backend.url().trim_end_matches('/').trim_end_matches("/v1"),
             BackendKind::Openai => backend.url(),
         };
-        let mut request = gateway
-            .shared
-            .client
-            .get(upstream_url(base, path))
-            .timeout(timeout);
-        if let Some(key) = gateway.key_of(backend) {
-            request = request.header(header::AUTHORIZATION, key);
+        let uri = crate::gateway::upstream_uri(&upstream_url(base, path));
+        let key = gateway.key_of(backend);
+        let client = gateway.shared.client.clone();
+        async move {
+            let uri = uri.map_err(|e| format!("cannot check {e}"))?;
+            let mut request = Request::new(OutgoingBody::default());
+            *request.uri_mut() = uri;
+            if let Some(key) = key {
+                request.headers_mut().insert(header::AUTHORIZATION, key);
+            }
+            let deadline = tokio::time::Instant::now() + timeout;
+            let answer = match tokio::time::timeout_at(deadline, client.send(request)).await {
+                Err(_) => return Err(format!("no answer within {} ms", timeout.as_millis())),
+                Ok(Err(e)) => {
+                    return Err(format!("unreachable: {}", crate::proxy::source_text(&e)))
+                }
+                Ok(Ok(answer)) => answer,
+            };
+            if !answer.status().is_success() {
+                return Err(format!("answered {}", answer.status()));
+            }
+            Ok((answer, deadline))
         }
-        request.send()
-    };
-    let answered = |result: reqwest::Result<reqwest::Response>| match result {
-        Ok(answer) if answer.status().is_success() => Ok(answer),
-        Ok(answer) => Err(format!("answered {}", answer.status())),
-        Err(e) if e.is_timeout() => Err(format!("no answer within {} ms", timeout.as_millis())),
-        Err(e) => Err(format!("unreachable: {}", crate::proxy::source_text(&e))),
     };
     match backend.kind() {
-        BackendKind::Openai => answered(get("/v1/models").await).map(|_| None),
+        BackendKind::Openai => get("/v1/models").await.map(|_| None),
         BackendKind::Ollama => {
-            answered(get("/api/tags").await)?;
+            get("/api/tags").await?;
             // What is loaded is for show: a failure here does not make it unhealthy.
-            let loaded = match answered(get("/api/ps").await) {
-                Ok(answer) => answer
-                    .bytes()
-                    .await
-                    .ok()
-                    .and_then(|body| serde_json::from_slice::<Ps>(&body).ok())
-                    .map(|ps| ps.models.into_iter().map(|m| m.name).collect()),
+            let loaded = match get("/api/ps").await {
+                Ok((answer, deadline)) => {
+                    tokio::time::timeout_at(deadline, answer.into_body().collect())
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .and_then(|body| serde_json::from_slice::<Ps>(&body.to_bytes()).ok())
+                        .map(|ps| ps.models.into_iter().map(|m| m.name).collect())
+                }
                 Err(_) => None,
             };
             Ok(loaded)

@@ -594,30 +594,33 @@ async fn send(
 ) -> Result<Answer, AttemptFailure> {
     let gateway = &x.gateway;
     let backend = guard.backend();
-    let client = &gateway.shared.client;
-    let (url, key) = gateway.target_of(backend, x.endpoint);
-    let mut request = match url {
-        Some(url) => client.post(url),
-        None => client.post(upstream_url(backend.url(), x.endpoint.path())),
-    }
+    let (uri, key) = gateway.target_of(backend, x.endpoint);
+    let uri = match uri {
+        Some(uri) => uri,
+        None => crate::gateway::upstream_uri(&upstream_url(backend.url(), x.endpoint.path()))
+            .map_err(|e| AttemptFailure::new(format!("cannot send to {e}"), "error"))?,
+    };
+    let mut request = axum::http::Request::new(crate::upstream::OutgoingBody::from(body));
+    *request.method_mut() = axum::http::Method::POST;
+    *request.uri_mut() = uri;
+    let headers = request.headers_mut();
     // Static names and values: a `&str` would be parsed and checked on every request.
-    .header(
+    headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
-    )
-    .header(
+    );
+    headers.insert(
         HeaderName::from_static("x-request-id"),
         x.request_id.clone(),
-    )
-    .body(body);
+    );
     if stream {
-        request = request.header(
+        headers.insert(
             header::ACCEPT,
             HeaderValue::from_static("text/event-stream"),
         );
     }
     if let Some(key) = key {
-        request = request.header(header::AUTHORIZATION, key);
+        headers.insert(header::AUTHORIZATION, key);
     }
     let timeout = gateway.server().first_byte_timeout();
     let deadline = tokio::time::Instant::now() + timeout;
@@ -630,7 +633,8 @@ async fn send(
             "timeout",
         )
     };
-    let answer = match tokio::time::timeout_at(deadline, request.send()).await {
+    let answer = match tokio::time::timeout_at(deadline, gateway.shared.client.send(request)).await
+    {
         Err(_) => return Err(timed_out()),
         Ok(Err(e)) => {
             let message = if e.is_connect() {
@@ -666,7 +670,9 @@ async fn send(
         .as_ref()
         .and_then(|t| t.to_str().ok())
         .is_some_and(|t| t.starts_with("text/event-stream"));
-    let mut body: crate::relay::UpstreamBody = Box::pin(answer.bytes_stream());
+    let mut body: crate::relay::UpstreamBody = Box::pin(http_body_util::BodyExt::into_data_stream(
+        answer.into_body(),
+    ));
     if status.is_success() && !is_sse {
         // A JSON answer must start as JSON. Checked before anything reaches the client,
         // so that an HTML error page behind a 200 (a proxy in front of the backend, a
@@ -722,7 +728,7 @@ async fn first_json_byte(
     }
 }
 
-/// An error with its causes, which reqwest keeps apart ("error sending request" alone
+/// An error with its causes, which hyper keeps apart ("client error (Connect)" alone
 /// says nothing).
 pub(crate) fn source_text(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
@@ -950,7 +956,7 @@ mod tests {
     }
 
     fn body_of(chunks: &[&'static str]) -> crate::relay::UpstreamBody {
-        let chunks: Vec<reqwest::Result<Bytes>> = chunks
+        let chunks: Vec<Result<Bytes, hyper::Error>> = chunks
             .iter()
             .map(|c| Ok(Bytes::from_static(c.as_bytes())))
             .collect();

@@ -39,7 +39,7 @@ use crate::{Gateway, GatewayError};
 const MAX_JSON_COPY: usize = 8 * 1024 * 1024;
 
 /// The upstream's body.
-pub(crate) type UpstreamBody = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+pub(crate) type UpstreamBody = Pin<Box<dyn Stream<Item = Result<Bytes, hyper::Error>> + Send>>;
 
 /// How the body is read.
 enum Reading {

@@ -16,11 +16,10 @@ async fn https_runs_a_handshake_with_the_chosen_provider() {
         }
     });
     let client = upstream::client_builder().build().unwrap();
-    let err = client
-        .get(format!("https://{addr}/v1/models"))
-        .send()
-        .await
-        .unwrap_err();
+    let request = axum::http::Request::get(format!("https://{addr}/v1/models"))
+        .body(upstream::OutgoingBody::default())
+        .unwrap();
+    let err = client.send(request).await.unwrap_err();
     assert!(err.is_connect(), "{err:?}");
     server.abort();
 }

@@ -2,9 +2,11 @@
 //! rewritten reaches the upstream byte for byte, and the upstream's stream, inspected on
 //! the way back, settles on the usage the upstream declared.
 
+use axum::http::Request;
 use futures_util::StreamExt;
+use http_body_util::BodyExt;
 use nexus_gateway::sse::SseInspector;
-use nexus_gateway::upstream;
+use nexus_gateway::upstream::{self, OutgoingBody};
 use nexus_gateway::wire::{Endpoint, RequestBody, Usage};
 use nexus_testkit::{MockConfig, MockUpstream, MockUsage};
 
@@ -27,21 +29,22 @@ async fn the_rewritten_body_reaches_the_upstream_as_sent_but_for_the_model() {
     let sent = br#"{ "model": "gpt-4",  "messages": [{"role": "user", "content": "Hi"}], "temperature": 0.50 }"#;
     let read = RequestBody::parse(Endpoint::ChatCompletions, sent).unwrap();
     let body = read.rewrite(SERVING);
+    let request = Request::post(format!(
+        "{}{}",
+        mock.url(),
+        Endpoint::ChatCompletions.path()
+    ))
+    .header("content-type", "application/json")
+    .body(OutgoingBody::from(body.clone()))
+    .unwrap();
     let response = upstream::client_builder()
         .build()
         .unwrap()
-        .post(format!(
-            "{}{}",
-            mock.url(),
-            Endpoint::ChatCompletions.path()
-        ))
-        .header("content-type", "application/json")
-        .body(body.clone())
-        .send()
+        .send(request)
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let answer = response.bytes().await.unwrap();
+    let answer = response.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(
         Usage::from_response(&answer),
         Some(Usage {
@@ -69,16 +72,17 @@ async fn a_stream_settles_on_the_usage_the_client_did_not_ask_to_see() {
         br#"{"model": "gpt-4", "stream": true, "messages": [{"role": "user", "content": "Hi"}]}"#;
     let read = RequestBody::parse(Endpoint::ChatCompletions, sent).unwrap();
     assert!(!read.summary().include_usage);
+    let request = Request::post(format!(
+        "{}{}",
+        mock.url(),
+        Endpoint::ChatCompletions.path()
+    ))
+    .body(OutgoingBody::from(read.rewrite(SERVING)))
+    .unwrap();
     let response = upstream::client_builder()
         .build()
         .unwrap()
-        .post(format!(
-            "{}{}",
-            mock.url(),
-            Endpoint::ChatCompletions.path()
-        ))
-        .body(read.rewrite(SERVING))
-        .send()
+        .send(request)
         .await
         .unwrap();
     assert_eq!(response.headers()["content-type"], "text/event-stream");
@@ -86,7 +90,7 @@ async fn a_stream_settles_on_the_usage_the_client_did_not_ask_to_see() {
     let mut inspector = SseInspector::new(read.summary().include_usage);
     let mut to_client = Vec::new();
     let mut first_content = 0;
-    let mut chunks = response.bytes_stream();
+    let mut chunks = response.into_body().into_data_stream();
     while let Some(chunk) = chunks.next().await {
         let step = inspector.push(chunk.unwrap());
         assert!(step.problems.is_empty(), "{:?}", step.problems);

@@ -327,11 +327,14 @@ impl Load {
         stop: &Arc<AtomicBool>,
         stop_on_refusal: bool,
     ) -> Self {
-        let client = nexus_gateway::upstream::client_builder()
-            .no_proxy()
-            .pool_max_idle_per_host(64)
-            .build()
-            .expect("client");
+        let client = {
+            nexus_gateway::upstream::install_crypto_provider();
+            reqwest::Client::builder()
+        }
+        .no_proxy()
+        .pool_max_idle_per_host(64)
+        .build()
+        .expect("client");
         let records = Arc::new(Mutex::new(Vec::new()));
         let first_refusal = Arc::new(Mutex::new(None));
         let in_flight = Arc::new(AtomicU64::new(0));
