@@ -15,10 +15,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::intent::Candidate;
-use crate::{
-    BackendId, BackendSet, BudgetStatus, Constraints, Fleet, ModelEntry, ModelId, Offering,
-    QueueCause, RequestRequirements, RoutingIntent,
-};
+use crate::{BackendId, QueueCause, RoutingIntent};
 
 /// Picks the backend for one model among the candidates every stage left.
 ///
@@ -169,6 +166,10 @@ impl Pick {
 /// The candidates every stage left for the current model, as a [`Selector`] sees them:
 /// read-only, in backend order, with their weights, and a place to record the score
 /// each got (shown with the decision, [`Decision::scored_candidates`](crate::pipeline::Decision::scored_candidates)).
+///
+/// A shortlist dereferences to the decision's [`RoutingIntent`] for reading only (its
+/// fleet, model, offers, time, requirements, constraints, budget status, candidates):
+/// nothing that excludes, weighs or re-admits is reachable through it.
 pub struct Shortlist<'a, 'i> {
     intent: &'i mut RoutingIntent<'a>,
 }
@@ -179,71 +180,20 @@ impl fmt::Debug for Shortlist<'_, '_> {
     }
 }
 
+impl<'a> std::ops::Deref for Shortlist<'a, '_> {
+    type Target = RoutingIntent<'a>;
+
+    #[inline]
+    fn deref(&self) -> &RoutingIntent<'a> {
+        self.intent
+    }
+}
+
 impl<'a, 'i> Shortlist<'a, 'i> {
     /// The shortlist of `intent`'s candidates: what the pipeline hands its selector, and
     /// how to test a selector alone (run the stages on an intent, then select).
     pub fn new(intent: &'i mut RoutingIntent<'a>) -> Self {
         Self { intent }
-    }
-
-    /// The fleet.
-    #[inline]
-    pub fn fleet(&self) -> &'a Fleet {
-        self.intent.fleet
-    }
-
-    /// The model being decided for.
-    #[inline]
-    pub fn model(&self) -> ModelId {
-        self.intent.model
-    }
-
-    /// The model's entry in the fleet.
-    #[inline]
-    pub fn model_entry(&self) -> &'a ModelEntry {
-        self.intent.model_entry()
-    }
-
-    /// What `backend` offers for the current model.
-    #[inline]
-    pub fn offer(&self, backend: BackendId) -> Option<&'a Offering> {
-        self.intent.offer(backend)
-    }
-
-    /// The decision's time, in seconds since the Unix epoch ([`RoutingIntent::now_secs`]).
-    #[inline]
-    pub fn now_secs(&self) -> u64 {
-        self.intent.now_secs
-    }
-
-    /// What the request needs.
-    #[inline]
-    pub fn requirements(&self) -> &RequestRequirements {
-        &self.intent.requirements
-    }
-
-    /// The constraints of every policy matched on the way to the current model.
-    #[inline]
-    pub fn constraints(&self) -> &Constraints {
-        &self.intent.constraints
-    }
-
-    /// The most severe budget status the stages reported.
-    #[inline]
-    pub fn budget_status(&self) -> BudgetStatus {
-        self.intent.budget_status
-    }
-
-    /// Whether the current model is a fallback of the resolved one.
-    #[inline]
-    pub fn is_fallback(&self) -> bool {
-        self.intent.is_fallback()
-    }
-
-    /// The candidates, as a set.
-    #[inline]
-    pub fn candidates(&self) -> &BackendSet {
-        &self.intent.scratch.candidates
     }
 
     /// How many candidates are left (at least one when the pipeline asks).
