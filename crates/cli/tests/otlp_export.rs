@@ -81,13 +81,7 @@ async fn spans_reach_the_collector_with_genai_attributes() {
         }
     });
     let addr = rx.recv_timeout(Duration::from_secs(30)).unwrap();
-    let client = {
-        nexus_gateway::upstream::install_crypto_provider();
-        reqwest::Client::builder()
-    }
-    .no_proxy()
-    .build()
-    .unwrap();
+    let client = common::http_client();
     let body = serde_json::json!({"model": "m", "stream": true,
         "messages": [{"role": "user", "content": "hi"}]});
     let answer = client

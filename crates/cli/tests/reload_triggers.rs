@@ -47,14 +47,10 @@ async fn wait_for_models(client: &reqwest::Client, addr: &str, want: &[&str]) {
 }
 
 fn client() -> reqwest::Client {
-    {
-        nexus_gateway::upstream::install_crypto_provider();
-        reqwest::Client::builder()
-    }
-    .no_proxy()
-    .timeout(Duration::from_secs(10))
-    .build()
-    .expect("a client")
+    common::http_client_builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("a client")
 }
 
 fn stop(mut child: std::process::Child) {

@@ -81,13 +81,7 @@ interval_secs = 0
 }
 
 async fn traffic(addr: &str) {
-    let client = {
-        nexus_gateway::upstream::install_crypto_provider();
-        reqwest::Client::builder()
-    }
-    .no_proxy()
-    .build()
-    .unwrap();
+    let client = common::http_client();
     for (model, stream, status) in [("m", false, 200), ("m", true, 200), ("nope", false, 404)] {
         let body = serde_json::json!({"model": model, "stream": stream,
             "messages": [{"role": "user", "content": "hi"}]});

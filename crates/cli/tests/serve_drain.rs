@@ -27,13 +27,7 @@ async fn sigterm_drains_the_request_in_flight_then_exits() {
     )
     .unwrap();
     let (mut child, addr) = start(&config);
-    let client = {
-        nexus_gateway::upstream::install_crypto_provider();
-        reqwest::Client::builder()
-    }
-    .no_proxy()
-    .build()
-    .unwrap();
+    let client = common::http_client();
     let body = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": true});
     let answer = client
         .post(format!("http://{addr}/v1/chat/completions"))
@@ -71,13 +65,7 @@ async fn with_nothing_running_it_starts_routes_and_says_what_is_down() {
     )
     .unwrap();
     let (mut child, addr) = start(&config);
-    let client = {
-        nexus_gateway::upstream::install_crypto_provider();
-        reqwest::Client::builder()
-    }
-    .no_proxy()
-    .build()
-    .unwrap();
+    let client = common::http_client();
     let body =
         serde_json::json!({"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]});
     let route: serde_json::Value = client

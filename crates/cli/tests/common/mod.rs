@@ -1,4 +1,4 @@
-//! Running `nexus serve` as a child process.
+//! Running `nexus serve` as a child process, and the HTTP client the tests talk to it with.
 #![allow(dead_code, unreachable_pub)]
 
 use std::io::{BufRead, BufReader};
@@ -55,4 +55,17 @@ pub fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatu
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A reqwest client builder for loopback tests: the process's TLS crypto provider
+/// installed first (reqwest's rustls needs one, as the gateway's own client does), and no
+/// proxy from the environment.
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    nexus_gateway::upstream::install_crypto_provider();
+    reqwest::Client::builder().no_proxy()
+}
+
+/// A loopback test client with reqwest's defaults otherwise.
+pub fn http_client() -> reqwest::Client {
+    http_client_builder().build().expect("a reqwest client")
 }
