@@ -98,20 +98,29 @@ async fn traffic(addr: &str) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_logs_have_one_line_per_request_with_what_happened() {
+/// Serves the usual traffic through `nexus serve` logging in `format`, stops it, and
+/// returns every line it wrote after starting (the config's directory is removed).
+async fn logged_lines(format: &str) -> Vec<String> {
     let mock = MockUpstream::start(MockConfig::serving(["m"]))
         .await
         .unwrap();
-    let dir = std::env::temp_dir().join(format!("nexus-request-log-{}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("nexus-request-log-{format}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (mut child, addr, rx) = start(&config(&dir, &mock, "json"));
+    let (mut child, addr, rx) = start(&config(&dir, &mock, format));
     traffic(&addr).await;
     common::terminate(&child);
     let lines = tokio::task::spawn_blocking(move || rest_of(&rx))
         .await
         .unwrap();
     common::wait_exit(&mut child, Duration::from_secs(15));
+    let _ = std::fs::remove_dir_all(&dir);
+    lines
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_have_one_line_per_request_with_what_happened() {
+    let lines = logged_lines("json").await;
     let all = lines.join("\n");
     assert!(
         !all.contains(BACKEND_KEY),
@@ -156,23 +165,11 @@ async fn json_logs_have_one_line_per_request_with_what_happened() {
     assert_eq!(refused["requested_model"], "nope", "{refused}");
     assert_eq!(refused["status"], 404, "{refused}");
     assert_eq!(refused["error"], "model_not_found", "{refused}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_logs_are_the_default_and_carry_the_same_fields() {
-    let mock = MockUpstream::start(MockConfig::serving(["m"]))
-        .await
-        .unwrap();
-    let dir = std::env::temp_dir().join(format!("nexus-request-log-text-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (mut child, addr, rx) = start(&config(&dir, &mock, "text"));
-    traffic(&addr).await;
-    common::terminate(&child);
-    let lines = tokio::task::spawn_blocking(move || rest_of(&rx))
-        .await
-        .unwrap();
-    common::wait_exit(&mut child, Duration::from_secs(15));
+    let lines = logged_lines("text").await;
     let all = lines.join("\n");
     assert!(
         !all.contains(BACKEND_KEY) && !all.contains(CLIENT_KEY),
@@ -198,5 +195,4 @@ async fn text_logs_are_the_default_and_carry_the_same_fields() {
         .unwrap()
         .is_ascii_digit());
     assert!(requests[2].contains("status=404"), "{}", requests[2]);
-    let _ = std::fs::remove_dir_all(&dir);
 }
