@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use nexus_benches::{fleet_config, MODEL};
+use nexus_benches::{fleet_config, paid_fleet, MODEL};
 use nexus_budget::lease::RedisBudgetSettings;
 use nexus_budget::{BudgetReconciler, BudgetSettings};
 use nexus_core::{
@@ -99,22 +99,6 @@ fn commit_settle(c: &mut Criterion) {
         drop(lease);
     }
     group.finish();
-}
-
-/// 10 priced cloud backends serving [`MODEL`], a large monthly limit, and `redis` (a
-/// `[routing.budget.redis]` table) or nothing.
-fn paid_fleet(redis: &str) -> String {
-    let mut text = String::new();
-    for i in 0..10 {
-        text.push_str(&format!(
-            "[[backends]]\nid = \"c{i}\"\nurl = \"http://127.0.0.1:{}\"\nzone = \"cloud\"\nmax_concurrency = 32\n\
-             models = [{{ name = \"{MODEL}\", context_window = 8192, input_usd_per_mtok = 0.9, output_usd_per_mtok = 0.9 }}]\n\n",
-            10_000 + i
-        ));
-    }
-    text.push_str("[routing.budget]\nmonthly_limit_usd = 100000.0\n");
-    text.push_str(redis);
-    text
 }
 
 fn route_paid(c: &mut Criterion) {

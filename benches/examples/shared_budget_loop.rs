@@ -18,29 +18,13 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use nexus_benches::MODEL;
+use nexus_benches::{paid_fleet, MODEL};
 use nexus_budget::BudgetReconciler;
 use nexus_core::{Outcome, Request};
 use nexus_router::Router;
 
 #[path = "../../crates/budget/tests/support/redis_server.rs"]
 mod redis_server;
-
-/// 10 priced cloud backends serving [`MODEL`], a large monthly limit, and `redis` (a
-/// `[routing.budget.redis]` table) or nothing: `pipeline/route_paid`'s config.
-fn paid_fleet(redis: &str) -> String {
-    let mut text = String::new();
-    for i in 0..10 {
-        text.push_str(&format!(
-            "[[backends]]\nid = \"c{i}\"\nurl = \"http://127.0.0.1:{}\"\nzone = \"cloud\"\nmax_concurrency = 32\n\
-             models = [{{ name = \"{MODEL}\", context_window = 8192, input_usd_per_mtok = 0.9, output_usd_per_mtok = 0.9 }}]\n\n",
-            10_000 + i
-        ));
-    }
-    text.push_str("[routing.budget]\nmonthly_limit_usd = 100000.0\n");
-    text.push_str(redis);
-    text
-}
 
 /// The profiled part: `decisions` paid routes, each finished at once.
 #[inline(never)]

@@ -48,6 +48,24 @@ pub fn fleet_config(backends: usize) -> String {
     text
 }
 
+/// 10 priced cloud backends serving [`MODEL`] (nothing local, no policy), a $100 000
+/// monthly limit, and `redis` appended (a `[routing.budget.redis]` table, or nothing):
+/// the config of `pipeline/route_paid` and of the `shared_budget_loop` profile.
+pub fn paid_fleet(redis: &str) -> String {
+    let mut text = String::new();
+    for i in 0..10 {
+        let _ = write!(
+            text,
+            "[[backends]]\nid = \"c{i}\"\nurl = \"http://127.0.0.1:{}\"\nzone = \"cloud\"\nmax_concurrency = 32\n\
+             models = [{{ name = \"{MODEL}\", context_window = 8192, input_usd_per_mtok = 0.9, output_usd_per_mtok = 0.9 }}]\n\n",
+            10_000 + i
+        );
+    }
+    text.push_str("[routing.budget]\nmonthly_limit_usd = 100000.0\n");
+    text.push_str(redis);
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
