@@ -119,7 +119,7 @@ async fn read(
     let answer = answer.map_err(|e| {
         format!(
             "cannot reach {base}: {} (is `nexus serve` running there?)",
-            error_text(&e)
+            nexus_gateway::error::with_causes(&e)
         )
     })?;
     let status = answer.status();
@@ -138,17 +138,6 @@ async fn read(
         .await
         .map_err(|e| format!("{path}: the answer broke off: {e}"))?;
     serde_json::from_str(&text).map_err(|e| format!("{path}: not JSON: {e}"))
-}
-
-fn error_text(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Now, as `YYYY-MM-DD HH:MM:SS UTC`.

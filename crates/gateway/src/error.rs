@@ -429,6 +429,20 @@ impl IntoResponse for GatewayError {
     }
 }
 
+/// `error`'s text followed by each of its causes, joined by ": ". HTTP clients keep the
+/// useful part apart ("client error (Connect)" alone says nothing; its source says
+/// "connection refused"), so messages for people read the whole chain.
+pub fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

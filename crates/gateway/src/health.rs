@@ -158,7 +158,7 @@ async fn check(gateway: &Gateway, backend: &Backend) -> Result<Option<Vec<String
             let answer = match tokio::time::timeout_at(deadline, client.send(request)).await {
                 Err(_) => return Err(format!("no answer within {} ms", timeout.as_millis())),
                 Ok(Err(e)) => {
-                    return Err(format!("unreachable: {}", crate::proxy::source_text(&e)))
+                    return Err(format!("unreachable: {}", crate::error::with_causes(&e)))
                 }
                 Ok(Ok(answer)) => answer,
             };

@@ -638,9 +638,13 @@ async fn send(
         Err(_) => return Err(timed_out()),
         Ok(Err(e)) => {
             let message = if e.is_connect() {
-                format!("cannot connect to {}: {}", backend.url(), source_text(&e))
+                format!(
+                    "cannot connect to {}: {}",
+                    backend.url(),
+                    crate::error::with_causes(&e)
+                )
             } else {
-                format!("the request failed: {}", source_text(&e))
+                format!("the request failed: {}", crate::error::with_causes(&e))
             };
             return Err(AttemptFailure::new(message, "error"));
         }
@@ -702,7 +706,12 @@ async fn first_json_byte(
     loop {
         let chunk = match body.next().await {
             None => return Err("answered 200 with an empty body".to_owned()),
-            Some(Err(e)) => return Err(format!("the answer broke off: {}", source_text(&e))),
+            Some(Err(e)) => {
+                return Err(format!(
+                    "the answer broke off: {}",
+                    crate::error::with_causes(&e)
+                ))
+            }
             Some(Ok(chunk)) => chunk,
         };
         let first = chunk.iter().copied().find(|b| !b.is_ascii_whitespace());
@@ -726,19 +735,6 @@ async fn first_json_byte(
             }
         }
     }
-}
-
-/// An error with its causes, which hyper keeps apart ("client error (Connect)" alone
-/// says nothing).
-pub(crate) fn source_text(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// A status as a metrics label, from a fixed set (labels must not grow without bound).
