@@ -268,3 +268,11 @@ def uptime():
         return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     except FileNotFoundError:
         return "?"
+
+
+def write_report(path, lines):
+    """Writes the markdown `lines` to `path` (creating its directory) and prints them."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+    print("\n".join(lines))

@@ -279,10 +279,7 @@ def main():
                       f"sockets per stream; raise `ulimit -n` to run {args.streams}.)", ""]
         if r["failed"]:
             lines += [f"Failures: codes {r['codes']}, errors {r['errors']}", ""]
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write("\n".join(lines))
-    print("\n".join(lines))
+    c.write_report(args.out, lines)
     print(f"\nwritten to {args.out}; logs in {logdir}")
 
 

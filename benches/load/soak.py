@@ -178,10 +178,7 @@ def main():
                   f"(difference {spend_metric - expected:+.6f} USD), budget ledger "
                   f"{'yes' if ledger_equal else 'NO'}"
                   + (f" (difference {settled_budget - expected:+.6f} USD)." if settled_budget is not None else "."), ""]
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write("\n".join(lines))
-    print("\n".join(lines))
+    c.write_report(args.out, lines)
     print(f"written to {args.out}")
 
 
