@@ -871,14 +871,13 @@ fn is_plain(byte: u8) -> bool {
 /// `text` as a header value: visible ASCII kept, anything else percent-encoded (names
 /// may be any printable Unicode; headers carry ASCII).
 pub(crate) fn header_value(text: &str) -> HeaderValue {
-    let plain = is_plain;
-    if text.bytes().all(plain) {
+    if text.bytes().all(is_plain) {
         // The usual case, copied once, without the escaping loop below.
         return HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static("?"));
     }
     let mut out = String::with_capacity(text.len());
     for byte in text.bytes() {
-        if plain(byte) {
+        if is_plain(byte) {
             out.push(byte as char);
         } else {
             out.push_str(&format!("%{byte:02X}"));
