@@ -71,11 +71,12 @@ pub enum BuildError {
 impl Gateway {
     /// A gateway over `router`, with the `[server]` settings it was loaded with. Reads
     /// each backend's `api_key_env` now; a variable that is not set is logged (by name)
-    /// and the backend is sent no key.
+    /// and the backend is sent no key. Reads the egress proxy variables now, as
+    /// [`reloadable`](Self::reloadable) does.
     ///
     /// # Errors
     ///
-    /// When the upstream client cannot be built.
+    /// When the upstream client cannot be built, or a proxy variable is not a proxy URL.
     ///
     /// A gateway built this way has no config file to reload: `POST /v1/nexus/reload`
     /// says so. Use [`Gateway::reloadable`] for one that reloads.
