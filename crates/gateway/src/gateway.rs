@@ -63,7 +63,7 @@ pub enum BuildError {
     #[error("cannot build the upstream HTTP client: {0}")]
     Client(#[from] crate::upstream::ClientError),
     /// A proxy variable (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`) is set to something
-    /// that is not an `http://` proxy URL.
+    /// that is not a proxy URL the client can use.
     #[error("cannot use the egress proxy: {0}")]
     Proxy(#[from] crate::upstream::ProxyError),
 }

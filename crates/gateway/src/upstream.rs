@@ -13,9 +13,10 @@
 //! redirect is an answer like any other (relayed, never followed); nothing is
 //! decompressed. An egress proxy is used when the builder is given one
 //! ([`ClientBuilder::proxy`]; the gateway gives it [`ProxyConfig::from_env`], curl's
-//! `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY`): `https` backends through a
-//! `CONNECT` tunnel with TLS to the backend inside it, `http` backends by requests in
-//! absolute form to the proxy. The builder itself reads no variable, so that a program
+//! `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY`): through an `http` proxy,
+//! `https` backends by a `CONNECT` tunnel with TLS to the backend inside it and `http`
+//! backends by requests in absolute form to the proxy; through a SOCKS5 proxy, both
+//! tunnelled. The builder itself reads no variable, so that a program
 //! embedding it decides. Its read buffer is a
 //! fixed [`DEFAULT_READ_BUFFER`] bytes per connection rather than hyper's 8 KiB and up,
 //! which is most of what an open stream costs: see [`ClientBuilder::read_buffer_size`]

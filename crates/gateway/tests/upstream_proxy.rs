@@ -244,8 +244,8 @@ fn a_proxy_url_that_cannot_be_used_is_an_error_naming_the_variable() {
         ("http_proxy", "http://", "not a URL"),
         (
             "ALL_PROXY",
-            "socks5://user:secret@127.0.0.1:1080",
-            "socks5:// proxies are not supported",
+            "socks4://user:secret@127.0.0.1:1080",
+            "socks4:// proxies are not supported",
         ),
         (
             "HTTPS_PROXY",
@@ -264,7 +264,7 @@ fn a_proxy_url_that_cannot_be_used_is_an_error_naming_the_variable() {
         assert!(message.starts_with(&format!("{var}=")), "{message}");
         assert!(message.contains(problem), "{message}");
         assert!(
-            message.contains(&format!("set {var} to an http proxy URL")),
+            message.contains(&format!("set {var} to a proxy URL")),
             "{message}"
         );
         assert!(!message.contains("secret"), "credentials masked: {message}");
@@ -342,4 +342,64 @@ async fn a_proxy_that_is_down_or_refuses_fails_over_and_is_named() {
     );
     assert_eq!(proxy.requests().len(), 1);
     assert_eq!(proxy.requests()[0].target, "127.0.0.1:9");
+}
+
+#[tokio::test]
+async fn a_socks5_proxy_tunnels_both_schemes_with_its_credentials() {
+    let mock = MockUpstream::start(MockConfig::serving(["m"]))
+        .await
+        .unwrap();
+    let proxy = MockProxy::start().await.unwrap();
+    let socks = proxy.url().replace("http://", "socks5h://ops:pw@");
+    let proxies = vars(&[("ALL_PROXY", &socks)]).unwrap();
+    assert!(proxies.to_string().contains(&format!(
+        "http backends through socks5h://{} (ALL_PROXY, with credentials)",
+        proxy.addr()
+    )));
+    let client = upstream::client_builder().proxy(proxies).build().unwrap();
+
+    // http: the name goes to the proxy to resolve (socks5h), then plain HTTP inside.
+    let port = mock.addr().port();
+    let request = axum::http::Request::get(format!("http://localhost:{port}/v1/models"))
+        .body(upstream::OutgoingBody::default())
+        .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), client.send(request))
+        .await
+        .expect("bounded")
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(mock.requests_to("/v1/models").len(), 1);
+
+    // https: TLS to the backend inside the tunnel.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_addr = listener.local_addr().unwrap();
+    let first_bytes = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut start = [0u8; 2];
+        stream.read_exact(&mut start).await.unwrap();
+        start
+    });
+    let request = axum::http::Request::get(format!("https://{backend_addr}/v1/models"))
+        .body(upstream::OutgoingBody::default())
+        .unwrap();
+    let sending = tokio::spawn(client.send(request));
+    let start = tokio::time::timeout(Duration::from_secs(10), first_bytes)
+        .await
+        .expect("bounded")
+        .unwrap();
+    assert_eq!(
+        start,
+        [0x16, 0x03],
+        "TLS began inside the tunnel, to the backend"
+    );
+    sending.abort();
+
+    let seen = proxy.requests();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0].method, "SOCKS5");
+    assert_eq!(seen[0].target, format!("localhost:{port}"));
+    assert_eq!(seen[1].target, backend_addr.to_string());
+    for request in &seen {
+        assert_eq!(request.proxy_authorization.as_deref(), Some("ops:pw"));
+    }
 }

@@ -12,24 +12,28 @@ use tokio::task::JoinHandle;
 /// The longest request head the proxy reads.
 const MAX_HEAD: usize = 16 * 1024;
 
-/// What reached a [`MockProxy`]: one `CONNECT` or one forwarded request.
+/// What reached a [`MockProxy`]: one `CONNECT`, one forwarded request or one SOCKS5
+/// connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProxyRequest {
-    /// `CONNECT`, `POST`, `GET`, ...
+    /// `CONNECT`, `POST`, `GET`, ..., or `SOCKS5`.
     pub method: String,
-    /// The request target as sent: `host:port` for `CONNECT`, the absolute URL for a
-    /// forwarded request.
+    /// The request target as sent: `host:port` for `CONNECT` and SOCKS5, the absolute
+    /// URL for a forwarded request.
     pub target: String,
-    /// Its `Proxy-Authorization` header, if any.
+    /// The credentials: the `Proxy-Authorization` header over HTTP, `user:password`
+    /// over SOCKS5; `None` without.
     pub proxy_authorization: Option<String>,
 }
 
-/// An HTTP proxy on `127.0.0.1` and a port the OS picks, serving until dropped: it
-/// opens `CONNECT` tunnels (answering `200`, then copying both ways) and forwards
-/// absolute-form requests (`POST http://host:port/path HTTP/1.1`) to the host they name,
-/// one request per connection (it asks the upstream to close, so the client does not
-/// reuse the connection). It records every request, with its `Proxy-Authorization`,
-/// and strips that header before forwarding.
+/// An HTTP and SOCKS5 proxy on `127.0.0.1` and a port the OS picks, serving until
+/// dropped: it opens `CONNECT` tunnels (answering `200`, then copying both ways) and
+/// forwards absolute-form requests (`POST http://host:port/path HTTP/1.1`) to the host
+/// they name, one request per connection (it asks the upstream to close, so the client
+/// does not reuse the connection); a connection that starts with a SOCKS5 greeting gets
+/// a SOCKS5 tunnel (no authentication, or user and password when the client offers
+/// them). It records every request, with its credentials, and strips
+/// `Proxy-Authorization` before forwarding.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -112,9 +116,12 @@ fn invalid(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
 }
 
-/// One client connection: one `CONNECT` or one forwarded request.
+/// One client connection: one `CONNECT`, one forwarded request or one SOCKS5 tunnel.
 async fn serve(client: TcpStream, shared: &Shared) -> io::Result<()> {
     let mut client = BufReader::new(client);
+    if client.fill_buf().await?.first() == Some(&5) {
+        return socks5(client, shared).await;
+    }
     let mut head = Vec::new();
     loop {
         let before = head.len();
@@ -203,6 +210,73 @@ async fn serve(client: TcpStream, shared: &Shared) -> io::Result<()> {
     upstream.write_all(&body).await?;
     tokio::io::copy(&mut upstream, client.get_mut()).await?;
     client.get_mut().shutdown().await
+}
+
+/// A SOCKS5 tunnel (RFC 1928, with RFC 1929's user and password when offered).
+async fn socks5(mut client: BufReader<TcpStream>, shared: &Shared) -> io::Result<()> {
+    let mut greeting = [0u8; 2];
+    client.read_exact(&mut greeting).await?;
+    let mut methods = vec![0u8; usize::from(greeting[1])];
+    client.read_exact(&mut methods).await?;
+    let mut credentials = None;
+    if methods.contains(&2) {
+        client.get_mut().write_all(&[5, 2]).await?;
+        let user = read_short(&mut client, true).await?;
+        let password = read_short(&mut client, false).await?;
+        credentials = Some(format!("{user}:{password}"));
+        client.get_mut().write_all(&[1, 0]).await?;
+    } else if methods.contains(&0) {
+        client.get_mut().write_all(&[5, 0]).await?;
+    } else {
+        return client.get_mut().write_all(&[5, 0xff]).await;
+    }
+    let mut request = [0u8; 4];
+    client.read_exact(&mut request).await?;
+    let host = match request[3] {
+        1 => {
+            let mut ip = [0u8; 4];
+            client.read_exact(&mut ip).await?;
+            std::net::Ipv4Addr::from(ip).to_string()
+        }
+        3 => read_short(&mut client, false).await?,
+        4 => {
+            let mut ip = [0u8; 16];
+            client.read_exact(&mut ip).await?;
+            format!("[{}]", std::net::Ipv6Addr::from(ip))
+        }
+        _ => return Err(invalid("unknown SOCKS5 address type")),
+    };
+    let port = client.read_u16().await?;
+    let target = format!("{host}:{port}");
+    lock(&shared.requests).push(ProxyRequest {
+        method: "SOCKS5".to_owned(),
+        target: target.clone(),
+        proxy_authorization: credentials,
+    });
+    let Ok(mut upstream) = connect(&target).await else {
+        // 5: connection refused.
+        return client
+            .get_mut()
+            .write_all(&[5, 5, 0, 1, 0, 0, 0, 0, 0, 0])
+            .await;
+    };
+    client
+        .get_mut()
+        .write_all(&[5, 0, 0, 1, 0, 0, 0, 0, 0, 0])
+        .await?;
+    tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
+    Ok(())
+}
+
+/// A length-prefixed string (after a version byte first when `versioned`).
+async fn read_short(client: &mut BufReader<TcpStream>, versioned: bool) -> io::Result<String> {
+    if versioned {
+        client.read_u8().await?;
+    }
+    let len = client.read_u8().await?;
+    let mut bytes = vec![0u8; usize::from(len)];
+    client.read_exact(&mut bytes).await?;
+    String::from_utf8(bytes).map_err(|_| invalid("SOCKS5 string is not UTF-8"))
 }
 
 /// A TCP connection to `host:port` (the default port 80), bounded in time.

@@ -1,22 +1,24 @@
-//! Egress proxies: which backends the upstream client reaches through an HTTP proxy, and
-//! the connector that does it.
+//! Egress proxies: which backends the upstream client reaches through a proxy, and the
+//! connector that does it.
 //!
 //! The rules are curl's (and reqwest's): `HTTPS_PROXY` serves `https` backends,
 //! `HTTP_PROXY` `http` ones, `ALL_PROXY` either when its own is unset, and `NO_PROXY`
 //! exempts hosts, domains (and their subdomains; a leading dot or not), IP addresses,
 //! CIDR ranges, or everything (`*`). Matching is hyper-util's
-//! [`Matcher`](hyper_util::client::proxy::matcher::Matcher); the `CONNECT` handshake is
-//! its [`Tunnel`]. An `https` backend is reached by a `CONNECT` tunnel through the
-//! proxy, then TLS to the backend inside it (the proxy sees only the host name); an
-//! `http` backend by sending the request to the proxy in absolute form
-//! (`POST http://host/v1/... HTTP/1.1`). Credentials in the proxy URL
-//! (`http://user:password@proxy:3128`) go as `Proxy-Authorization: Basic`, on the
-//! `CONNECT` or on each forwarded request.
+//! [`Matcher`](hyper_util::client::proxy::matcher::Matcher); the handshakes are its
+//! [`Tunnel`] (`CONNECT`) and [`SocksV5`]. Through an `http` proxy, an `https` backend is
+//! reached by a `CONNECT` tunnel, then TLS to the backend inside it (the proxy sees only
+//! the host name), and an `http` backend by sending the request to the proxy in absolute
+//! form (`POST http://host/v1/... HTTP/1.1`). Through a SOCKS5 proxy both are tunnelled.
+//! Credentials in the proxy URL (`http://user:password@proxy:3128`) go as
+//! `Proxy-Authorization: Basic`, on the `CONNECT` or on each forwarded request, or as
+//! SOCKS5's user and password.
 //!
 //! The variables are read once, when [`ProxyConfig::from_env`] is called (the gateway
 //! does it when it builds its client), never per request. The decision is made per
 //! connection, not per request: a pooled connection to a backend is reused as it is.
-//! Without a proxy the connector is the direct one, untouched.
+//! Without a proxy the connector is the direct one, untouched; a request costs one
+//! `Option` check more.
 
 use std::io;
 use std::pin::Pin;
@@ -27,7 +29,7 @@ use axum::http::{header, HeaderValue, Uri};
 use futures_util::future::{BoxFuture, Either, FutureExt, MapOk, TryFutureExt};
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
-use hyper_util::client::legacy::connect::proxy::Tunnel;
+use hyper_util::client::legacy::connect::proxy::{SocksV5, Tunnel};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::proxy::matcher::{Intercept, Matcher};
 use hyper_util::rt::TokioIo;
@@ -107,9 +109,9 @@ impl std::fmt::Debug for ProxyUrl {
 /// A proxy variable whose value is not a usable proxy URL.
 #[derive(Clone, Debug, thiserror::Error)]
 #[error(
-    "{var}={shown}: {problem}; set {var} to an http proxy URL such as \
-     http://proxy.example:3128 (credentials as http://user:password@proxy.example:3128, \
-     percent-encoded), or unset it"
+    "{var}={shown}: {problem}; set {var} to a proxy URL such as \
+     http://proxy.example:3128 or socks5h://proxy.example:1080 (credentials as \
+     http://user:password@proxy.example:3128, percent-encoded), or unset it"
 )]
 pub struct ProxyError {
     var: &'static str,
@@ -136,7 +138,8 @@ impl ProxyConfig {
     ///
     /// # Errors
     ///
-    /// A proxy variable that is set to something other than an `http://` proxy URL.
+    /// A proxy variable that is set to something other than an `http://`, `socks5://`
+    /// or `socks5h://` proxy URL.
     pub fn from_env() -> Result<ProxyConfig, ProxyError> {
         ProxyConfig::from_vars(|name| std::env::var(name).ok())
     }
@@ -147,13 +150,14 @@ impl ProxyConfig {
     /// comma-separated list of hosts, domains (`example.com` and `.example.com` both
     /// match the domain and its subdomains), IP addresses and CIDR ranges reached
     /// directly, or `*` for every host. The upper-case name wins when both are set; an
-    /// empty value counts as unset. A URL without a scheme is `http://`.
+    /// empty value counts as unset. A proxy is `http://host:port` (a URL without a
+    /// scheme is `http://`), `socks5://` (names resolved here) or `socks5h://` (names
+    /// resolved by the proxy), with optional `user:password@`.
     ///
     /// # Errors
     ///
-    /// A set variable whose value is not an `http://` proxy URL (unparseable, no host,
-    /// or another scheme: `https://` and `socks5://` proxies are not supported), naming
-    /// the variable.
+    /// A set variable whose value is not such a URL (unparseable, no host, or another
+    /// scheme: `https://` proxies and SOCKS4 are not supported), naming the variable.
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<ProxyConfig, ProxyError> {
         let first = |names: [&'static str; 2]| -> Option<(&'static str, String)> {
             names.into_iter().find_map(|name| {
@@ -239,29 +243,41 @@ impl ProxyConfig {
                 routes: None,
             });
         };
-        let https = match &self.https {
-            None => None,
-            Some(proxy) => {
-                let mut tunnel = Tunnel::new(proxy.intercept.uri().clone(), tcp.clone());
-                if let Some(auth) = proxy.intercept.basic_auth() {
-                    tunnel = tunnel.with_auth(auth.clone());
-                }
-                let connector = hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_provider_and_platform_verifier(provider.clone())?
-                    .https_only()
-                    .enable_http1()
-                    .wrap_connector(tunnel);
-                Some(Via {
-                    connector,
-                    proxy: proxy.name(),
-                })
-            }
+        let tls = || {
+            hyper_rustls::HttpsConnectorBuilder::new()
+                .with_provider_and_platform_verifier(provider.clone())
         };
-        let http = self.http.as_ref().map(|proxy| Forward {
-            proxy: proxy.intercept.uri().clone(),
-            name: proxy.name(),
-            auth: proxy.intercept.basic_auth().cloned(),
-        });
+        let route = |proxy: &ProxyUrl, https: bool| -> io::Result<Route> {
+            let uri = proxy.intercept.uri().clone();
+            let via = match uri.scheme_str() {
+                Some(scheme @ ("socks5" | "socks5h")) => {
+                    let mut socks = SocksV5::new(uri.clone(), tcp.clone())
+                        // socks5: names resolved here; socks5h: by the proxy (curl's).
+                        .local_dns(scheme == "socks5");
+                    if let Some((user, password)) = proxy.intercept.raw_auth() {
+                        socks = socks.with_auth(user.to_owned(), password.to_owned());
+                    }
+                    Via::Socks(tls()?.https_or_http().enable_http1().wrap_connector(socks))
+                }
+                _ if https => {
+                    let mut tunnel = Tunnel::new(uri, tcp.clone());
+                    if let Some(auth) = proxy.intercept.basic_auth() {
+                        tunnel = tunnel.with_auth(auth.clone());
+                    }
+                    Via::Tunnel(tls()?.https_only().enable_http1().wrap_connector(tunnel))
+                }
+                _ => Via::Forward {
+                    proxy: uri,
+                    auth: proxy.intercept.basic_auth().cloned(),
+                },
+            };
+            Ok(Route {
+                via,
+                name: proxy.name(),
+            })
+        };
+        let http = self.http.as_ref().map(|p| route(p, false)).transpose()?;
+        let https = self.https.as_ref().map(|p| route(p, true)).transpose()?;
         Ok(Connector {
             direct,
             routes: Some(Arc::new(Routes {
@@ -316,8 +332,11 @@ impl ProxyUrl {
                     "an https:// proxy (TLS to the proxy itself) is not supported".to_owned(),
                 ))
             }
+            Some("socks5" | "socks5h") => {}
             Some(s) if s.starts_with("socks") => {
-                return Err(refuse(format!("{s}:// proxies are not supported")))
+                return Err(refuse(format!(
+                    "{s}:// proxies are not supported (socks5:// and socks5h:// are)"
+                )))
             }
             Some(s) => return Err(refuse(format!("{s}:// is not a proxy scheme"))),
         }
@@ -335,7 +354,8 @@ impl ProxyUrl {
             .intercept(&Uri::from_static("http://probe.invalid/"))
             .ok_or_else(|| refuse("not a proxy URL hyper-util can read".to_owned()))?;
         let shown = format!(
-            "http://{}",
+            "{}://{}",
+            intercept.uri().scheme_str().unwrap_or("http"),
             intercept.uri().authority().map_or(host, |a| a.as_str())
         );
         Ok(ProxyUrl {
@@ -382,31 +402,38 @@ struct Routes {
     /// Reaches an `http` proxy for forwarded requests.
     tcp: HttpConnector,
     /// For `http` backends.
-    http: Option<Forward>,
+    http: Option<Route>,
     /// For `https` backends.
-    https: Option<Via>,
+    https: Option<Route>,
 }
 
 impl std::fmt::Debug for Routes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Routes")
-            .field("http", &self.http.as_ref().map(|p| &p.name))
-            .field("https", &self.https.as_ref().map(|p| &p.proxy))
+            .field("http", &self.http.as_ref().map(|r| &r.name))
+            .field("https", &self.https.as_ref().map(|r| &r.name))
             .finish_non_exhaustive()
     }
 }
 
-/// `http` backends through an `http` proxy: requests in absolute form to it.
-struct Forward {
-    proxy: Uri,
+/// How one scheme's backends are reached through its proxy.
+struct Route {
+    via: Via,
+    /// `http://host:port (VAR)`: how errors name the proxy.
     name: Arc<str>,
-    auth: Option<HeaderValue>,
 }
 
-/// `https` backends: a `CONNECT` tunnel, then TLS to the backend.
-struct Via {
-    connector: HttpsConnector<Tunnel<HttpConnector>>,
-    proxy: Arc<str>,
+enum Via {
+    /// `https` backends through an `http` proxy: a `CONNECT` tunnel, then TLS to the
+    /// backend.
+    Tunnel(HttpsConnector<Tunnel<HttpConnector>>),
+    /// Either scheme through a SOCKS5 proxy: its handshake, then TLS for `https`.
+    Socks(HttpsConnector<SocksV5<HttpConnector>>),
+    /// `http` backends through an `http` proxy: requests in absolute form to it.
+    Forward {
+        proxy: Uri,
+        auth: Option<HeaderValue>,
+    },
 }
 
 impl Connector {
@@ -415,8 +442,12 @@ impl Connector {
     /// them on the `CONNECT`).
     pub(crate) fn forward_auth(&self, uri: &Uri) -> Option<&HeaderValue> {
         let routes = self.routes.as_deref()?;
-        let forward = routes.http.as_ref()?;
-        let auth = forward.auth.as_ref()?;
+        let Via::Forward {
+            auth: Some(auth), ..
+        } = &routes.http.as_ref()?.via
+        else {
+            return None;
+        };
         (uri.scheme_str() == Some("http") && routes.matcher.intercept(uri).is_some())
             .then_some(auth)
     }
@@ -467,39 +498,71 @@ impl tower::Service<Uri> for Connector {
         if routes.matcher.intercept(&dst).is_none() {
             return Either::Left(self.direct.call(dst).map_ok(Conn::direct as fn(_) -> _));
         }
-        match (dst.scheme_str(), &routes.http, &routes.https) {
-            (Some("https"), _, Some(via)) => {
-                let proxy = via.proxy.clone();
-                let mut connector = via.connector.clone();
-                Either::Right(
-                    async move {
-                        std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
-                        connector.call(dst).await.map(Conn::direct)
-                    }
-                    .map_err(move |source| ThroughProxy { proxy, source }.into())
-                    .boxed(),
-                )
+        let route = match dst.scheme_str() {
+            Some("https") => routes.https.as_ref(),
+            Some("http") => routes.http.as_ref(),
+            _ => None,
+        };
+        // The matcher intercepts only schemes it has a proxy for.
+        let Some(route) = route else {
+            return Either::Left(self.direct.call(dst).map_ok(Conn::direct as fn(_) -> _));
+        };
+        let proxy = route.name.clone();
+        let connecting = match &route.via {
+            Via::Tunnel(tunnel) => {
+                let mut tunnel = tunnel.clone();
+                async move {
+                    std::future::poll_fn(|cx| tunnel.poll_ready(cx)).await?;
+                    tunnel.call(dst).await.map(Conn::direct)
+                }
+                .boxed()
             }
-            (Some("http"), Some(forward), _) => {
-                let proxy = forward.name.clone();
+            Via::Socks(socks) => {
+                let mut socks = socks.clone();
+                async move {
+                    // The handshake names the port; hyper-util's SOCKS takes 443 when the
+                    // URI has none, which is right for https only.
+                    let dst = with_port(dst)?;
+                    std::future::poll_fn(|cx| socks.poll_ready(cx)).await?;
+                    socks.call(dst).await.map(Conn::direct)
+                }
+                .boxed()
+            }
+            Via::Forward { proxy, .. } => {
                 let mut tcp = routes.tcp.clone();
-                let to = forward.proxy.clone();
-                Either::Right(
-                    async move {
-                        let stream = tcp.call(to).await?;
-                        Ok(Conn {
-                            stream: MaybeHttpsStream::Http(stream),
-                            forwarded: true,
-                        })
-                    }
-                    .map_err(move |source: BoxError| ThroughProxy { proxy, source }.into())
-                    .boxed(),
-                )
+                let to = proxy.clone();
+                async move {
+                    let stream = tcp.call(to).await?;
+                    Ok(Conn {
+                        stream: MaybeHttpsStream::Http(stream),
+                        forwarded: true,
+                    })
+                }
+                .boxed()
             }
-            // The matcher intercepts only schemes it has a proxy for.
-            _ => Either::Left(self.direct.call(dst).map_ok(Conn::direct as fn(_) -> _)),
-        }
+        };
+        Either::Right(
+            connecting
+                .map_err(move |source: BoxError| ThroughProxy { proxy, source }.into())
+                .boxed(),
+        )
     }
+}
+
+/// `dst` with its scheme's default port written out when it has none.
+fn with_port(dst: Uri) -> Result<Uri, BoxError> {
+    if dst.port().is_some() {
+        return Ok(dst);
+    }
+    let port = if dst.scheme_str() == Some("https") {
+        443
+    } else {
+        80
+    };
+    let host = dst.host().ok_or("the backend's URL has no host")?;
+    let mut parts = dst.clone().into_parts();
+    parts.authority = Some(format!("{host}:{port}").parse()?);
+    Ok(Uri::from_parts(parts)?)
 }
 
 impl Connection for Conn {
@@ -701,5 +764,17 @@ mod tests {
 
         let direct = super::super::client_builder().build().unwrap();
         assert!(direct.connector.routes.is_none());
+    }
+
+    #[test]
+    fn a_socks_destination_always_names_its_port() {
+        let port = |url: &str| with_port(url.parse().unwrap()).unwrap().to_string();
+        assert_eq!(port("http://gpu-box/v1/chat"), "http://gpu-box:80/v1/chat");
+        assert_eq!(
+            port("https://api.openai.com/v1"),
+            "https://api.openai.com:443/v1"
+        );
+        assert_eq!(port("http://[::1]/v1"), "http://[::1]:80/v1");
+        assert_eq!(port("http://gpu-box:8000/v1"), "http://gpu-box:8000/v1");
     }
 }
