@@ -34,6 +34,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+mod connector;
 mod proxy;
 
 pub use proxy::{ProxyConfig, ProxyError};
@@ -81,10 +82,10 @@ pub type Error = hyper_util::client::legacy::Error;
 /// ```
 #[derive(Clone, Debug)]
 pub struct Client {
-    inner: hyper_util::client::legacy::Client<proxy::Connector, OutgoingBody>,
+    inner: hyper_util::client::legacy::Client<connector::Connector, OutgoingBody>,
     /// The inner client's connector too: it knows which requests go to a proxy that wants
     /// `Proxy-Authorization`.
-    connector: proxy::Connector,
+    connector: connector::Connector,
 }
 
 impl Client {
@@ -108,7 +109,7 @@ impl Client {
         headers
             .entry(header::ACCEPT)
             .or_insert(HeaderValue::from_static("*/*"));
-        proxy::authorize(&self.connector, &mut request);
+        connector::authorize(&self.connector, &mut request);
         self.inner.request(request)
     }
 }
@@ -230,10 +231,8 @@ impl ClientBuilder {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http.clone());
-        let connector = self
-            .proxy
-            .connector(https, &http, &provider)
-            .map_err(ClientError)?;
+        let connector =
+            connector::Connector::new(&self.proxy, https, &http, &provider).map_err(ClientError)?;
         let mut builder = hyper_util::client::legacy::Client::builder(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
