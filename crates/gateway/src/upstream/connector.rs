@@ -96,7 +96,7 @@ impl Connector {
                 .with_provider_and_platform_verifier(provider.clone())
         };
         let route = |proxy: &ProxyUrl, https: bool| -> io::Result<Route> {
-            let uri = proxy.intercept.uri().clone();
+            let uri = proxy.uri.clone();
             let via = match uri.scheme_str() {
                 Some(scheme @ ("socks5" | "socks5h")) => {
                     let mut socks = SocksV5::new(uri.clone(), tcp.clone())

@@ -68,7 +68,9 @@ pub(super) struct ProxyUrl {
     /// `scheme://host:port`, without credentials: what logs and errors show.
     shown: String,
     has_credentials: bool,
-    /// hyper-util's reading of it: the proxy's URI and its `Proxy-Authorization`.
+    /// Where the proxy listens: `scheme://host:port/`, the port written out.
+    pub(super) uri: Uri,
+    /// hyper-util's reading of it: its `Proxy-Authorization`, or SOCKS credentials.
     pub(super) intercept: Intercept,
 }
 
@@ -118,7 +120,11 @@ impl ProxyConfig {
     /// A proxy variable that is set to something other than an `http://`, `socks5://`
     /// or `socks5h://` proxy URL.
     pub fn from_env() -> Result<ProxyConfig, ProxyError> {
-        ProxyConfig::from_vars(|name| std::env::var(name).ok())
+        // A value that is not UTF-8 is kept (lossily), so that it is refused by name
+        // rather than ignored.
+        ProxyConfig::from_vars(|name| {
+            std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())
+        })
     }
 
     /// The proxies `var` names, by curl's rules: `HTTPS_PROXY` (or `https_proxy`) for
@@ -270,16 +276,24 @@ impl ProxyUrl {
         let intercept = probe
             .intercept(&Uri::from_static("http://probe.invalid/"))
             .ok_or_else(|| refuse("not a proxy URL hyper-util can read".to_owned()))?;
-        let shown = format!(
-            "{}://{}",
-            intercept.uri().scheme_str().unwrap_or("http"),
-            intercept.uri().authority().map_or(host, |a| a.as_str())
-        );
+        // Without a port: 80 for an http proxy (as reqwest, Python and Go take it), 1080
+        // for SOCKS (its port, as curl takes it).
+        let scheme = intercept.uri().scheme_str().unwrap_or("http").to_owned();
+        let authority = intercept.uri().authority().map_or(host, |a| a.as_str());
+        let shown = match intercept.uri().port_u16() {
+            Some(_) => format!("{scheme}://{authority}"),
+            None if scheme.starts_with("socks") => format!("{scheme}://{authority}:1080"),
+            None => format!("{scheme}://{authority}:80"),
+        };
+        let uri = format!("{shown}/")
+            .parse()
+            .map_err(|e| refuse(format!("not a URL ({e})")))?;
         Ok(ProxyUrl {
             var,
             raw,
             shown,
             has_credentials,
+            uri,
             intercept,
         })
     }
@@ -410,6 +424,19 @@ mod tests {
         assert_eq!(
             https.intercept.basic_auth().unwrap(),
             "Basic b3BzOnM6Y3JldA=="
+        );
+        let bare = vars(&[
+            ("HTTP_PROXY", "proxy.corp"),
+            ("HTTPS_PROXY", "socks5h://proxy.corp"),
+        ])
+        .unwrap();
+        assert_eq!(
+            via(&bare, "http://gpu-box:8000"),
+            Some("http://proxy.corp:80")
+        );
+        assert_eq!(
+            via(&bare, "https://api.openai.com"),
+            Some("socks5h://proxy.corp:1080")
         );
         assert_eq!(mask_credentials("http://u:p@h:1"), "http://***@h:1");
         assert_eq!(mask_credentials("u:p@h:1"), "***@h:1");
