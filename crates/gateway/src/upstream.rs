@@ -16,11 +16,10 @@
 //! `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY`): through an `http` proxy,
 //! `https` backends by a `CONNECT` tunnel with TLS to the backend inside it and `http`
 //! backends by requests in absolute form to the proxy; through a SOCKS5 proxy, both
-//! tunnelled. The builder itself reads no variable, so that a program
-//! embedding it decides. Its read buffer is a
-//! fixed [`DEFAULT_READ_BUFFER`] bytes per connection rather than hyper's 8 KiB and up,
-//! which is most of what an open stream costs: see [`ClientBuilder::read_buffer_size`]
-//! for what that bounds. Timeouts other than connecting are the request path's (first
+//! tunnelled. The builder itself reads no variable, so that a program embedding it
+//! decides. Its read buffer is a fixed [`DEFAULT_READ_BUFFER`] bytes per connection
+//! rather than hyper's 8 KiB and up, which is most of what an open stream costs: see
+//! [`ClientBuilder::read_buffer_size`] for what that bounds. Timeouts other than connecting are the request path's (first
 //! byte, idle stream), set per request from the server's configuration.
 
 use std::future::Future;
