@@ -62,16 +62,21 @@ pub enum BuildError {
     /// The upstream HTTP client could not be built (its TLS set-up, for one).
     #[error("cannot build the upstream HTTP client: {0}")]
     Client(#[from] crate::upstream::ClientError),
+    /// A proxy variable (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`) is set to something
+    /// that is not a proxy URL the client can use.
+    #[error("cannot use the egress proxy: {0}")]
+    Proxy(#[from] crate::upstream::ProxyError),
 }
 
 impl Gateway {
     /// A gateway over `router`, with the `[server]` settings it was loaded with. Reads
     /// each backend's `api_key_env` now; a variable that is not set is logged (by name)
-    /// and the backend is sent no key.
+    /// and the backend is sent no key. Reads the egress proxy variables now, as
+    /// [`reloadable`](Self::reloadable) does.
     ///
     /// # Errors
     ///
-    /// When the upstream client cannot be built.
+    /// When the upstream client cannot be built, or a proxy variable is not a proxy URL.
     ///
     /// A gateway built this way has no config file to reload: `POST /v1/nexus/reload`
     /// says so. Use [`Gateway::reloadable`] for one that reloads.
@@ -81,31 +86,42 @@ impl Gateway {
 
     /// A gateway over a [`LiveRouter`]: SIGHUP, a change of its config file (while
     /// [`serve`](crate::serve) runs) and `POST /v1/nexus/reload` reload it. The
-    /// `[server]` and `[health]` settings are those it was first loaded with.
+    /// `[server]` and `[health]` settings are those it was first loaded with. Backends
+    /// are reached through the egress proxies the environment names (`HTTPS_PROXY`,
+    /// `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`; see [`ProxyConfig::from_env`]), read now.
+    ///
+    /// [`ProxyConfig::from_env`]: crate::upstream::ProxyConfig::from_env
+    ///
+    /// # Errors
+    ///
+    /// When the upstream client cannot be built, or a proxy variable is not a proxy URL.
+    pub fn reloadable(router: LiveRouter) -> Result<Gateway, BuildError> {
+        Self::reloadable_with_proxy(router, crate::upstream::ProxyConfig::from_env()?)
+    }
+
+    /// [`reloadable`](Self::reloadable), with the egress proxies given rather than read
+    /// from the environment ([`ProxyConfig::none`] for none).
+    ///
+    /// [`ProxyConfig::none`]: crate::upstream::ProxyConfig::none
     ///
     /// # Errors
     ///
     /// When the upstream client cannot be built.
-    pub fn reloadable(router: LiveRouter) -> Result<Gateway, BuildError> {
+    pub fn reloadable_with_proxy(
+        router: LiveRouter,
+        proxies: crate::upstream::ProxyConfig,
+    ) -> Result<Gateway, BuildError> {
         let server = router.server();
+        if !proxies.is_direct() {
+            tracing::info!(proxies = %proxies, "reaching backends through an egress proxy");
+        }
         // A backend's URL is where it answers: the client relays a redirect to the client
         // as any other answer rather than following it.
         let client = crate::upstream::client_builder()
             .connect_timeout(server.connect_timeout())
             .pool_idle_timeout(Some(Duration::from_secs(90)))
+            .proxy(proxies)
             .build()?;
-        for var in [
-            "HTTPS_PROXY",
-            "https_proxy",
-            "HTTP_PROXY",
-            "http_proxy",
-            "ALL_PROXY",
-            "all_proxy",
-        ] {
-            if std::env::var_os(var).is_some_and(|v| !v.is_empty()) {
-                tracing::warn!(var, "a proxy variable is set, but the gateway connects to each backend's URL directly");
-            }
-        }
         let upstreams = ArcSwap::from_pointee(read_upstreams(router.current().fleet()));
         let loaded = Mutex::new(HashMap::new());
         let queue = Queue::new(server.max_queued);

@@ -10,11 +10,16 @@
 //!
 //! The client does what the gateway needs and no more: a request goes to the URI it
 //! names, as it is (each backend's URIs are parsed once, when a config is loaded); a
-//! redirect is an answer like any other (relayed, never followed); no proxy variable
-//! (`HTTP_PROXY`, `HTTPS_PROXY`) is read; nothing is decompressed. Its read buffer is a
-//! fixed [`DEFAULT_READ_BUFFER`] bytes per connection rather than hyper's 8 KiB and up,
-//! which is most of what an open stream costs: see [`ClientBuilder::read_buffer_size`]
-//! for what that bounds. Timeouts other than connecting are the request path's (first
+//! redirect is an answer like any other (relayed, never followed); nothing is
+//! decompressed. An egress proxy is used when the builder is given one
+//! ([`ClientBuilder::proxy`]; the gateway gives it [`ProxyConfig::from_env`], curl's
+//! `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY`): through an `http` proxy,
+//! `https` backends by a `CONNECT` tunnel with TLS to the backend inside it and `http`
+//! backends by requests in absolute form to the proxy; through a SOCKS5 proxy, both
+//! tunnelled. The builder itself reads no variable, so that a program embedding it
+//! decides. Its read buffer is a fixed [`DEFAULT_READ_BUFFER`] bytes per connection
+//! rather than hyper's 8 KiB and up, which is most of what an open stream costs: see
+//! [`ClientBuilder::read_buffer_size`] for what that bounds. Timeouts other than connecting are the request path's (first
 //! byte, idle stream), set per request from the server's configuration.
 
 use std::future::Future;
@@ -25,9 +30,13 @@ use axum::http::{header, HeaderValue, Request, Response};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+mod connector;
+mod proxy;
+
+pub use proxy::{ProxyConfig, ProxyError};
 
 /// The `user-agent` the gateway sends upstream.
 pub const USER_AGENT: &str = concat!("nexus-gateway/", env!("CARGO_PKG_VERSION"));
@@ -72,13 +81,17 @@ pub type Error = hyper_util::client::legacy::Error;
 /// ```
 #[derive(Clone, Debug)]
 pub struct Client {
-    inner: hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, OutgoingBody>,
+    inner: hyper_util::client::legacy::Client<connector::Connector, OutgoingBody>,
+    /// The inner client's connector too: it knows which requests go to a proxy that wants
+    /// `Proxy-Authorization`.
+    connector: connector::Connector,
 }
 
 impl Client {
     /// Sends `request` to the absolute URI it names (`http` or `https`) on a pooled
     /// connection, with the gateway's `user-agent` and `accept: */*` unless it has its
-    /// own; resolves when the answer's headers have arrived.
+    /// own (and `proxy-authorization` when it is forwarded through a proxy with
+    /// credentials); resolves when the answer's headers have arrived.
     ///
     /// # Errors
     ///
@@ -95,6 +108,7 @@ impl Client {
         headers
             .entry(header::ACCEPT)
             .or_insert(HeaderValue::from_static("*/*"));
+        connector::authorize(&self.connector, &mut request);
         self.inner.request(request)
     }
 }
@@ -107,12 +121,15 @@ pub struct ClientBuilder {
     pool_idle_timeout: Option<Duration>,
     pool_max_idle_per_host: usize,
     read_buffer: Option<usize>,
+    proxy: ProxyConfig,
 }
 
 /// A client builder with the gateway's TLS set-up, user agent and defaults: no connect
 /// timeout, idle pooled connections closed after 90 s, no limit on idle connections per
 /// backend, a [`DEFAULT_READ_BUFFER`]-byte read buffer, `TCP_NODELAY`, TCP keep-alive
-/// every 15 s. Change what you need, then [`build`](ClientBuilder::build).
+/// every 15 s, no proxy (the environment's proxy variables are not read: pass
+/// [`ProxyConfig::from_env`] to [`proxy`](ClientBuilder::proxy) for them). Change what
+/// you need, then [`build`](ClientBuilder::build).
 ///
 /// ```
 /// let client = nexus_gateway::upstream::client_builder()
@@ -128,6 +145,7 @@ pub fn client_builder() -> ClientBuilder {
         pool_idle_timeout: Some(Duration::from_secs(90)),
         pool_max_idle_per_host: usize::MAX,
         read_buffer: Some(DEFAULT_READ_BUFFER),
+        proxy: ProxyConfig::none(),
     }
 }
 
@@ -163,6 +181,31 @@ impl ClientBuilder {
         self
     }
 
+    /// The egress proxies: [`ProxyConfig::from_env`] for the process's `HTTPS_PROXY`,
+    /// `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY` (what the gateway uses), or one built
+    /// from variables you hold with [`ProxyConfig::from_vars`]. The connect timeout
+    /// applies to reaching the proxy.
+    ///
+    /// ```
+    /// use nexus_gateway::upstream::{self, ProxyConfig};
+    ///
+    /// let proxies = ProxyConfig::from_vars(|name| {
+    ///     (name == "HTTPS_PROXY").then(|| "http://proxy.internal:3128".to_owned())
+    /// })?;
+    /// let client = upstream::client_builder().proxy(proxies).build()?;
+    /// # drop(client);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn proxy(mut self, proxies: ProxyConfig) -> Self {
+        self.proxy = proxies;
+        self
+    }
+
+    /// No proxy: every backend is reached directly (the default).
+    pub fn no_proxy(self) -> Self {
+        self.proxy(ProxyConfig::none())
+    }
+
     /// The client.
     ///
     /// # Errors
@@ -182,11 +225,13 @@ impl ClientBuilder {
         http.set_keepalive_interval(Some(Duration::from_secs(15)));
         http.set_keepalive_retries(Some(3));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_platform_verifier(provider)
+            .with_provider_and_platform_verifier(provider.clone())
             .map_err(ClientError)?
             .https_or_http()
             .enable_http1()
-            .wrap_connector(http);
+            .wrap_connector(http.clone());
+        let connector =
+            connector::Connector::new(&self.proxy, https, &http, &provider).map_err(ClientError)?;
         let mut builder = hyper_util::client::legacy::Client::builder(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
@@ -197,7 +242,8 @@ impl ClientBuilder {
             builder.http1_read_buf_exact_size(bytes);
         }
         Ok(Client {
-            inner: builder.build(https),
+            inner: builder.build(connector.clone()),
+            connector,
         })
     }
 }

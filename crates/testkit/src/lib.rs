@@ -6,7 +6,9 @@
 //! completions, embeddings and the model listings, declares the usage it was configured
 //! with, records what reached it, and plays the faults a gateway must survive (refused
 //! connections, hangs, resets, trickles, garbage, error statuses, delays). The
-//! `nexus-mock` binary serves the same on a given address for load tests.
+//! `nexus-mock` binary serves the same on a given address for load tests. [`MockProxy`]
+//! is an HTTP egress proxy (`CONNECT` tunnels and absolute-form forwarding) that records
+//! what went through it.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -26,9 +28,11 @@
 mod config;
 mod handlers;
 mod openai;
+mod proxy;
 mod server;
 
 pub use config::{DeclaredUsage, Fault, FaultMix, MockConfig, MockUsage, Recorded};
+pub use proxy::{MockProxy, ProxyRequest};
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
