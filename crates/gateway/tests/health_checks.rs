@@ -38,10 +38,13 @@ async fn status_follows_the_checks() {
             .live()
             .status()
     };
-    // The first round ran before serving: the dead one is unhealthy already.
+    // The first round ran before serving: the dead one is unhealthy already. (Each
+    // result counts as it arrives, so wait for the round's last request too.)
     served
         .eventually("first round", |s| {
             status(s, "nothing") == BackendStatus::Unhealthy
+                && ollama.requests_to("/api/ps").len() == 1
+                && openai.requests_to("/v1/models").len() == 1
         })
         .await;
     assert_eq!(status(&served, "ollama"), BackendStatus::Healthy);
@@ -102,9 +105,7 @@ async fn periodic_checks_are_spread_over_half_the_interval() {
     let served = serve(&config).await;
     served
         .eventually("the first round", |_| {
-            mocks
-                .iter()
-                .all(|m| m.requests_to("/v1/models").len() == 1)
+            mocks.iter().all(|m| m.requests_to("/v1/models").len() == 1)
         })
         .await;
     // When each was first seen asked again (a lower bound on the gap between them,
