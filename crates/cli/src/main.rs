@@ -20,6 +20,7 @@ use nexus_router::{ConfigError, DecisionReport, Router, EXAMPLE_CONFIG_NAME};
 
 #[cfg(feature = "otlp")]
 mod otlp;
+mod text_log;
 mod top;
 
 /// Nexus: decide where each LLM request goes, and say why.
@@ -363,6 +364,8 @@ fn init_logs(
     let spans_in_text = level >= LevelFilter::DEBUG;
     let fmt = match format {
         nexus_router::LogFormat::Text => fmt
+            .fmt_fields(text_log::FastFields)
+            .with_timer(text_log::Timestamp)
             .with_target(false)
             .with_filter(level.and(tracing_subscriber::filter::filter_fn(move |m| {
                 spans_in_text || m.is_event()

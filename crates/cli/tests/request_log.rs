@@ -182,6 +182,7 @@ async fn text_logs_are_the_default_and_carry_the_same_fields() {
     assert_eq!(requests.len(), 3, "{all}");
     assert!(
         requests[0].contains("decision=\"route\"")
+            && requests[0].contains("requested_model=\"m\"")
             && requests[0].contains("backend=\"paid\"")
             && requests[0].contains("status=200")
             && requests[0].contains("output_tokens=20"),

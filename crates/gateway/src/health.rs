@@ -17,13 +17,16 @@
 //!
 //! Each round checks the backends of the config in force: after a reload, the checker
 //! runs a round at once, in which a backend new to it gets the first-round treatment;
-//! a removed backend is no longer checked.
+//! a removed backend is no longer checked. The first and reload rounds ask every
+//! backend at once; periodic rounds start their checks evenly over the first half of
+//! the interval and apply each result as it arrives, so that a large fleet's checks are
+//! not one burst every interval.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::http::{header, Request};
-use futures_util::future::join_all;
+use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use http_body_util::BodyExt as _;
 use nexus_core::fleet::{Backend, BackendKind, BackendStatus};
 use serde::Deserialize;
@@ -51,63 +54,113 @@ impl Checker {
     /// Checks every backend of the config in force once, at the same time. `first`
     /// marks a failing backend unhealthy at once, as does a first check of a backend.
     pub(crate) async fn round(&mut self, first: bool) {
+        let finished = self.spread_round(first, Duration::ZERO).await;
+        debug_assert!(finished, "a round that is not spread is not interrupted");
+    }
+
+    /// Checks every backend of the config in force once, the `i`th of `n` starting
+    /// `spread * i / n` after the round does, and applies each result as it arrives.
+    /// With a spread, a reload cuts the round short (`false`): the reload's own round
+    /// checks every backend at once.
+    async fn spread_round(&mut self, first: bool, spread: Duration) -> bool {
         let gateway = self.gateway.clone();
         let router = gateway.router();
         let fleet = router.fleet();
         self.failures
             .retain(|name, _| fleet.backend_by_name(name).is_some());
-        let results = join_all(fleet.backends().iter().map(|b| check(&gateway, b))).await;
-        let mut changed = false;
-        for (backend, result) in fleet.backends().iter().zip(results) {
-            let new = !self.failures.contains_key(backend.name());
-            let first = first || new;
-            let count = self.failures.entry(backend.name().to_owned()).or_insert(0);
-            let before = backend.live().status();
-            let after = match result {
-                Ok(loaded) => {
-                    *count = 0;
-                    if backend.kind() == BackendKind::Ollama {
-                        self.gateway.set_loaded_models(backend, loaded);
+        let backends = fleet.backends();
+        let count = u32::try_from(backends.len()).unwrap_or(u32::MAX);
+        let mut checks: FuturesUnordered<_> = backends
+            .iter()
+            .zip(0u32..)
+            .map(|(backend, index)| {
+                let delay = start_offset(spread, index, count);
+                let gateway = &gateway;
+                async move {
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
                     }
-                    BackendStatus::Healthy
+                    (backend, check(gateway, backend).await)
                 }
-                Err(why) => {
-                    *count = count.saturating_add(1);
-                    let limit = gateway.health().unhealthy_after;
-                    if first || *count >= limit {
-                        if before != BackendStatus::Unhealthy {
-                            tracing::warn!(backend = backend.name(), url = backend.url(), error = %why, "backend unhealthy");
-                        }
-                        BackendStatus::Unhealthy
-                    } else {
-                        tracing::debug!(backend = backend.name(), error = %why, failures = *count, "health check failed");
-                        before
-                    }
+            })
+            .collect();
+        let reloaded = gateway.shared.reloaded.notified();
+        tokio::pin!(reloaded);
+        loop {
+            let (backend, result) = tokio::select! {
+                biased;
+                next = checks.next() => match next {
+                    Some(checked) => checked,
+                    None => return true,
+                },
+                () = &mut reloaded, if !spread.is_zero() => {
+                    // The permit is taken: the reload's round is the caller's to run.
+                    return false;
                 }
             };
-            if after != before {
-                if after == BackendStatus::Healthy {
-                    tracing::info!(backend = backend.name(), "backend healthy");
-                }
-                fleet.set_status(backend.id(), after);
-                // A reload during the checks: the config in force shares a kept
-                // backend's state, but its own index of unhealthy backends needs telling.
-                let current = gateway.router();
-                if !std::sync::Arc::ptr_eq(&current, &router) {
-                    if let Some(now) = current.fleet().backend_by_name(backend.name()) {
-                        current.fleet().set_status(now.id(), after);
-                    }
-                }
-                changed = true;
+            if self.apply(&router, backend, result, first) {
+                self.gateway.wake_queue();
             }
-            crate::metrics::backend_up(backend, after);
-        }
-        if changed {
-            self.gateway.wake_queue();
         }
     }
 
-    /// Checks forever, every `interval`.
+    /// Folds one check's result into `backend`'s status (of `router`'s fleet, and of
+    /// the config in force if a reload came since); true when the status changed.
+    fn apply(
+        &mut self,
+        router: &std::sync::Arc<nexus_router::Router>,
+        backend: &Backend,
+        result: Result<Option<Vec<String>>, String>,
+        first: bool,
+    ) -> bool {
+        let gateway = &self.gateway;
+        let new = !self.failures.contains_key(backend.name());
+        let first = first || new;
+        let count = self.failures.entry(backend.name().to_owned()).or_insert(0);
+        let before = backend.live().status();
+        let after = match result {
+            Ok(loaded) => {
+                *count = 0;
+                if backend.kind() == BackendKind::Ollama {
+                    gateway.set_loaded_models(backend, loaded);
+                }
+                BackendStatus::Healthy
+            }
+            Err(why) => {
+                *count = count.saturating_add(1);
+                let limit = gateway.health().unhealthy_after;
+                if first || *count >= limit {
+                    if before != BackendStatus::Unhealthy {
+                        tracing::warn!(backend = backend.name(), url = backend.url(), error = %why, "backend unhealthy");
+                    }
+                    BackendStatus::Unhealthy
+                } else {
+                    tracing::debug!(backend = backend.name(), error = %why, failures = *count, "health check failed");
+                    before
+                }
+            }
+        };
+        crate::metrics::backend_up(backend, after);
+        if after == before {
+            return false;
+        }
+        if after == BackendStatus::Healthy {
+            tracing::info!(backend = backend.name(), "backend healthy");
+        }
+        router.fleet().set_status(backend.id(), after);
+        // A reload during the checks: the config in force shares a kept backend's
+        // state, but its own index of unhealthy backends needs telling.
+        let current = gateway.router();
+        if !std::sync::Arc::ptr_eq(&current, router) {
+            if let Some(now) = current.fleet().backend_by_name(backend.name()) {
+                current.fleet().set_status(now.id(), after);
+            }
+        }
+        true
+    }
+
+    /// Checks forever: a round every `interval`, its checks spread over the first half
+    /// of it, and a round at once after each reload.
     pub(crate) async fn run(mut self, interval: Duration) {
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -115,12 +168,26 @@ impl Checker {
         let gateway = self.gateway.clone();
         loop {
             tokio::select! {
-                _ = ticks.tick() => {}
+                _ = ticks.tick() => {
+                    if self.spread_round(false, interval / 2).await {
+                        continue;
+                    }
+                    // Cut short by a reload.
+                }
                 () = gateway.shared.reloaded.notified() => {}
             }
+            // A reload: every backend at once, new ones with the first round's rule.
             self.round(false).await;
         }
     }
+}
+
+/// When the `index`th of `count` checks of a round starts: evenly over `spread`.
+fn start_offset(spread: Duration, index: u32, count: u32) -> Duration {
+    if count == 0 {
+        return Duration::ZERO;
+    }
+    spread * index / count
 }
 
 #[derive(Deserialize)]
@@ -186,5 +253,22 @@ async fn check(gateway: &Gateway, backend: &Backend) -> Result<Option<Vec<String
             };
             Ok(loaded)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checks_start_evenly_over_the_spread() {
+        let spread = Duration::from_secs(5);
+        let offsets: Vec<_> = (0..4).map(|i| start_offset(spread, i, 4)).collect();
+        assert_eq!(
+            offsets,
+            [0, 1250, 2500, 3750].map(Duration::from_millis).to_vec()
+        );
+        assert_eq!(start_offset(Duration::ZERO, 3, 4), Duration::ZERO);
+        assert_eq!(start_offset(spread, 0, 0), Duration::ZERO);
     }
 }

@@ -22,7 +22,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use nexus_core::{
@@ -102,9 +102,7 @@ pub(crate) async fn handle(
             error.into_response()
         }
     };
-    response
-        .headers_mut()
-        .insert(HeaderName::from_static("x-request-id"), request_id);
+    response.headers_mut().insert(names::REQUEST_ID, request_id);
     response
 }
 
@@ -609,10 +607,7 @@ async fn send(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    headers.insert(
-        HeaderName::from_static("x-request-id"),
-        x.request_id.clone(),
-    );
+    headers.insert(names::REQUEST_ID, x.request_id.clone());
     if stream {
         headers.insert(
             header::ACCEPT,
@@ -773,7 +768,7 @@ fn respond(
     let is_sse = content_type
         .to_str()
         .is_ok_and(|t| t.starts_with("text/event-stream"));
-    let mut headers = routing_headers(x, &routed);
+    let mut headers = routing_headers(&routed);
     headers.insert(header::CONTENT_TYPE, content_type);
     if let Some(value) = retry_after {
         headers.insert(header::RETRY_AFTER, value);
@@ -803,36 +798,46 @@ fn respond(
     response
 }
 
-/// The routing headers every proxied answer carries before its first byte.
-fn routing_headers(x: &Exchange, routed: &Routed) -> HeaderMap {
+/// The routing headers' names: constants, since `HeaderName::from_static` outside a
+/// const context looks the name up among the standard ones on every call.
+mod names {
+    use axum::http::HeaderName;
+
+    pub(super) const BACKEND: HeaderName = HeaderName::from_static("x-nexus-backend");
+    pub(super) const MODEL: HeaderName = HeaderName::from_static("x-nexus-model");
+    pub(super) const ROUTE_REASON: HeaderName = HeaderName::from_static("x-nexus-route-reason");
+    pub(super) const COST_ESTIMATE: HeaderName =
+        HeaderName::from_static("x-nexus-cost-estimate-usd");
+    pub(super) const PRIVACY_ZONE: HeaderName = HeaderName::from_static("x-nexus-privacy-zone");
+    pub(super) const BUDGET_STATUS: HeaderName = HeaderName::from_static("x-nexus-budget-status");
+    pub(super) const FALLBACK_MODEL: HeaderName = HeaderName::from_static("x-nexus-fallback-model");
+    pub(super) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+}
+
+/// The routing headers every proxied answer carries before its first byte
+/// (`x-request-id` is [`handle`]'s, on every answer).
+fn routing_headers(routed: &Routed) -> HeaderMap {
     let guard = &routed.guard;
     let backend = guard.backend();
     let mut headers = HeaderMap::with_capacity(10);
-    let mut put = |name: &'static str, value: HeaderValue| {
-        headers.insert(HeaderName::from_static(name), value);
-    };
-    put("x-nexus-backend", header_value(backend.name()));
-    put("x-nexus-model", header_value(guard.model()));
-    put("x-nexus-route-reason", routed.reason.clone());
-    put(
-        "x-nexus-cost-estimate-usd",
+    headers.insert(names::BACKEND, header_value(backend.name()));
+    headers.insert(names::MODEL, header_value(guard.model()));
+    headers.insert(names::ROUTE_REASON, routed.reason.clone());
+    headers.insert(
+        names::COST_ESTIMATE,
         usd_header_value(guard.ticket().cost_estimate.cost_usd),
     );
-    put(
-        "x-nexus-privacy-zone",
+    headers.insert(
+        names::PRIVACY_ZONE,
         HeaderValue::from_static(backend.zone().as_str()),
     );
-    put(
-        "x-nexus-budget-status",
+    headers.insert(
+        names::BUDGET_STATUS,
         HeaderValue::from_static(routed.budget_status),
     );
     if let Some(model) = &routed.fallback_model {
-        put("x-nexus-fallback-model", header_value(model));
+        headers.insert(names::FALLBACK_MODEL, header_value(model));
     }
-    headers.insert(
-        HeaderName::from_static("x-request-id"),
-        x.request_id.clone(),
-    );
     headers
 }
 

@@ -161,7 +161,7 @@ impl RequestRecord {
             parent: None,
             request_id = s.request_id.to_str().unwrap_or("-"),
             decision = "route",
-            requested_model = %self.requested_model,
+            requested_model = self.requested_model.as_str(),
             model = s.model,
             backend = s.backend.name(),
             zone = s.backend.zone().as_str(),

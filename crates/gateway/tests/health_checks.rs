@@ -38,10 +38,13 @@ async fn status_follows_the_checks() {
             .live()
             .status()
     };
-    // The first round ran before serving: the dead one is unhealthy already.
+    // The first round ran before serving: the dead one is unhealthy already. (Each
+    // result counts as it arrives, so wait for the round's last request too.)
     served
         .eventually("first round", |s| {
             status(s, "nothing") == BackendStatus::Unhealthy
+                && ollama.requests_to("/api/ps").len() == 1
+                && openai.requests_to("/v1/models").len() == 1
         })
         .await;
     assert_eq!(status(&served, "ollama"), BackendStatus::Healthy);
@@ -78,4 +81,60 @@ async fn status_follows_the_checks() {
             status(s, "vllm") == BackendStatus::Healthy
         })
         .await;
+}
+
+/// A periodic round does not ask every backend at once: the checks start evenly over
+/// the first half of the interval (here 4 s, so 0, 0.67 and 1.33 s into the round),
+/// so that a large fleet's checks are not one burst of requests and connections.
+#[tokio::test]
+async fn periodic_checks_are_spread_over_half_the_interval() {
+    let mut mocks = Vec::new();
+    for _ in 0..3 {
+        mocks.push(
+            MockUpstream::start(MockConfig::serving(["m"]))
+                .await
+                .unwrap(),
+        );
+    }
+    let config = format!(
+        "{}{}{}\n[health]\ninterval_secs = 4\ntimeout_ms = 500\n",
+        backend("first", &mocks[0].base_url(), "local", &["m"], ""),
+        backend("second", &mocks[1].base_url(), "local", &["m"], ""),
+        backend("third", &mocks[2].base_url(), "local", &["m"], ""),
+    );
+    let served = serve(&config).await;
+    served
+        .eventually("the first round", |_| {
+            mocks.iter().all(|m| m.requests_to("/v1/models").len() == 1)
+        })
+        .await;
+    // When each was first seen asked again (a lower bound on the gap between them,
+    // whatever the machine's load, up to the 5 ms polling).
+    let mut seen: [Option<std::time::Instant>; 3] = [None; 3];
+    for _ in 0..2400 {
+        for (mock, at) in mocks.iter().zip(seen.iter_mut()) {
+            if at.is_none() && mock.requests_to("/v1/models").len() >= 2 {
+                *at = Some(std::time::Instant::now());
+            }
+        }
+        if seen.iter().all(Option::is_some) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let [Some(first), Some(second), Some(third)] = seen else {
+        panic!("not every backend was checked a second time: {seen:?}");
+    };
+    let gap = |later: std::time::Instant| later.saturating_duration_since(first);
+    assert!(
+        gap(second) >= std::time::Duration::from_millis(300),
+        "the second check started {:?} after the first; its offset is 667 ms",
+        gap(second)
+    );
+    assert!(
+        gap(third) >= std::time::Duration::from_millis(1000),
+        "the third check started {:?} after the first; its offset is 1.33 s",
+        gap(third)
+    );
+    served.stop().await;
 }
