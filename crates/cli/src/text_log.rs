@@ -24,6 +24,8 @@ use tracing_subscriber::fmt::time::FormatTime;
 
 /// The text layer's field formatter: [`DefaultFields`]' output, written with fewer
 /// instructions.
+///
+/// [`DefaultFields`]: tracing_subscriber::fmt::format::DefaultFields
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct FastFields;
 
