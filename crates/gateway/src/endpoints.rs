@@ -32,7 +32,7 @@ pub(crate) async fn embeddings(State(gateway): State<Gateway>, request: Request)
 
 /// A proxied request, its headers taken rather than cloned (axum's `HeaderMap`
 /// extractor copies them). Not boxed here: both callers box it already (axum boxes a
-/// handler's future, and [`crate::serve`] the future of every request it serves), so
+/// handler's future, and [`crate::serve()`] the future of every request it serves), so
 /// it lives on the heap only until the answer's headers, not for the whole stream.
 async fn proxied(gateway: Gateway, endpoint: Endpoint, request: Request) -> Response {
     let (parts, body) = request.into_parts();
