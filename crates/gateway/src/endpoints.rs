@@ -31,12 +31,12 @@ pub(crate) async fn embeddings(State(gateway): State<Gateway>, request: Request)
 }
 
 /// A proxied request, its headers taken rather than cloned (axum's `HeaderMap`
-/// extractor copies them). The request's future is boxed: hyper keeps room for a
-/// connection's request future as long as the connection is open, streams included,
-/// so what only lives until the answer's headers goes to the heap and is freed then.
+/// extractor copies them). Not boxed here: both callers box it already (axum boxes a
+/// handler's future, and [`crate::serve()`] the future of every request it serves), so
+/// it lives on the heap only until the answer's headers, not for the whole stream.
 async fn proxied(gateway: Gateway, endpoint: Endpoint, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    Box::pin(proxy::handle(gateway, endpoint, parts.headers, body)).await
+    proxy::handle(gateway, endpoint, parts.headers, body).await
 }
 
 /// The proxied endpoint `method` and `path` name, if any: what [`Gateway::app`] routes

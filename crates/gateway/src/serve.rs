@@ -10,11 +10,12 @@
 //! handed to their handler straight from the connection, as the app would route them
 //! (a handler's panic is still a 500), skipping axum's router and layers on the hot path.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::time::Duration;
 
-use futures_util::future::Either;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -92,15 +93,21 @@ pub async fn serve(
         let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
             let request = request.map(axum::body::Body::new);
             // The proxied endpoints, the hot path, go straight to their handler; the
-            // rest through the axum app.
-            match crate::endpoints::proxied_endpoint(request.method(), request.uri().path()) {
-                Some(endpoint) => Either::Left(crate::endpoints::proxied_direct(
-                    gateway.clone(),
-                    endpoint,
-                    request,
-                )),
-                None => Either::Right(app.clone().oneshot(request)),
-            }
+            // rest through the axum app. Either future is boxed: hyper keeps a slot the
+            // size of the service's future for as long as the connection is open, streams
+            // included, so unboxed it would hold ~750 bytes per open stream for a future
+            // that ended with the answer's headers; boxed, the slot is a pointer and the
+            // future is freed when it ends.
+            let answer: RequestFuture =
+                match crate::endpoints::proxied_endpoint(request.method(), request.uri().path()) {
+                    Some(endpoint) => Box::pin(crate::endpoints::proxied_direct(
+                        gateway.clone(),
+                        endpoint,
+                        request,
+                    )),
+                    None => Box::pin(app.clone().oneshot(request)),
+                };
+            answer
         });
         let connection = http.serve_connection(TokioIo::new(tcp), service);
         let mut closing = connections.clone();
@@ -135,6 +142,10 @@ pub async fn serve(
     }
     Ok(())
 }
+
+/// A connection's request future, boxed (see where `serve` builds its service).
+type RequestFuture =
+    Pin<Box<dyn Future<Output = Result<axum::response::Response, Infallible>> + Send>>;
 
 /// Accept errors about one connection (it was reset before it was accepted): the
 /// listener is fine.
