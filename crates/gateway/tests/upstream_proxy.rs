@@ -86,6 +86,33 @@ async fn closed_port() -> u16 {
     listener.local_addr().expect("an address").port()
 }
 
+/// A backend that only records how a connection starts: its address, and a future that
+/// checks (within 10 s) that the first connection's first bytes open a TLS handshake (a
+/// ClientHello starts 0x16 0x03). It then answers in plain text, failing the handshake.
+async fn tls_backend() -> (std::net::SocketAddr, impl std::future::Future<Output = ()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let first_bytes = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut start = [0u8; 2];
+        stream.read_exact(&mut start).await.unwrap();
+        let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+        start
+    });
+    let began = async move {
+        let start = tokio::time::timeout(Duration::from_secs(10), first_bytes)
+            .await
+            .expect("bounded")
+            .unwrap();
+        assert_eq!(
+            start,
+            [0x16, 0x03],
+            "TLS began inside the tunnel, to the backend"
+        );
+    };
+    (addr, began)
+}
+
 #[tokio::test]
 async fn an_http_backend_is_reached_by_absolute_form_requests_to_the_proxy_with_credentials() {
     let mock = MockUpstream::start(MockConfig::serving(["m"]))
@@ -131,17 +158,7 @@ async fn an_http_backend_is_reached_by_absolute_form_requests_to_the_proxy_with_
 
 #[tokio::test]
 async fn an_https_backend_is_reached_through_a_connect_tunnel_with_tls_inside_it() {
-    // The backend: records the first bytes it reads (a TLS ClientHello starts 0x16 0x03),
-    // then answers in plain text, which fails the handshake.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let backend_addr = listener.local_addr().unwrap();
-    let first_bytes = tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.unwrap();
-        let mut start = [0u8; 2];
-        stream.read_exact(&mut start).await.unwrap();
-        let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
-        start
-    });
+    let (backend_addr, tls_began) = tls_backend().await;
     let proxy = MockProxy::start().await.unwrap();
     let with_user = proxy
         .url()
@@ -174,15 +191,7 @@ async fn an_https_backend_is_reached_through_a_connect_tunnel_with_tls_inside_it
     assert_eq!(seen[0].method, "CONNECT");
     assert_eq!(seen[0].target, backend_addr.to_string());
     assert_eq!(seen[0].proxy_authorization.as_deref(), Some(ALADDIN));
-    let start = tokio::time::timeout(Duration::from_secs(10), first_bytes)
-        .await
-        .expect("bounded")
-        .unwrap();
-    assert_eq!(
-        start,
-        [0x16, 0x03],
-        "TLS began inside the tunnel, to the backend"
-    );
+    tls_began.await;
 }
 
 #[tokio::test]
@@ -371,27 +380,12 @@ async fn a_socks5_proxy_tunnels_both_schemes_with_its_credentials() {
     assert_eq!(mock.requests_to("/v1/models").len(), 1);
 
     // https: TLS to the backend inside the tunnel.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let backend_addr = listener.local_addr().unwrap();
-    let first_bytes = tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.unwrap();
-        let mut start = [0u8; 2];
-        stream.read_exact(&mut start).await.unwrap();
-        start
-    });
+    let (backend_addr, tls_began) = tls_backend().await;
     let request = axum::http::Request::get(format!("https://{backend_addr}/v1/models"))
         .body(upstream::OutgoingBody::default())
         .unwrap();
     let sending = tokio::spawn(client.send(request));
-    let start = tokio::time::timeout(Duration::from_secs(10), first_bytes)
-        .await
-        .expect("bounded")
-        .unwrap();
-    assert_eq!(
-        start,
-        [0x16, 0x03],
-        "TLS began inside the tunnel, to the backend"
-    );
+    tls_began.await;
     sending.abort();
 
     let seen = proxy.requests();
