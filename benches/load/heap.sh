@@ -32,23 +32,12 @@ while [ $# -gt 0 ]; do
     *) echo "heap.sh: unknown argument $1 (see the header of this script)" >&2; exit 2 ;;
   esac
 done
-command -v valgrind >/dev/null || { echo "heap.sh: valgrind is not installed" >&2; exit 1; }
 command -v vgdb >/dev/null || { echo "heap.sh: vgdb (valgrind's gdbserver client) is not installed" >&2; exit 1; }
-command -v oha >/dev/null || { echo "heap.sh: oha is not on PATH: cargo install oha --locked" >&2; exit 1; }
-mkdir -p "$out"
+script=heap.sh
+. "$here/valgrind-common.sh"
 rm -f "$out"/massif.out "$out"/*.ms "$out"/vgdb*
-release="$root/target/release"
-if [ -z "$nexus" ]; then
-  (cd "$root" && cargo build --release -q -p nexus-cli -p nexus-testkit --bins)
-  nexus="$release/nexus"
-else
-  (cd "$root" && cargo build --release -q -p nexus-testkit --bins)
-fi
 mock_port=9391
 gw_port=9392
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
 "$release/nexus-mock" --listen "127.0.0.1:$mock_port" --threads 1 --chunks 40 --chunk-interval-ms 1000 \
   >"$out/mock.log" 2>&1 &
 pids+=($!)

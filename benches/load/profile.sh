@@ -30,22 +30,11 @@ while [ $# -gt 0 ]; do
     *) echo "profile.sh: unknown argument $1 (see the header of this script)" >&2; exit 2 ;;
   esac
 done
-command -v valgrind >/dev/null || { echo "profile.sh: valgrind is not installed" >&2; exit 1; }
-command -v oha >/dev/null || { echo "profile.sh: oha is not on PATH: cargo install oha --locked" >&2; exit 1; }
-mkdir -p "$out"
+script=profile.sh
+. "$here/valgrind-common.sh"
 rm -f "$out"/callgrind.out*
-release="$root/target/release"
-if [ -z "$nexus" ]; then
-  (cd "$root" && cargo build --release -q -p nexus-cli -p nexus-testkit --bins)
-  nexus="$release/nexus"
-else
-  (cd "$root" && cargo build --release -q -p nexus-testkit --bins)
-fi
 mock_port=9381
 gw_port=9382
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
 "$release/nexus-mock" --listen "127.0.0.1:$mock_port" --threads 1 >"$out/mock.log" 2>&1 &
 pids+=($!)
 python3 "$here/fleet.py" --backends 100 --upstream "http://127.0.0.1:$mock_port" --health-secs 3600 >"$out/fleet.toml"
