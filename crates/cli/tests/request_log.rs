@@ -4,8 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -17,29 +16,13 @@ const CLIENT_KEY: &str = "sk-client-secret-9876543210";
 
 /// Starts `nexus serve` with every stderr line sent to the returned channel.
 fn start(config: &std::path::Path) -> (Child, String, mpsc::Receiver<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_nexus"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(config)
-        .env("NEXUS_TEST_BACKEND_KEY", BACKEND_KEY)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let addr = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("nexus serve says where it listens");
-        if let Some(rest) = line.split("on http://").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
+    let (child, addr) = common::spawn_serving(
+        common::serve_command(config).env("NEXUS_TEST_BACKEND_KEY", BACKEND_KEY),
+        move |line| {
+            let _ = tx.send(line.to_owned());
+        },
+    );
     (child, addr, rx)
 }
 

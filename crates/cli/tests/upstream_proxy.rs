@@ -4,7 +4,6 @@
 //! it with an error naming the variable. The variables are set in the child's
 //! environment only.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,21 +21,10 @@ const PROXY_VARS: [&str; 8] = [
     "no_proxy",
 ];
 
-/// `nexus serve` with only `vars` among the proxy variables.
+/// `nexus serve` at `info` with only `vars` among the proxy variables, stderr piped.
 fn command(config: &std::path::Path, vars: &[(&str, &str)]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_nexus"));
-    command
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-level",
-            "info",
-            "--config",
-        ])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    let mut command = common::serve_command(config);
+    command.args(["--log-level", "info"]).stderr(Stdio::piped());
     for var in PROXY_VARS {
         command.env_remove(var);
     }
@@ -68,29 +56,12 @@ async fn serve_sends_http_backends_through_http_proxy_from_its_environment() {
     let proxy = MockProxy::start().await.unwrap();
     let config = config_file("proxy-serve", &mock.base_url());
     let with_user = proxy.url().replace("http://", "http://ops:hunter2@");
-    let mut child = command(&config, &[("HTTP_PROXY", &with_user)])
-        .spawn()
-        .expect("nexus runs");
-    let stderr = child.stderr.take().unwrap();
     let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-    let (tx, rx) = std::sync::mpsc::channel();
     let kept = lines.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("on http://").nth(1) {
-                let _ = tx.send(
-                    rest.split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned(),
-                );
-            }
-            kept.lock().unwrap().push(line);
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("nexus serve says where it listens");
+    let (mut child, addr) = common::spawn_serving(
+        &mut command(&config, &[("HTTP_PROXY", &with_user)]),
+        move |line| kept.lock().unwrap().push(line.to_owned()),
+    );
 
     let client = common::http_client();
     let answer = client

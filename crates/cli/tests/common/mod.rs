@@ -8,25 +8,37 @@ use std::time::{Duration, Instant};
 /// Starts `nexus serve` on a free port; returns the child and its address, read from
 /// the line it prints once it listens.
 pub fn start(config: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_nexus"))
+    spawn_serving(&mut serve_command(config), |_| {})
+}
+
+/// `nexus serve --listen 127.0.0.1:0 --config CONFIG`, stdout discarded; add what the
+/// test needs, then [`spawn_serving`].
+pub fn serve_command(config: &std::path::Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_nexus"));
+    command
         .args(["serve", "--listen", "127.0.0.1:0", "--config"])
         .arg(config)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("nexus runs");
+        .stdout(Stdio::null());
+    command
+}
+
+/// Spawns `command` (a `nexus serve`) with its stderr read by a thread that hands every
+/// line to `on_line`; returns once it says where it listens (within 30 s), with the
+/// child and that address.
+pub fn spawn_serving(
+    command: &mut Command,
+    mut on_line: impl FnMut(&str) + Send + 'static,
+) -> (Child, String) {
+    let mut child = command.stderr(Stdio::piped()).spawn().expect("nexus runs");
     let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Some(rest) = line.split("on http://").nth(1) {
-                let addr = rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned();
-                let _ = tx.send(addr);
+                let addr = rest.split_whitespace().next().unwrap_or_default();
+                let _ = tx.send(addr.to_owned());
             }
+            on_line(&line);
         }
     });
     let addr = rx
