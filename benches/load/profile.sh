@@ -43,10 +43,7 @@ valgrind --tool=callgrind --callgrind-out-file="$out/callgrind.out" \
   >"$out/gateway.log" 2>&1 &
 gw=$!
 pids+=($gw)
-for _ in $(seq 1 600); do
-  curl -fs "http://127.0.0.1:$gw_port/health" >/dev/null 2>&1 && break
-  sleep 0.2
-done
+wait_healthy "$gw_port"
 if [ "$stream" = true ]; then
   body='{"model":"mock-model","messages":[{"role":"user","content":"Say hello in five words."}],"max_tokens":32,"stream":true,"stream_options":{"include_usage":true}}'
 else
