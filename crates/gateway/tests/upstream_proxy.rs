@@ -90,12 +90,14 @@ async fn closed_port() -> u16 {
 /// checks (within 10 s) that the first connection's first bytes open a TLS handshake (a
 /// ClientHello starts 0x16 0x03). It then answers in plain text, failing the handshake.
 async fn tls_backend() -> (std::net::SocketAddr, impl std::future::Future<Output = ()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port");
+    let addr = listener.local_addr().expect("its address");
     let first_bytes = tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.unwrap();
+        let (mut stream, _) = listener.accept().await.expect("a connection");
         let mut start = [0u8; 2];
-        stream.read_exact(&mut start).await.unwrap();
+        stream.read_exact(&mut start).await.expect("two bytes");
         let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
         start
     });
@@ -103,7 +105,7 @@ async fn tls_backend() -> (std::net::SocketAddr, impl std::future::Future<Output
         let start = tokio::time::timeout(Duration::from_secs(10), first_bytes)
             .await
             .expect("bounded")
-            .unwrap();
+            .expect("the backend task ran");
         assert_eq!(
             start,
             [0x16, 0x03],
