@@ -93,6 +93,12 @@ async fn serve_sends_http_backends_through_http_proxy_from_its_environment() {
         "{logged}"
     );
     assert!(logged.contains("https backends direct"), "{logged}");
+    // The backend is on loopback: the start-up log says a proxy elsewhere could not
+    // reach it (this one runs here, so it can).
+    assert!(
+        logged.contains("a backend on this host's loopback goes through the egress proxy"),
+        "{logged}"
+    );
     assert!(
         !logged.contains("hunter2"),
         "no credentials in the log: {logged}"

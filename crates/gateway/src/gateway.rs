@@ -68,6 +68,41 @@ pub enum BuildError {
     Proxy(#[from] crate::upstream::ProxyError),
 }
 
+/// Warns, once at start, of each backend on this host's loopback that the proxy
+/// variables send through a proxy: a proxy elsewhere reaches its own loopback, not this
+/// one, so such a backend is usually a `NO_PROXY` that lacks `127.0.0.1` or
+/// `localhost` (curl's rule, which the gateway keeps: loopback is not exempt by itself).
+fn warn_loopback_through_proxy(fleet: &nexus_core::Fleet, proxies: &crate::upstream::ProxyConfig) {
+    for backend in fleet.backends() {
+        let Ok(uri) = backend.url().parse::<axum::http::Uri>() else {
+            continue;
+        };
+        if !is_loopback_host(uri.host().unwrap_or_default()) {
+            continue;
+        }
+        if let Some(proxy) = proxies.proxy_for(&uri) {
+            tracing::warn!(
+                backend = backend.name(),
+                url = backend.url(),
+                proxy,
+                "a backend on this host's loopback goes through the egress proxy; unless that \
+                 proxy runs on this host, add the backend's host to NO_PROXY \
+                 (e.g. NO_PROXY=127.0.0.1,localhost,::1)"
+            );
+        }
+    }
+}
+
+/// `localhost` (or a name under it), or a loopback address (`127.0.0.0/8`, `::1`).
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.to_ascii_lowercase().ends_with(".localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 impl Gateway {
     /// A gateway over `router`, with the `[server]` settings it was loaded with. Reads
     /// each backend's `api_key_env` now; a variable that is not set is logged (by name)
@@ -114,6 +149,7 @@ impl Gateway {
         let server = router.server();
         if !proxies.is_direct() {
             tracing::info!(proxies = %proxies, "reaching backends through an egress proxy");
+            warn_loopback_through_proxy(router.current().fleet(), &proxies);
         }
         // A backend's URL is where it answers: the client relays a redirect to the client
         // as any other answer rather than following it.
@@ -448,6 +484,23 @@ fn read_keys(fleet: &Fleet) -> HashMap<String, HeaderValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_hosts_are_told_apart() {
+        for host in [
+            "localhost",
+            "LOCALHOST",
+            "api.localhost",
+            "127.0.0.1",
+            "127.1.2.3",
+            "[::1]",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in ["gpu-box", "10.0.0.5", "[::2]", "localhost.example.com", ""] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
 
     #[test]
     fn request_ids_are_the_hex_of_the_start_and_the_counter() {
