@@ -60,6 +60,17 @@ grep -E "Success rate|\] [0-9]+ responses" "$out/oha-$requests.txt" || true
 dump=$(ls -t "$out"/callgrind.out.* | head -1)
 total=$(callgrind_annotate "$dump" | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
 echo "instructions: $total over $requests requests = $((total / requests)) per request"
+# A count is only worth its division if exactly the sent requests were decided in it:
+# another run on the same ports, failed requests or counters not zeroed after the
+# warm-up would all skew it (seen once in about ten runs on a shared machine).
+ok=$(grep -cE "^ *\[200\] $requests responses" "$out/oha-$requests.txt" || true)
+decided=$(callgrind_annotate --tree=calling --inclusive=yes --threshold=100 "$dump" 2>/dev/null |
+  grep -m1 -oE "> +[^ ]*nexus_gateway::proxy::timed_decision \([0-9,]+x\)" |
+  grep -oE "[0-9,]+x" | tr -d ',x' || true)
+if [ "$ok" != 1 ] || [ "${decided:-0}" != "$requests" ]; then
+  echo "profile.sh: NOT a valid count: oha's answers or the decisions counted (${decided:-none}) are not exactly $requests; run it again" >&2
+  exit 3
+fi
 callgrind_annotate --inclusive=yes "$dump" 2>/dev/null | sed -n '1,60p' >"$out/inclusive.txt"
 callgrind_annotate "$dump" 2>/dev/null | sed -n '1,45p' >"$out/exclusive.txt"
 echo "top functions: $out/inclusive.txt, $out/exclusive.txt; dump: $dump"
