@@ -411,6 +411,10 @@ mod tests {
                 small_cost = 2.7e-5,
                 negative_cost = -2.07e-5,
                 band_edge = 9.99e-5,
+                // Cases proptest found: `ryu` and `{:?}` pick different 17-digit forms
+                // of this one, and this one is in the band `{:?}` writes with an exponent.
+                seventeen_digits = -1005966319377388.3,
+                in_the_band = -7.677288472468795e-5,
                 small = 1e-4,
                 large = 1e16,
                 huge = 1.5e300,
