@@ -141,15 +141,25 @@ impl Connector {
     /// `http` backend forwarded through a proxy with credentials (`https` backends send
     /// them on the `CONNECT`).
     pub(crate) fn forward_auth(&self, uri: &Uri) -> Option<&HeaderValue> {
+        match &self.route_for(uri)?.1.via {
+            Via::Forward {
+                auth: Some(auth), ..
+            } => Some(auth),
+            _ => None,
+        }
+    }
+
+    /// The proxy route a connection to `uri` takes, with the routes it is one of;
+    /// `None` to go directly (no proxy, `NO_PROXY`, or none for its scheme).
+    fn route_for(&self, uri: &Uri) -> Option<(&Routes, &Route)> {
         let routes = self.routes.as_deref()?;
-        let Via::Forward {
-            auth: Some(auth), ..
-        } = &routes.http.as_ref()?.via
-        else {
-            return None;
-        };
-        (uri.scheme_str() == Some("http") && routes.matcher.intercept(uri).is_some())
-            .then_some(auth)
+        routes.matcher.intercept(uri)?;
+        let route = match uri.scheme_str() {
+            Some("https") => routes.https.as_ref(),
+            Some("http") => routes.http.as_ref(),
+            _ => None,
+        }?;
+        Some((routes, route))
     }
 }
 
@@ -192,19 +202,7 @@ impl tower::Service<Uri> for Connector {
     }
 
     fn call(&mut self, dst: Uri) -> Self::Future {
-        let Some(routes) = self.routes.as_deref() else {
-            return Either::Left(self.direct.call(dst).map_ok(Conn::direct as fn(_) -> _));
-        };
-        if routes.matcher.intercept(&dst).is_none() {
-            return Either::Left(self.direct.call(dst).map_ok(Conn::direct as fn(_) -> _));
-        }
-        let route = match dst.scheme_str() {
-            Some("https") => routes.https.as_ref(),
-            Some("http") => routes.http.as_ref(),
-            _ => None,
-        };
-        // The matcher intercepts only schemes it has a proxy for.
-        let Some(route) = route else {
+        let Some((routes, route)) = self.route_for(&dst) else {
             return Either::Left(self.direct.call(dst).map_ok(Conn::direct as fn(_) -> _));
         };
         let proxy = route.name.clone();
