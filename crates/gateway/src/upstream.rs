@@ -19,8 +19,9 @@
 //! tunnelled. The builder itself reads no variable, so that a program embedding it
 //! decides. Its read buffer is a fixed [`DEFAULT_READ_BUFFER`] bytes per connection
 //! rather than hyper's 8 KiB and up, which is most of what an open stream costs: see
-//! [`ClientBuilder::read_buffer_size`] for what that bounds. Timeouts other than connecting are the request path's (first
-//! byte, idle stream), set per request from the server's configuration.
+//! [`ClientBuilder::read_buffer_size`] for what that bounds. Timeouts other than
+//! connecting are the request path's (first byte, idle stream), set per request from
+//! the server's configuration.
 
 use std::future::Future;
 use std::sync::{Arc, Once};
