@@ -68,6 +68,16 @@ fn outage(mode: OnUnavailable) {
     allowance.try_draw(100_000, now).unwrap();
     allowance.settle(100_000, 100_000, now);
     spent += 100_000;
+    if mode == OnUnavailable::FailOpen {
+        // No top-up can come: once a call has failed, a request the lease cannot cover
+        // is routed on local accounting, even before the lease's deadline.
+        wait_until("a failed call", || client.status().failures > 0);
+        let (now, left) = (clock.now_secs(), allowance.left());
+        let cost = u64::try_from(left).unwrap() + 1;
+        allowance.try_draw(cost, now).unwrap();
+        allowance.settle(cost, cost, now);
+        spent += cost;
+    }
     wait_until("the lease to expire locally", || {
         clock.now_secs() >= allowance.deadline_secs()
     });

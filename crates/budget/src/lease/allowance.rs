@@ -90,7 +90,8 @@ pub struct Allowance {
 
 impl Allowance {
     /// An empty allowance. With `fail_open`, an expired lease does not stop draws: they
-    /// go on as a debt, limited only by the local ledger, until Redis answers again.
+    /// go on as a debt, limited only by the local ledger, until Redis answers again
+    /// (the lease client expires the lease at once when a call fails in that mode).
     pub fn new(fail_open: bool) -> Self {
         Self {
             word: AtomicU64::new(pack(0, 0)),

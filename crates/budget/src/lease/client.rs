@@ -435,6 +435,13 @@ impl Task {
                 self.shared.changed.notify_all();
             }
             Err(error) => {
+                if self.settings.on_unavailable == OnUnavailable::FailOpen && !release {
+                    // No top-up can come while Redis does not answer, and fail_open
+                    // promises local accounting meanwhile: expire the lease now, so
+                    // that a lease spent before its deadline does not refuse paid
+                    // requests. The next answer sets the deadline again.
+                    allowance.set_deadline(0);
+                }
                 self.backoff =
                     (self.backoff * 2).clamp(Duration::from_millis(50), Duration::from_secs(1));
                 self.retry_at = Some(Instant::now() + self.backoff);
@@ -460,7 +467,7 @@ impl Task {
         let mode = self.settings.on_unavailable;
         let then = match mode {
             OnUnavailable::FailClosed => "spending only what the lease holds, then paid backends count as over budget",
-            OnUnavailable::FailOpen => "once the lease expires, paid requests are routed on local accounting; spend is sent when Redis is back",
+            OnUnavailable::FailOpen => "paid requests are routed on local accounting until it answers; spend is sent when Redis is back",
         };
         tracing::warn!(
             error,

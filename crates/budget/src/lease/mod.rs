@@ -30,8 +30,9 @@
 //!   by itself. A lease is drawn from for half its lifetime after the last answer (so
 //!   a request drawn at the last moment has the other half to finish before Redis could
 //!   hand the lease to someone else). Then `fail_closed` refuses paid draws
-//!   ([`Refusal::Unavailable`]) and `fail_open` lets them run as a debt against the
-//!   local ledger only. Settlements are cumulative per replica and month, so whatever
+//!   ([`Refusal::Unavailable`]). `fail_open` does not wait for the lease to expire: from
+//!   the first call that fails, draws run as a debt against the local ledger only (a
+//!   lease spent before its deadline would otherwise refuse, and no top-up can come). Settlements are cumulative per replica and month, so whatever
 //!   was settled while Redis was away is sent, once, when it is back (even if Redis lost
 //!   its data: each replica re-sends its month's total).
 //!

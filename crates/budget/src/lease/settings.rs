@@ -15,8 +15,9 @@ pub enum OnUnavailable {
     #[default]
     FailClosed,
     /// Keep routing paid requests on local accounting (this replica's ledger against
-    /// the limit), with a warning once a minute; what was spent is sent to Redis when
-    /// it is back. Replicas together can pass the limit during the outage.
+    /// the limit) from the first call Redis does not answer, with a warning once a
+    /// minute; what was spent is sent to Redis when it is back. Replicas together can
+    /// pass the limit during the outage.
     FailOpen,
 }
 
