@@ -512,15 +512,14 @@ impl BudgetReconciler {
             .map_err(|refusal| {
                 let spend_usd = nanos_to_usd(tenant.ledger.total_nanos_at(ticket.decided_at_secs));
                 let limit_usd = tenant.limit_usd.unwrap_or(0.0);
-                match refusal.lease_reason(spend_usd, limit_usd, nanos_to_usd(reserved)) {
-                    Some(lease) => lease.into(),
-                    None => BudgetReason::TenantOverLimit {
+                refusal
+                    .lease_reason(
                         spend_usd,
                         limit_usd,
-                        tenant: ticket.tenant.map_or(0, |id| id.index()),
-                    }
-                    .into(),
-                }
+                        nanos_to_usd(reserved),
+                        Some(ticket.tenant.map_or(0, |id| id.index())),
+                    )
+                    .into()
             })
     }
 
@@ -769,15 +768,9 @@ impl BudgetReconciler {
                     self.limit_usd(),
                     nanos_to_usd(reserved),
                 );
-                match refusal.lease_reason(spend_usd, limit_usd, cost_usd) {
-                    Some(lease) => lease.into(),
-                    None => BudgetReason::OverLimit {
-                        spend_usd,
-                        limit_usd,
-                        cost_usd,
-                    }
-                    .into(),
-                }
+                refusal
+                    .lease_reason(spend_usd, limit_usd, cost_usd, None)
+                    .into()
             })
     }
 
@@ -1129,7 +1122,9 @@ impl Reconciler for BudgetReconciler {
 
     fn explain(&self, reason: &Reason, ctx: &ExplainContext<'_>) -> Explanation {
         #[cfg(feature = "redis")]
-        if let Some(explanation) = crate::lease::explain(reason) {
+        if let Some(explanation) = crate::lease::explain(reason, |index| {
+            self.tenant_table().get(index).map(|t| t.id.to_string())
+        }) {
             return explanation;
         }
         let model = ctx.fleet.model(ctx.model).name();

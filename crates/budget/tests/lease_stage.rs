@@ -28,9 +28,15 @@ fn fleet() -> Arc<Fleet> {
 }
 
 fn pipeline(url: String, prefix: &str) -> (Arc<BudgetReconciler>, Pipeline) {
+    pipeline_with(RedisBudgetSettings::new(url), prefix)
+}
+
+fn pipeline_with(
+    mut settings: RedisBudgetSettings,
+    prefix: &str,
+) -> (Arc<BudgetReconciler>, Pipeline) {
     let fleet = fleet();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let mut settings = RedisBudgetSettings::new(url);
     settings.key_prefix = prefix.to_owned();
     settings.connect_timeout_ms = 200;
     settings.timeout_ms = 200;
@@ -121,4 +127,47 @@ fn a_paid_route_draws_from_the_lease_and_settles_into_redis() {
         server.integer(&["HLEN", &format!("stage:{{global}}:{month}:leases")]),
         0
     );
+}
+
+#[test]
+fn a_lease_too_small_for_a_request_says_so_and_grows_to_fit_it() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let mut settings = RedisBudgetSettings::new(server.url());
+    settings.min_lease_usd = 0.001;
+    settings.max_lease_usd = 0.01;
+    let (budget, pipeline) = pipeline_with(settings, "short");
+    let lease = budget.lease().unwrap();
+    assert!(lease.wait_ready(Duration::from_secs(10)));
+    // $0.025 against a lease of at most $0.01, with $100 of the limit left: the lease
+    // is short, and the refusal says that, not that the limit would be passed.
+    let request = Request::new("m").input_tokens(1000).max_output_tokens(500);
+    let decision = pipeline.decide(&request);
+    assert!(decision.backend().is_none(), "{decision:?}");
+    let rejection = &decision.rejections()[0];
+    assert!(
+        rejection.reason.starts_with(
+            "this replica's lease of the shared budget has $0.0100 left, less than this request's $0.0250"
+        ),
+        "{}",
+        rejection.reason
+    );
+    assert!(
+        rejection.suggested_action.starts_with("retry in a second"),
+        "{}",
+        rejection.suggested_action
+    );
+    assert_eq!(budget.ledger().snapshot().total_usd, 0.0);
+    drop(decision);
+    // The refusal asks Redis for a lease that fits it: the same request is served soon.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let decision = pipeline.decide(&request);
+        if decision.backend().is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{:?}", lease.status());
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -92,11 +92,9 @@ pub fn check_scope(scope: &str) -> Result<(), String> {
 }
 
 /// Why a shared budget's lease refused a paid backend (the budget stage records it in
-/// `on_route`; a lease too small is the stage's own [`BudgetReason::OverLimit`]).
-/// Amounts are USD: month-to-date spend, the limit and this request's cost, recorded
-/// for every variant so that a rendered refusal can say where the month stood.
-///
-/// [`BudgetReason::OverLimit`]: crate::BudgetReason::OverLimit
+/// `on_route`). Amounts are USD; the first three variants record month-to-date spend,
+/// the limit and this request's cost, so that a rendered refusal can say where the
+/// month stood.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum LeaseReason {
     /// The lease expired with Redis unreachable, `on_unavailable = "fail_closed"`.
@@ -126,12 +124,26 @@ pub enum LeaseReason {
         /// What this request reserves.
         cost_usd: f64,
     },
+    /// This replica's lease holds less than the request reserves, while its own ledger
+    /// still sees room under the limit: the top-up asked of Redis has not arrived yet,
+    /// or the rest of the month is leased to other replicas (or spent by them).
+    Short {
+        /// What the lease had left (negative: a debt).
+        left_usd: f64,
+        /// What this request reserves.
+        cost_usd: f64,
+        /// The tenant whose own shared budget it is (its index in the tenant table);
+        /// `None`: the global budget.
+        tenant: Option<usize>,
+    },
 }
 
 // Compact codes, after the budget stage's own (1 to 10): `values = [spend, limit, cost]`.
 const LEASE_UNAVAILABLE: u16 = 20;
 const LEASE_NOT_READY: u16 = 21;
 const LEASE_ROLLING_OVER: u16 = 22;
+// `values = [left, cost, tenant index or -1]`.
+const LEASE_SHORT: u16 = 23;
 
 impl From<LeaseReason> for Reason {
     #[inline]
@@ -152,6 +164,14 @@ impl From<LeaseReason> for Reason {
                 limit_usd,
                 cost_usd,
             } => Reason::with(LEASE_ROLLING_OVER, [spend_usd, limit_usd, cost_usd]),
+            LeaseReason::Short {
+                left_usd,
+                cost_usd,
+                tenant,
+            } => Reason::with(
+                LEASE_SHORT,
+                [left_usd, cost_usd, tenant.map_or(-1.0, |t| t as f64)],
+            ),
         }
     }
 }
@@ -175,45 +195,61 @@ impl StageReason for LeaseReason {
                 limit_usd,
                 cost_usd,
             },
+            LEASE_SHORT => {
+                let [left_usd, cost_usd, tenant] = reason.values();
+                LeaseReason::Short {
+                    left_usd,
+                    cost_usd,
+                    tenant: (tenant >= 0.0).then_some(tenant as usize),
+                }
+            }
             _ => return None,
         })
     }
 }
 
 impl Refusal {
-    /// The lease's reason for this refusal, with the amounts it records; `None` for
-    /// [`Refusal::Insufficient`], which the budget stage records as its own
-    /// [`BudgetReason::OverLimit`](crate::BudgetReason::OverLimit) (or the tenant's).
+    /// The lease's reason for this refusal of a draw for `tenant`'s shared budget
+    /// (`None`: the global one), with the amounts it records.
     #[inline]
     pub fn lease_reason(
         self,
         spend_usd: f64,
         limit_usd: f64,
         cost_usd: f64,
-    ) -> Option<LeaseReason> {
+        tenant: Option<usize>,
+    ) -> LeaseReason {
         match self {
-            Refusal::Insufficient { .. } => None,
-            Refusal::Unavailable => Some(LeaseReason::Unavailable {
+            Refusal::Insufficient { left } => LeaseReason::Short {
+                left_usd: left as f64 / 1e9,
+                cost_usd,
+                tenant,
+            },
+            Refusal::Unavailable => LeaseReason::Unavailable {
                 spend_usd,
                 limit_usd,
                 cost_usd,
-            }),
-            Refusal::NotReady => Some(LeaseReason::NotReady {
+            },
+            Refusal::NotReady => LeaseReason::NotReady {
                 spend_usd,
                 limit_usd,
                 cost_usd,
-            }),
-            Refusal::RollingOver => Some(LeaseReason::RollingOver {
+            },
+            Refusal::RollingOver => LeaseReason::RollingOver {
                 spend_usd,
                 limit_usd,
                 cost_usd,
-            }),
+            },
         }
     }
 }
 
-/// Renders a lease reason; `None` for codes that are not the lease's.
-pub fn explain(reason: &Reason) -> Option<Explanation> {
+/// Renders a lease reason; `None` for codes that are not the lease's. `tenant_id`
+/// names a tenant by its index in the tenant table.
+pub fn explain(
+    reason: &Reason,
+    tenant_id: impl Fn(usize) -> Option<String>,
+) -> Option<Explanation> {
     let fix = "check that Redis ([routing.budget.redis] url) is reachable from this replica";
     match LeaseReason::from_reason(*reason)? {
         LeaseReason::Unavailable {
@@ -232,6 +268,23 @@ pub fn explain(reason: &Reason) -> Option<Explanation> {
             "the budget month has just changed and the new month's lease has not arrived yet",
             "retry in a second",
         )),
+        LeaseReason::Short {
+            left_usd: left,
+            cost_usd: cost,
+            tenant,
+        } => {
+            let (budget, limit_key) = match tenant {
+                None => ("the shared budget".to_owned(), "monthly_limit_usd in [routing.budget]".to_owned()),
+                Some(index) => {
+                    let id = tenant_id(index).unwrap_or_else(|| format!("#{index}"));
+                    (format!("tenant '{id}''s shared budget"), format!("monthly_limit_usd of tenant '{id}' in [[tenants]]"))
+                }
+            };
+            Some(Explanation::new(
+                format!("this replica's lease of {budget} has ${left:.4} left, less than this request's ${cost:.4}: the top-up asked of Redis has not arrived yet, or the rest of the month is leased to other replicas or spent"),
+                format!("retry in a second (a top-up is on its way); if refusals go on, {fix} and see GET /v1/nexus/budget: when the month is nearly spent, raise {limit_key}"),
+            ))
+        }
     }
 }
 
@@ -240,7 +293,7 @@ mod reason_tests {
     use super::*;
     use crate::BudgetReason;
 
-    const ALL: [LeaseReason; 3] = [
+    const ALL: [LeaseReason; 5] = [
         LeaseReason::Unavailable {
             spend_usd: 99.5,
             limit_usd: 100.0,
@@ -256,7 +309,21 @@ mod reason_tests {
             limit_usd: 50.0,
             cost_usd: 0.5,
         },
+        LeaseReason::Short {
+            left_usd: 0.0003,
+            cost_usd: 0.0006,
+            tenant: None,
+        },
+        LeaseReason::Short {
+            left_usd: -0.25,
+            cost_usd: 0.01,
+            tenant: Some(1),
+        },
     ];
+
+    fn tenant_id(index: usize) -> Option<String> {
+        ["team-a", "team-b"].get(index).map(|id| (*id).to_owned())
+    }
 
     #[test]
     fn reasons_convert_to_the_compact_form_and_back() {
@@ -282,6 +349,8 @@ mod reason_tests {
                 (20, [99.5, 100.0, 0.75]),
                 (21, [0.0, 100.0, 0.0125]),
                 (22, [12.0, 50.0, 0.5]),
+                (23, [0.0003, 0.0006, -1.0]),
+                (23, [-0.25, 0.01, 1.0]),
             ]
         );
     }
@@ -300,41 +369,46 @@ mod reason_tests {
     }
 
     #[test]
-    fn refusals_map_to_their_reason_and_insufficient_to_none() {
+    fn refusals_map_to_their_reason() {
         let (s, l, c) = (1.0, 2.0, 3.0);
         assert_eq!(
-            Refusal::Insufficient { left: 5 }.lease_reason(s, l, c),
-            None
+            Refusal::Insufficient { left: -2_500_000 }.lease_reason(s, l, c, Some(3)),
+            LeaseReason::Short {
+                left_usd: -0.0025,
+                cost_usd: c,
+                tenant: Some(3)
+            }
         );
         assert_eq!(
-            Refusal::Unavailable.lease_reason(s, l, c),
-            Some(LeaseReason::Unavailable {
+            Refusal::Unavailable.lease_reason(s, l, c, None),
+            LeaseReason::Unavailable {
                 spend_usd: s,
                 limit_usd: l,
                 cost_usd: c
-            })
+            }
         );
         assert_eq!(
-            Refusal::NotReady.lease_reason(s, l, c),
-            Some(LeaseReason::NotReady {
+            Refusal::NotReady.lease_reason(s, l, c, None),
+            LeaseReason::NotReady {
                 spend_usd: s,
                 limit_usd: l,
                 cost_usd: c
-            })
+            }
         );
         assert_eq!(
-            Refusal::RollingOver.lease_reason(s, l, c),
-            Some(LeaseReason::RollingOver {
+            Refusal::RollingOver.lease_reason(s, l, c, None),
+            LeaseReason::RollingOver {
                 spend_usd: s,
                 limit_usd: l,
                 cost_usd: c
-            })
+            }
         );
     }
 
     #[test]
     fn texts_are_unchanged() {
-        let [unavailable, not_ready, rolling] = ALL.map(|typed| explain(&typed.into()).unwrap());
+        let [unavailable, not_ready, rolling, short, tenant_short] =
+            ALL.map(|typed| explain(&typed.into(), tenant_id).unwrap());
         assert_eq!(
             unavailable.reason,
             "the shared budget in Redis has not answered for half a lease lifetime; on_unavailable = \"fail_closed\" counts paid backends as over budget (spend $99.50 of $100.00, this request $0.7500)"
@@ -351,6 +425,29 @@ mod reason_tests {
             "set on_unavailable = \"fail_open\" to route on local accounting meanwhile"
         ));
         assert_eq!(rolling.suggested_action, "retry in a second");
-        assert!(explain(&Reason::new(1)).is_none());
+        // A short lease says so, not "this request would pass the limit".
+        assert_eq!(
+            short.reason,
+            "this replica's lease of the shared budget has $0.0003 left, less than this request's $0.0006: the top-up asked of Redis has not arrived yet, or the rest of the month is leased to other replicas or spent"
+        );
+        assert!(short
+            .suggested_action
+            .ends_with("raise monthly_limit_usd in [routing.budget]"));
+        assert!(tenant_short.reason.starts_with(
+            "this replica's lease of tenant 'team-b''s shared budget has $-0.2500 left"
+        ));
+        assert!(tenant_short
+            .suggested_action
+            .ends_with("raise monthly_limit_usd of tenant 'team-b' in [[tenants]]"));
+        let unknown = LeaseReason::Short {
+            left_usd: 0.0,
+            cost_usd: 0.1,
+            tenant: Some(7),
+        };
+        assert!(explain(&unknown.into(), tenant_id)
+            .unwrap()
+            .reason
+            .contains("tenant '#7''s"));
+        assert!(explain(&Reason::new(1), tenant_id).is_none());
     }
 }
