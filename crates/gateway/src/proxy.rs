@@ -652,6 +652,14 @@ async fn send(
             status_label(status),
         ));
     }
+    if status == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+        // Only a proxy between the gateway and the backend asks this. Relayed, it would
+        // tell the client to authenticate to a proxy it does not know of.
+        return Err(AttemptFailure::new(
+            format!("answered {status}: an egress proxy on the way wants credentials; put them in the proxy URL (http://user:password@host:port in HTTP_PROXY, HTTPS_PROXY or ALL_PROXY)"),
+            status_label(status),
+        ));
+    }
     if status == StatusCode::TOO_MANY_REQUESTS {
         let asked = retry_delay(answer.headers());
         let message = match asked {
@@ -740,6 +748,7 @@ pub(crate) fn status_label(status: StatusCode) -> &'static str {
         401 => "401",
         403 => "403",
         404 => "404",
+        407 => "407",
         429 => "429",
         500 => "500",
         502 => "502",

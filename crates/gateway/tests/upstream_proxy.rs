@@ -399,3 +399,74 @@ async fn a_socks5_proxy_tunnels_both_schemes_with_its_credentials() {
         assert_eq!(request.proxy_authorization.as_deref(), Some("ops:pw"));
     }
 }
+
+#[tokio::test]
+async fn a_proxy_that_wants_credentials_is_a_failed_attempt_that_says_how_to_give_them() {
+    let mock = MockUpstream::start(MockConfig::serving(["m"]))
+        .await
+        .unwrap();
+    let proxy = MockProxy::start().await.unwrap();
+    proxy.require_authorization(Some(ALADDIN));
+    let proxies = vars(&[
+        ("HTTP_PROXY", &proxy.url()),
+        ("HTTPS_PROXY", &proxy.url()),
+        ("NO_PROXY", "localhost"),
+    ])
+    .unwrap();
+    let port = mock.addr().port();
+
+    // A forwarded request answered 407 fails over: the client never sees the proxy's
+    // 407, which would ask it to authenticate to a proxy it does not know of.
+    let config = format!(
+        "{}{}{NO_HEALTH}",
+        backend(
+            "proxied",
+            &format!("http://127.0.0.1:{port}"),
+            "priority = 100"
+        ),
+        backend("direct", &format!("http://localhost:{port}"), ""),
+    );
+    let (base, client) = serve(&config, proxies.clone()).await;
+    let (status, served_by, body) = chat(&base, &client).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(served_by, "direct", "failed over from the proxied backend");
+    assert_eq!(proxy.requests().len(), 1);
+
+    // With nowhere to fail over to: 502, saying what the proxy wants and where it goes.
+    let config = format!(
+        "{}{NO_HEALTH}",
+        backend("proxied", &format!("http://127.0.0.1:{port}"), "")
+    );
+    let (base, client) = serve(&config, proxies.clone()).await;
+    let (status, _, body) = chat(&base, &client).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"]["code"], "upstream_error", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("answered 407 Proxy Authentication Required"),
+        "{message}"
+    );
+    assert!(
+        message.contains("http://user:password@host:port in HTTP_PROXY"),
+        "{message}"
+    );
+
+    // A CONNECT answered 407 is a connect failure naming the proxy.
+    let config = format!(
+        "{}{NO_HEALTH}",
+        backend("cloud", "https://127.0.0.1:9/v1", "")
+    );
+    let (base, client) = serve(&config, proxies).await;
+    let (status, _, body) = chat(&base, &client).await;
+    assert_eq!(status, 502, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("through the proxy {} (HTTPS_PROXY)", proxy.url())),
+        "{message}"
+    );
+    assert!(
+        message.contains("proxy authorization required"),
+        "{message}"
+    );
+    assert_eq!(mock.requests_to("/v1/chat/completions").len(), 1);
+}

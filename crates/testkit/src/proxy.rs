@@ -55,6 +55,8 @@ struct Shared {
     requests: Mutex<Vec<ProxyRequest>>,
     /// Answer `CONNECT` with this status instead of opening the tunnel.
     refuse_connect: Mutex<Option<u16>>,
+    /// The `Proxy-Authorization` every HTTP request must carry, else 407.
+    required_authorization: Mutex<Option<String>>,
 }
 
 impl MockProxy {
@@ -99,6 +101,14 @@ impl MockProxy {
     /// tunnel; `None` opens tunnels again.
     pub fn refuse_connect(&self, status: Option<u16>) {
         *lock(&self.shared.refuse_connect) = status;
+    }
+
+    /// Answers every HTTP request (`CONNECT` or forwarded) whose `Proxy-Authorization`
+    /// is not `expected` (e.g. `Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==`) with `407 Proxy
+    /// Authentication Required`, as a proxy with access control does; `None` lets
+    /// every request through again. The request is still recorded.
+    pub fn require_authorization(&self, expected: Option<&str>) {
+        *lock(&self.shared.required_authorization) = expected.map(str::to_owned);
     }
 }
 
@@ -164,11 +174,27 @@ async fn serve(client: TcpStream, shared: &Shared) -> io::Result<()> {
         forwarded_head.push_str(line);
         forwarded_head.push_str("\r\n");
     }
+    let required = lock(&shared.required_authorization).clone();
+    let authorized = required.is_none() || required == proxy_authorization;
     lock(&shared.requests).push(ProxyRequest {
         method: method.clone(),
         target: target.clone(),
         proxy_authorization,
     });
+    if !authorized {
+        let mut body = vec![
+            0;
+            if method == "CONNECT" {
+                0
+            } else {
+                content_length
+            }
+        ];
+        client.read_exact(&mut body).await?;
+        let answer = "HTTP/1.1 407 Proxy Authentication Required\r\nproxy-authenticate: Basic realm=\"mock\"\r\ncontent-type: text/html\r\ncontent-length: 16\r\nconnection: close\r\n\r\n<h1>denied</h1>\n";
+        client.get_mut().write_all(answer.as_bytes()).await?;
+        return client.get_mut().shutdown().await;
+    }
     if method == "CONNECT" {
         let refused = *lock(&shared.refuse_connect);
         if let Some(status) = refused {
