@@ -41,8 +41,9 @@ struct Totals {
     spent: AtomicU64,
     /// Reserved by requests in flight.
     in_flight: AtomicU64,
-    /// Committed spend (spent + in flight) when the first worker met a refusal that a
-    /// fresh lease could not cure.
+    /// Committed spend (spent + in flight) when the first worker met a refusal that no
+    /// lease could cure: the pool had less than its cost left once every replica had
+    /// given back what it held above its target.
     first_refusal: Mutex<Option<u64>>,
 }
 
@@ -61,6 +62,9 @@ fn replicas_never_pass_the_limit_and_spend_it_before_refusing() {
     settings.min_lease_usd = 0.002;
     settings.max_lease_usd = 0.05;
     settings.settle_interval_ms = 20;
+    // Heartbeats every second (lease_ttl_secs / 6): a refused worker waits for every
+    // replica's next calls, idle ones included.
+    settings.lease_ttl_secs = 6;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let clients: Vec<Arc<LeaseClient>> = (0..REPLICAS)
         .map(|_| {
@@ -75,10 +79,14 @@ fn replicas_never_pass_the_limit_and_spend_it_before_refusing() {
     std::thread::scope(|scope| {
         for (r, client) in clients.iter().enumerate() {
             for w in 0..WORKERS_PER_REPLICA {
-                let (client, totals, clock) =
-                    (Arc::clone(client), Arc::clone(&totals), Arc::clone(&clock));
+                let (client, clients, totals, clock) = (
+                    Arc::clone(client),
+                    &clients,
+                    Arc::clone(&totals),
+                    Arc::clone(&clock),
+                );
                 let mut rng = Rng(seed.wrapping_add((r * 31 + w) as u64 * 0x9E37_79B9));
-                scope.spawn(move || worker(&client, &totals, &*clock, &mut rng));
+                scope.spawn(move || worker(&client, clients, &totals, &*clock, &mut rng));
             }
         }
     });
@@ -103,25 +111,59 @@ fn replicas_never_pass_the_limit_and_spend_it_before_refusing() {
     assert_eq!(leases, ":0\r\n");
 }
 
-/// Reserves random costs until a refusal survives two fresh syncs (the budget is
-/// gone, not just this replica's top-up late), settling each request at 50 to 100 %
-/// of its reservation.
-fn worker(client: &LeaseClient, totals: &Totals, clock: &dyn Clock, rng: &mut Rng) {
+/// Reserves random costs until a refusal that no lease can cure (the budget is gone, not
+/// just this replica's top-up late or taken by its other workers), settling each
+/// request at 50 to 100 % of its reservation.
+fn worker(
+    client: &LeaseClient,
+    clients: &[Arc<LeaseClient>],
+    totals: &Totals,
+    clock: &dyn Clock,
+    rng: &mut Rng,
+) {
     let allowance = client.allowance();
     loop {
         let cost = rng.between(10_000, 1_000_000);
         let mut decided = clock.now_secs();
         let mut drawn = allowance.try_draw(cost, decided);
-        if let Err(Refusal::Insufficient { .. }) = drawn {
+        // A refusal is final only when the pool cannot cover the cost once the leases
+        // have been cut to size. How soon that is depends on when each replica's thread
+        // gets to run, so wait for the calls themselves, never for a time.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut others_synced = false;
+        while let Err(Refusal::Insufficient { .. }) = drawn {
+            // Two calls of this replica: the second, at least, asks for a lease that
+            // fits `cost`.
             let syncs = client.status().syncs;
-            for more in 1..=2 {
-                assert!(client.wait_for_syncs(syncs + more, Duration::from_secs(10)));
-                decided = clock.now_secs();
-                drawn = allowance.try_draw(cost, decided);
-                if drawn.is_ok() {
-                    break;
-                }
+            assert!(client.wait_for_syncs(syncs + 2, Duration::from_secs(10)));
+            decided = clock.now_secs();
+            drawn = allowance.try_draw(cost, decided);
+            if drawn.is_ok() {
+                break;
             }
+            let status = client.status();
+            let free = status
+                .limit_nanos
+                .saturating_sub(status.settled_nanos + status.leased_nanos);
+            if free >= cost {
+                // The pool has it: this replica's other workers drew the top-up first.
+                others_synced = false;
+            } else if others_synced {
+                break; // the rest is spent, or held by the replicas within their targets
+            } else {
+                // Held by the other replicas: each gives back what it holds above its
+                // target at its next calls (two: the first gives back above the target
+                // it last heard, the second above the one the first brought).
+                let seen: Vec<u64> = clients.iter().map(|c| c.status().syncs).collect();
+                for (replica, syncs) in clients.iter().zip(seen) {
+                    assert!(replica.wait_for_syncs(syncs + 2, Duration::from_secs(10)));
+                }
+                others_synced = true;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "refused for 30 s while the pool had {free} nano-dollars free: {status:?}"
+            );
         }
         match drawn {
             Ok(()) => {

@@ -153,6 +153,8 @@ pub struct Replica {
     pub unreachable_warnings: Arc<AtomicU64>,
     /// Lines of its log that say it panicked.
     pub panics: Arc<AtomicU64>,
+    /// Lines of its log that say Redis answers again after failed calls.
+    pub answers_again: Arc<AtomicU64>,
 }
 
 /// Starts `nexus serve` on a free port, reading its log: the address it listens on, and
@@ -170,12 +172,20 @@ fn start_replica(config: &std::path::Path) -> Replica {
     let stderr = child.stderr.take().expect("stderr");
     let unreachable_warnings = Arc::new(AtomicU64::new(0));
     let panics = Arc::new(AtomicU64::new(0));
-    let (warnings, panicked) = (Arc::clone(&unreachable_warnings), Arc::clone(&panics));
+    let answers_again = Arc::new(AtomicU64::new(0));
+    let (warnings, panicked, answers) = (
+        Arc::clone(&unreachable_warnings),
+        Arc::clone(&panics),
+        Arc::clone(&answers_again),
+    );
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if line.contains("budget lease: Redis unreachable") {
                 warnings.fetch_add(1, Ordering::SeqCst);
+            }
+            if line.contains("budget lease: Redis answers again") {
+                answers.fetch_add(1, Ordering::SeqCst);
             }
             if line.contains("panicked") {
                 eprintln!("replica: {line}");
@@ -195,6 +205,7 @@ fn start_replica(config: &std::path::Path) -> Replica {
         addr,
         unreachable_warnings,
         panics,
+        answers_again,
     }
 }
 
