@@ -124,7 +124,7 @@ impl LeaseState {
     }
 
     /// The next call: gives back what is left above the lease size (everything when
-    /// `release`), sends every month's unconfirmed spend, asks for a top-up that fits
+    /// `release`), sends every open month's settled total, asks for a top-up that fits
     /// `need` (the largest request refused recently).
     pub(crate) fn prepare(
         &mut self,
@@ -152,10 +152,13 @@ impl LeaseState {
             // otherwise and the difference comes back to the allowance.
             current.lease = current.lease.saturating_sub(returned);
         }
+        // Every open month's total, confirmed or not: a total Redis already has adds
+        // nothing, and one it lost (a restart without persistence, a flush) comes back
+        // at the next call, not only when this replica settles something new.
         self.sending = self
             .cumulative
             .iter()
-            .filter(|(_, c)| c.total > c.confirmed)
+            .filter(|(_, c)| c.total > 0)
             .map(|(m, c)| (*m, c.total))
             .collect();
         let params = &self.params;
