@@ -248,7 +248,15 @@ impl LeaseState {
         } else {
             allowance.set_deadline(self.deadline_secs(reply, sent_ms));
         }
+        allowance.set_month_end(self.month_end_ms(reply.month) / 1000);
         applied
+    }
+
+    /// The end of `month` by Redis's clock, in our milliseconds.
+    fn month_end_ms(&self, month: Month) -> u64 {
+        let month_end_redis = month.next().start_unix_secs() * 1000;
+        let month_end = i128::from(month_end_redis) - i128::from(self.offset_ms);
+        u64::try_from(month_end.max(0)).unwrap_or(u64::MAX)
     }
 
     /// Draws stop half a lease lifetime after the call was sent (so a request drawn at
@@ -256,10 +264,7 @@ impl LeaseState {
     /// to someone else), and at the end of the month by Redis's clock.
     fn deadline_secs(&self, reply: SyncReply, sent_ms: u64) -> u64 {
         let lease_end = sent_ms + self.params.ttl_ms / 2;
-        let month_end_redis = reply.month.next().start_unix_secs() * 1000;
-        let month_end = i128::from(month_end_redis) - i128::from(self.offset_ms);
-        let month_end = u64::try_from(month_end.max(0)).unwrap_or(u64::MAX);
-        lease_end.min(month_end) / 1000
+        lease_end.min(self.month_end_ms(reply.month)) / 1000
     }
 
     /// The month's spend settled here that Redis has not confirmed yet.
