@@ -15,7 +15,9 @@
 //! - **One month for all.** The script takes the month from Redis's clock (`TIME`), so
 //!   every replica rolls over at the same instant; a replica follows the month the
 //!   script reports, and stops drawing from a month's lease when that month ends by
-//!   Redis's clock.
+//!   Redis's clock ([`Refusal::RollingOver`] until the new month's lease arrives; under
+//!   `fail_open` with Redis unreachable, the new month starts locally with an empty
+//!   lease at the next failed call, so that its spend counts in that month).
 //! - **Lease size.** `target = clamp((limit - settled) / (2 x live replicas), min_lease,
 //!   max_lease)`, raised to fit the largest request refused since the last sync. While
 //!   plenty is left a replica holds `max_lease` (one Redis call per `max_lease` of

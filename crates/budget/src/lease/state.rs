@@ -252,6 +252,36 @@ impl LeaseState {
         applied
     }
 
+    /// Under `fail_open`, after a call failed: once the current month has ended by
+    /// Redis's clock (as of the last answer), starts the next month here with an empty
+    /// lease, so that what is spent meanwhile on local accounting counts in the month it
+    /// was spent in (a debt against that month's lease, paid by its first answer), not
+    /// in the month that ended. Decisions from the next second on draw from it. Returns
+    /// the month started, if any.
+    pub(crate) fn start_month_locally(
+        &mut self,
+        allowance: &Allowance,
+        now_ms: u64,
+    ) -> Option<Month> {
+        let current = self.current?;
+        let server_now_ms = i128::from(now_ms) + i128::from(self.offset_ms);
+        let server_secs = u64::try_from(server_now_ms.max(0) / 1000).unwrap_or(u64::MAX);
+        let month = Month::from_unix_secs(server_secs);
+        if month <= current.month {
+            return None;
+        }
+        let (stale_month, stale) = allowance.start_month(month, now_ms / 1000 + 1, 0);
+        allowance.set_month_end(self.month_end_ms(month) / 1000);
+        self.current = Some(Current {
+            month,
+            lease: 0,
+            target: 0,
+            starved: false,
+        });
+        self.add(stale_month, stale);
+        Some(month)
+    }
+
     /// The end of `month` by Redis's clock, in our milliseconds.
     fn month_end_ms(&self, month: Month) -> u64 {
         let month_end_redis = month.next().start_unix_secs() * 1000;
