@@ -268,7 +268,9 @@ pub fn explain(
         )),
         LeaseReason::RollingOver { .. } => Some(Explanation::new(
             "the budget month has just changed and the new month's lease has not arrived yet",
-            "retry in a second",
+            // Redis down across the month's end refuses this way too (under
+            // fail_closed) until it answers.
+            format!("retry in a second; if refusals go on, {fix}"),
         )),
         LeaseReason::Short {
             left_usd: left,
@@ -426,7 +428,10 @@ mod reason_tests {
         assert!(unavailable.suggested_action.ends_with(
             "set on_unavailable = \"fail_open\" to route on local accounting meanwhile"
         ));
-        assert_eq!(rolling.suggested_action, "retry in a second");
+        assert_eq!(
+            rolling.suggested_action,
+            "retry in a second; if refusals go on, check that Redis ([routing.budget.redis] url) is reachable from this replica"
+        );
         // A short lease says so, not "this request would pass the limit".
         assert_eq!(
             short.reason,
