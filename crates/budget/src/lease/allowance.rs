@@ -46,8 +46,8 @@ pub enum Refusal {
     /// No answer from Redis since this process started: the month's spend is unknown,
     /// so nothing paid is routed yet.
     NotReady,
-    /// The month has just changed and this decision was made before the new month's
-    /// lease arrived (at most about a second).
+    /// The month has just changed (by Redis's clock) and this decision was made before
+    /// the new month's lease arrived (at most about a second while Redis answers).
     RollingOver,
     /// The lease expired without a renewal (Redis unreachable or too slow) and
     /// `on_unavailable` is `fail_closed`.
@@ -83,6 +83,9 @@ pub struct Allowance {
     word: AtomicU64,
     /// Draws are allowed while the decision's second is below this.
     deadline_secs: AtomicU64,
+    /// The first second of the next month (by Redis's clock, in ours): a decision from
+    /// then on waits for that month's lease.
+    month_end_secs: AtomicU64,
     slots: [Slot; 2],
     largest_refused: AtomicU64,
     fail_open: bool,
@@ -96,6 +99,7 @@ impl Allowance {
         Self {
             word: AtomicU64::new(pack(0, 0)),
             deadline_secs: AtomicU64::new(0),
+            month_end_secs: AtomicU64::new(u64::MAX),
             slots: Default::default(),
             largest_refused: AtomicU64::new(0),
             fail_open,
@@ -117,7 +121,9 @@ impl Allowance {
                 return Err(Refusal::NotReady);
             }
             let slot = &self.slots[usize::from(generation & 1)];
-            if decided_at_secs < slot.start_secs.load(Ordering::Acquire) {
+            if decided_at_secs < slot.start_secs.load(Ordering::Acquire)
+                || decided_at_secs >= self.month_end_secs.load(Ordering::Acquire)
+            {
                 return Err(Refusal::RollingOver);
             }
             let left = amount_of(word);
@@ -156,6 +162,7 @@ impl Allowance {
                 < self.slots[usize::from(generation & 1)]
                     .start_secs
                     .load(Ordering::Acquire)
+            || now_secs >= self.month_end_secs.load(Ordering::Acquire)
         {
             return false;
         }
@@ -286,7 +293,7 @@ impl Allowance {
             .word
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
                 let left = amount_of(word);
-                taken = u64::try_from(left - keep).unwrap_or(0);
+                taken = u64::try_from(left.saturating_sub(keep)).unwrap_or(0);
                 (taken > 0).then(|| pack(generation_of(word), keep))
             });
         taken
@@ -294,6 +301,12 @@ impl Allowance {
 
     pub(crate) fn set_deadline(&self, secs: u64) {
         self.deadline_secs.store(secs, Ordering::Release);
+    }
+
+    /// Sets the first second of the next month (our clock): decisions from then on are
+    /// refused as [`Refusal::RollingOver`] until a lease of that month starts.
+    pub(crate) fn set_month_end(&self, secs: u64) {
+        self.month_end_secs.store(secs, Ordering::Release);
     }
 
     /// Spend settled since the last call, per slot: `(month, nanos)`; the month is

@@ -441,6 +441,9 @@ impl Task {
                     // that a lease spent before its deadline does not refuse paid
                     // requests. The next answer sets the deadline again.
                     allowance.set_deadline(0);
+                    if let Some(month) = self.state.start_month_locally(allowance, self.now_ms()) {
+                        tracing::warn!(%month, "budget lease: the month changed while Redis is unreachable; its spend is counted here until Redis answers");
+                    }
                 }
                 self.backoff =
                     (self.backoff * 2).clamp(Duration::from_millis(50), Duration::from_secs(1));

@@ -140,6 +140,77 @@ fn the_replica_follows_the_server_month() {
     assert_eq!(server.integer(&["GET", &key(november)]), 450_000);
 }
 
+/// Under `fail_open`, Redis is down across midnight: what is spent after midnight on
+/// local accounting is December's spend, and reaches December's keys once Redis is back,
+/// not November's.
+#[test]
+fn a_fail_open_outage_across_midnight_counts_the_new_month_in_the_new_month() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let november = Month::new(2026, 11).unwrap();
+    let midnight = november.next().start_unix_secs();
+    let server_clock = Arc::new(FakeClock::at_secs(midnight - 60));
+    let local = Arc::new(FakeClock::at_secs(midnight - 60));
+    let mut settings = settings(&server);
+    settings.on_unavailable = OnUnavailable::FailOpen;
+    settings.timeout_ms = 200;
+    settings.connect_timeout_ms = 200;
+    let client = LeaseClient::start_with(
+        &settings,
+        "global",
+        10_000_000,
+        None,
+        local.clone(),
+        Some(server_clock.clone()),
+    )
+    .unwrap();
+    assert!(client.wait_ready(WAIT));
+    assert_eq!(client.status().month, Some(november));
+    let decided = local.now_secs();
+    client.allowance().try_draw(200_000, decided).unwrap();
+    client.allowance().settle(200_000, 200_000, decided);
+    wait_until(&client, "November's spend in Redis", |s| {
+        s.settled_nanos == 200_000
+    });
+
+    server.stop();
+    wait_until(&client, "a failed call", |s| s.failures > 0);
+    server_clock.set_secs(midnight + 5);
+    local.set_secs(midnight + 5);
+    let failures = client.status().failures;
+    wait_until(&client, "a failed call after midnight", |s| {
+        s.failures > failures + 1
+    });
+    // December, Redis still down: routed on local accounting (a decision of the second
+    // the replica noticed may have to wait for the next one).
+    let now = local.now_secs() + 1;
+    local.set_secs(now);
+    server_clock.set_secs(now);
+    client.allowance().try_draw(300_000, now).unwrap();
+    client.allowance().settle(300_000, 300_000, now);
+
+    server.restart();
+    let key = |month: Month| format!("unit:{{global}}:{month}:settled");
+    let start = std::time::Instant::now();
+    while server.integer(&["GET", &key(november.next())]) != 300_000 {
+        assert!(
+            start.elapsed() < WAIT,
+            "December's spend never reached December: November {}, December {}",
+            server.integer(&["GET", &key(november)]),
+            server.integer(&["GET", &key(november.next())])
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    wait_until(&client, "December's lease", |s| {
+        s.connected && s.month == Some(november.next()) && s.unconfirmed_nanos == 0
+    });
+    // Redis restarted empty: November's total came back too, and nothing else.
+    assert_eq!(server.integer(&["GET", &key(november)]), 200_000);
+    let status = client.status();
+    assert_eq!(status.allowance_nanos, status.lease_nanos as i64);
+}
+
 #[test]
 fn nothing_paid_is_drawn_before_the_first_answer() {
     let mut settings = RedisBudgetSettings::new("redis://127.0.0.1:1");

@@ -15,7 +15,9 @@
 //! - **One month for all.** The script takes the month from Redis's clock (`TIME`), so
 //!   every replica rolls over at the same instant; a replica follows the month the
 //!   script reports, and stops drawing from a month's lease when that month ends by
-//!   Redis's clock.
+//!   Redis's clock ([`Refusal::RollingOver`] until the new month's lease arrives; under
+//!   `fail_open` with Redis unreachable, the new month starts locally with an empty
+//!   lease at the next failed call, so that its spend counts in that month).
 //! - **Lease size.** `target = clamp((limit - settled) / (2 x live replicas), min_lease,
 //!   max_lease)`, raised to fit the largest request refused since the last sync. While
 //!   plenty is left a replica holds `max_lease` (one Redis call per `max_lease` of
@@ -266,7 +268,9 @@ pub fn explain(
         )),
         LeaseReason::RollingOver { .. } => Some(Explanation::new(
             "the budget month has just changed and the new month's lease has not arrived yet",
-            "retry in a second",
+            // Redis down across the month's end refuses this way too (under
+            // fail_closed) until it answers.
+            format!("retry in a second; if refusals go on, {fix}"),
         )),
         LeaseReason::Short {
             left_usd: left,
@@ -424,7 +428,10 @@ mod reason_tests {
         assert!(unavailable.suggested_action.ends_with(
             "set on_unavailable = \"fail_open\" to route on local accounting meanwhile"
         ));
-        assert_eq!(rolling.suggested_action, "retry in a second");
+        assert_eq!(
+            rolling.suggested_action,
+            "retry in a second; if refusals go on, check that Redis ([routing.budget.redis] url) is reachable from this replica"
+        );
         // A short lease says so, not "this request would pass the limit".
         assert_eq!(
             short.reason,

@@ -105,8 +105,8 @@ pub struct RedisBudgetSettings {
     /// Default 0.5.
     #[serde(default = "default_renew_below")]
     pub renew_below: f64,
-    /// What decisions do once the lease expired with Redis unreachable. Default
-    /// `fail_closed`.
+    /// What paid decisions do while Redis is unreachable (see [`OnUnavailable`]).
+    /// Default `fail_closed`.
     #[serde(default)]
     pub on_unavailable: OnUnavailable,
     /// Time limit of one Redis call, in ms. Default 500.

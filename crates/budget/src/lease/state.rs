@@ -124,7 +124,7 @@ impl LeaseState {
     }
 
     /// The next call: gives back what is left above the lease size (everything when
-    /// `release`), sends every month's unconfirmed spend, asks for a top-up that fits
+    /// `release`), sends every open month's settled total, asks for a top-up that fits
     /// `need` (the largest request refused recently).
     pub(crate) fn prepare(
         &mut self,
@@ -152,10 +152,13 @@ impl LeaseState {
             // otherwise and the difference comes back to the allowance.
             current.lease = current.lease.saturating_sub(returned);
         }
+        // Every open month's total, confirmed or not: a total Redis already has adds
+        // nothing, and one it lost (a restart without persistence, a flush) comes back
+        // at the next call, not only when this replica settles something new.
         self.sending = self
             .cumulative
             .iter()
-            .filter(|(_, c)| c.total > c.confirmed)
+            .filter(|(_, c)| c.total > 0)
             .map(|(m, c)| (*m, c.total))
             .collect();
         let params = &self.params;
@@ -245,7 +248,45 @@ impl LeaseState {
         } else {
             allowance.set_deadline(self.deadline_secs(reply, sent_ms));
         }
+        allowance.set_month_end(self.month_end_ms(reply.month) / 1000);
         applied
+    }
+
+    /// Under `fail_open`, after a call failed: once the current month has ended by
+    /// Redis's clock (as of the last answer), starts the next month here with an empty
+    /// lease, so that what is spent meanwhile on local accounting counts in the month it
+    /// was spent in (a debt against that month's lease, paid by its first answer), not
+    /// in the month that ended. Decisions from the next second on draw from it. Returns
+    /// the month started, if any.
+    pub(crate) fn start_month_locally(
+        &mut self,
+        allowance: &Allowance,
+        now_ms: u64,
+    ) -> Option<Month> {
+        let current = self.current?;
+        let server_now_ms = i128::from(now_ms) + i128::from(self.offset_ms);
+        let server_secs = u64::try_from(server_now_ms.max(0) / 1000).unwrap_or(u64::MAX);
+        let month = Month::from_unix_secs(server_secs);
+        if month <= current.month {
+            return None;
+        }
+        let (stale_month, stale) = allowance.start_month(month, now_ms / 1000 + 1, 0);
+        allowance.set_month_end(self.month_end_ms(month) / 1000);
+        self.current = Some(Current {
+            month,
+            lease: 0,
+            target: 0,
+            starved: false,
+        });
+        self.add(stale_month, stale);
+        Some(month)
+    }
+
+    /// The end of `month` by Redis's clock, in our milliseconds.
+    fn month_end_ms(&self, month: Month) -> u64 {
+        let month_end_redis = month.next().start_unix_secs() * 1000;
+        let month_end = i128::from(month_end_redis) - i128::from(self.offset_ms);
+        u64::try_from(month_end.max(0)).unwrap_or(u64::MAX)
     }
 
     /// Draws stop half a lease lifetime after the call was sent (so a request drawn at
@@ -253,10 +294,7 @@ impl LeaseState {
     /// to someone else), and at the end of the month by Redis's clock.
     fn deadline_secs(&self, reply: SyncReply, sent_ms: u64) -> u64 {
         let lease_end = sent_ms + self.params.ttl_ms / 2;
-        let month_end_redis = reply.month.next().start_unix_secs() * 1000;
-        let month_end = i128::from(month_end_redis) - i128::from(self.offset_ms);
-        let month_end = u64::try_from(month_end.max(0)).unwrap_or(u64::MAX);
-        lease_end.min(month_end) / 1000
+        lease_end.min(self.month_end_ms(reply.month)) / 1000
     }
 
     /// The month's spend settled here that Redis has not confirmed yet.

@@ -379,3 +379,24 @@ fn a_month_change_in_the_same_second_as_a_draw_keeps_the_draw_in_its_month() {
     assert_eq!(world.book.settled(november.next()), 0);
     assert_eq!(r.allowance.left() as u64, reply.lease);
 }
+
+#[test]
+fn a_decision_after_the_month_ended_waits_for_the_new_lease_instead_of_blaming_redis() {
+    let mut world = World::new();
+    let november = Month::from_unix_secs(START_MS / 1000);
+    let boundary_ms = november.next().start_unix_secs() * 1000;
+    world.now_ms = boundary_ms - 800;
+    world.sync(0);
+    let r = &world.replicas[0];
+    // Midnight has passed; the call that fetches December's lease has not answered yet
+    // (it was due at midnight, and Redis answers fine). That is no outage: the refusal
+    // must not say that Redis has not answered for half a lease lifetime.
+    let second = boundary_ms / 1000;
+    assert_eq!(
+        r.allowance.try_draw(1, second),
+        Err(crate::lease::Refusal::RollingOver)
+    );
+    assert!(!r.allowance.could_draw(1, second));
+    // Before midnight, the lease serves as usual.
+    r.allowance.try_draw(1, second - 1).unwrap();
+}
