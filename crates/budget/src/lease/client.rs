@@ -24,6 +24,11 @@ use crate::{usd_to_nanos, Month, SpendLedger};
 const POLL: Duration = Duration::from_millis(10);
 /// While no free budget is left, top-ups are asked for at most this often.
 const STARVED_RETRY: Duration = Duration::from_millis(250);
+/// Retries after a failed call wait this long, doubling up to `MAX_BACKOFF`.
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+/// The longest wait between retries while Redis does not answer: how long paid
+/// requests may stay refused (`fail_closed`) after Redis is back.
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
 /// Warnings about an unreachable Redis: at most one per this.
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
@@ -445,8 +450,12 @@ impl Task {
                         tracing::warn!(%month, "budget lease: the month changed while Redis is unreachable; its spend is counted here until Redis answers");
                     }
                 }
-                self.backoff =
-                    (self.backoff * 2).clamp(Duration::from_millis(50), Duration::from_secs(1));
+                // redis's connection manager would hand the next call the outcome of the
+                // reconnect this failure started: a call just after Redis is back would
+                // still fail, and recovery would wait one back-off more. Start afresh, so
+                // that the next call connects by itself.
+                self.connection = None;
+                self.backoff = (self.backoff * 2).clamp(MIN_BACKOFF, MAX_BACKOFF);
                 self.retry_at = Some(Instant::now() + self.backoff);
                 self.warn_unavailable(&error);
                 let mut status = self.shared.status();
