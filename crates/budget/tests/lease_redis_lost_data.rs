@@ -9,24 +9,13 @@
 mod redis_server;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nexus_budget::lease::{LeaseClient, RedisBudgetSettings};
 use nexus_core::clock::{Clock, SystemClock};
-use redis_server::RedisServer;
+use redis_server::{wait_until, RedisServer};
 
 const LIMIT: u64 = 100_000_000;
-
-fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "waited too long for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 #[test]
 fn an_idle_replica_sends_its_confirmed_spend_again_after_redis_lost_its_data() {

@@ -78,6 +78,28 @@ async fn chat(base: &str, client: &reqwest::Client) -> (u16, String, Value) {
     )
 }
 
+/// Two backends on the mock at `port`: `proxied` (`127.0.0.1`, preferred), then `direct`
+/// (`localhost`, which the tests list in `NO_PROXY`).
+fn proxied_then_direct(port: u16) -> String {
+    format!(
+        "{}{}{NO_HEALTH}",
+        backend(
+            "proxied",
+            &format!("http://127.0.0.1:{port}"),
+            "priority = 100"
+        ),
+        backend("direct", &format!("http://localhost:{port}"), ""),
+    )
+}
+
+/// The `proxied` backend of [`proxied_then_direct`] alone: nowhere to fail over to.
+fn proxied_only(port: u16) -> String {
+    format!(
+        "{}{NO_HEALTH}",
+        backend("proxied", &format!("http://127.0.0.1:{port}"), "")
+    )
+}
+
 /// A port nothing listens on.
 async fn closed_port() -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -298,25 +320,14 @@ async fn a_proxy_that_is_down_or_refuses_fails_over_and_is_named() {
     let proxies = vars(&[("HTTP_PROXY", &dead), ("NO_PROXY", "localhost")]).unwrap();
     let port = mock.addr().port();
     // Through the proxy (`127.0.0.1`), then direct (`localhost`, in NO_PROXY).
-    let config = format!(
-        "{}{}{NO_HEALTH}",
-        backend(
-            "proxied",
-            &format!("http://127.0.0.1:{port}"),
-            "priority = 100"
-        ),
-        backend("direct", &format!("http://localhost:{port}"), ""),
-    );
+    let config = proxied_then_direct(port);
     let (base, client) = serve(&config, proxies.clone()).await;
     let (status, served_by, body) = chat(&base, &client).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(served_by, "direct", "failed over from the proxied backend");
 
     // With no backend to fail over to: 502, naming the proxy.
-    let config = format!(
-        "{}{NO_HEALTH}",
-        backend("proxied", &format!("http://127.0.0.1:{port}"), "")
-    );
+    let config = proxied_only(port);
     let (base, client) = serve(&config, proxies).await;
     let (status, _, body) = chat(&base, &client).await;
     assert_eq!(status, 502, "{body}");
@@ -417,15 +428,7 @@ async fn a_proxy_that_wants_credentials_is_a_failed_attempt_that_says_how_to_giv
 
     // A forwarded request answered 407 fails over: the client never sees the proxy's
     // 407, which would ask it to authenticate to a proxy it does not know of.
-    let config = format!(
-        "{}{}{NO_HEALTH}",
-        backend(
-            "proxied",
-            &format!("http://127.0.0.1:{port}"),
-            "priority = 100"
-        ),
-        backend("direct", &format!("http://localhost:{port}"), ""),
-    );
+    let config = proxied_then_direct(port);
     let (base, client) = serve(&config, proxies.clone()).await;
     let (status, served_by, body) = chat(&base, &client).await;
     assert_eq!(status, 200, "{body}");
@@ -433,10 +436,7 @@ async fn a_proxy_that_wants_credentials_is_a_failed_attempt_that_says_how_to_giv
     assert_eq!(proxy.requests().len(), 1);
 
     // With nowhere to fail over to: 502, saying what the proxy wants and where it goes.
-    let config = format!(
-        "{}{NO_HEALTH}",
-        backend("proxied", &format!("http://127.0.0.1:{port}"), "")
-    );
+    let config = proxied_only(port);
     let (base, client) = serve(&config, proxies.clone()).await;
     let (status, _, body) = chat(&base, &client).await;
     assert_eq!(status, 502, "{body}");

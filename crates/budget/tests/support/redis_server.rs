@@ -161,3 +161,17 @@ fn ping(port: u16) -> bool {
     let mut reply = [0u8; 7];
     matches!(stream.read(&mut reply), Ok(n) if reply[..n].starts_with(b"+PONG"))
 }
+
+/// Polls `check` every 10 ms until it holds; fails the test, naming `what`, after 20 s.
+/// (The lease client's background thread moves on its own time: tests wait for what
+/// they need rather than sleeping a fixed time.)
+pub fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "waited too long for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
