@@ -34,9 +34,10 @@
 //!   hand the lease to someone else). Then `fail_closed` refuses paid draws
 //!   ([`Refusal::Unavailable`]). `fail_open` does not wait for the lease to expire: from
 //!   the first call that fails, draws run as a debt against the local ledger only (a
-//!   lease spent before its deadline would otherwise refuse, and no top-up can come). Settlements are cumulative per replica and month, so whatever
-//!   was settled while Redis was away is sent, once, when it is back (even if Redis lost
-//!   its data: each replica re-sends its month's total).
+//!   lease spent before its deadline would otherwise refuse, and no top-up can come).
+//!   Settlements are cumulative per replica and month, so whatever was settled while
+//!   Redis was away is sent, once, when it is back (even if Redis lost its data: each
+//!   replica re-sends its month's total at every call).
 //!
 //! What it cannot prevent, by design: spend in flight on a replica cut off from Redis
 //! for longer than the lease lifetime, or killed before its last batch was sent (at
