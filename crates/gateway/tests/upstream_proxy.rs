@@ -100,6 +100,32 @@ fn proxied_only(port: u16) -> String {
     )
 }
 
+/// Serves an `https` backend (`https://127.0.0.1:9/v1`) behind `proxy`, which refuses its
+/// `CONNECT`, and asks once: the answer must be a 502 that says the connection failed and
+/// names the proxy (from `HTTPS_PROXY`). Returns the error message.
+async fn connect_refused_through(proxy: &MockProxy, proxies: ProxyConfig) -> String {
+    let config = format!(
+        "{}{NO_HEALTH}",
+        backend("cloud", "https://127.0.0.1:9/v1", "")
+    );
+    let (base, client) = serve(&config, proxies).await;
+    let (status, _, body) = chat(&base, &client).await;
+    assert_eq!(status, 502, "{body}");
+    let message = body["error"]["message"]
+        .as_str()
+        .expect("an error message")
+        .to_owned();
+    assert!(
+        message.contains("cannot connect to https://127.0.0.1:9/v1"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("through the proxy {} (HTTPS_PROXY)", proxy.url())),
+        "{message}"
+    );
+    message
+}
+
 /// A port nothing listens on.
 async fn closed_port() -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -346,22 +372,7 @@ async fn a_proxy_that_is_down_or_refuses_fails_over_and_is_named() {
     let proxy = MockProxy::start().await.unwrap();
     proxy.refuse_connect(Some(403));
     let proxies = vars(&[("HTTPS_PROXY", &proxy.url())]).unwrap();
-    let config = format!(
-        "{}{NO_HEALTH}",
-        backend("cloud", "https://127.0.0.1:9/v1", "")
-    );
-    let (base, client) = serve(&config, proxies).await;
-    let (status, _, body) = chat(&base, &client).await;
-    assert_eq!(status, 502, "{body}");
-    let message = body["error"]["message"].as_str().unwrap();
-    assert!(
-        message.contains("cannot connect to https://127.0.0.1:9/v1"),
-        "{message}"
-    );
-    assert!(
-        message.contains(&format!("through the proxy {} (HTTPS_PROXY)", proxy.url())),
-        "{message}"
-    );
+    connect_refused_through(&proxy, proxies).await;
     assert_eq!(proxy.requests().len(), 1);
     assert_eq!(proxy.requests()[0].target, "127.0.0.1:9");
 }
@@ -452,18 +463,7 @@ async fn a_proxy_that_wants_credentials_is_a_failed_attempt_that_says_how_to_giv
     );
 
     // A CONNECT answered 407 is a connect failure naming the proxy.
-    let config = format!(
-        "{}{NO_HEALTH}",
-        backend("cloud", "https://127.0.0.1:9/v1", "")
-    );
-    let (base, client) = serve(&config, proxies).await;
-    let (status, _, body) = chat(&base, &client).await;
-    assert_eq!(status, 502, "{body}");
-    let message = body["error"]["message"].as_str().unwrap();
-    assert!(
-        message.contains(&format!("through the proxy {} (HTTPS_PROXY)", proxy.url())),
-        "{message}"
-    );
+    let message = connect_refused_through(&proxy, proxies).await;
     assert!(
         message.contains("proxy authorization required"),
         "{message}"
