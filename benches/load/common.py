@@ -166,6 +166,15 @@ def start_gateway(logdir, config, port, cpus, name="gateway", exe=None, log_leve
     return gw
 
 
+def start_passthrough(logdir, exe, upstream_port, port, cpus, name="floor"):
+    """The gateway's HTTP stack with nothing in between (`crates/gateway/examples/passthrough.rs`),
+    forwarding to the mock: the floor any proxy on hyper's HTTP/1.1 pays."""
+    argv = pinned(cpus, [exe, "--listen", f"127.0.0.1:{port}", "--upstream", f"http://127.0.0.1:{upstream_port}"])
+    floor = Proc(name, argv, logdir)
+    wait_http(f"http://127.0.0.1:{port}/v1/models", "passthrough", proc=floor)
+    return floor
+
+
 def start_litellm(logdir, venv, mock_port, port, cpus):
     exe = os.path.join(venv, "bin", "litellm")
     if not os.path.exists(exe):

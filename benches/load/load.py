@@ -44,12 +44,13 @@ def latency_pairs(args, gw_url, mock_url, stream, rate, extra=None):
     return rows
 
 
-def throughput(args, gw_url, mock_url, litellm_url=None, compare_url=None):
+def throughput(args, gw_url, mock_url, litellm_url=None, compare_url=None, floor_url=None):
     body = c.chat_body(False)
     rows = []
     for r in range(1, args.repeats + 1):
         row = {"repeat": r}
-        for name, url in (("direct", mock_url), ("nexus", gw_url), ("compare", compare_url), ("litellm", litellm_url)):
+        for name, url in (("direct", mock_url), ("nexus", gw_url), ("compare", compare_url), ("floor", floor_url),
+                          ("litellm", litellm_url)):
             if url:
                 row[name] = c.summary(
                     c.oha(url, body, args.load_cpus, duration=args.throughput_seconds, connections=args.throughput_connections)
@@ -60,8 +61,9 @@ def throughput(args, gw_url, mock_url, litellm_url=None, compare_url=None):
     return rows
 
 
-def streams(args, logdir):
-    """N streams held open at once through a gateway of its own over a slow-streaming mock."""
+def streams(args, logdir, floor=False):
+    """N streams held open at once through a gateway of its own (or, with `floor`, the
+    passthrough) over a slow-streaming mock."""
     limit = int(subprocess.run(["bash", "-c", "ulimit -n"], capture_output=True, text=True).stdout.strip() or 1024)
     # The gateway holds two sockets per stream (client and upstream).
     n = min(args.streams, (limit - 256) // 2)
@@ -75,7 +77,11 @@ def streams(args, logdir):
              "--upstream", f"http://127.0.0.1:{mock_port}",
              "--max-concurrency", str(max(200, 2 * n // max(args.backends, 1) + 1))],
             capture_output=True, text=True, check=True).stdout)
-    gw = c.start_gateway(logdir, config, gw_port, args.gateway_cpus, name="gateway-streams", exe=args.nexus, log_level=args.log_level)
+    if floor:
+        gw = c.start_passthrough(logdir, args.passthrough, mock_port, gw_port, args.gateway_cpus, name="floor-streams")
+    else:
+        gw = c.start_gateway(logdir, config, gw_port, args.gateway_cpus, name="gateway-streams", exe=args.nexus,
+                             log_level=args.log_level)
     # One request warms the pool and the allocator, so the baseline is a serving gateway's.
     c.oha(f"http://127.0.0.1:{gw_port}/v1/chat/completions", c.chat_body(True), args.load_cpus, requests=1, connections=1)
     base = c.rss_kb(gw.pid)
@@ -100,7 +106,7 @@ def streams(args, logdir):
     mock.stop()
     out = {"n": n, "fd_limit": limit, "base_kb": base, "peak_kb": peak["rss"], "after_kb": after,
            "peak_fds": peak["fds"], "result": result}
-    print(f"  {n} streams: {result['ok']} ok, {result['failed']} failed, RSS {base/1024:.1f} -> "
+    print(f"  {n} streams{' (floor)' if floor else ''}: {result['ok']} ok, {result['failed']} failed, RSS {base/1024:.1f} -> "
           f"{peak['rss']/1024:.1f} MB (peak), {after/1024:.1f} MB after; {peak['fds']} fds at peak", flush=True)
     return out
 
@@ -149,12 +155,18 @@ def main():
     p.add_argument("--compare", default=None,
                    help="a second gateway binary (a build from before a change), measured after the first "
                         "in every repeat of the latency and throughput parts")
-    p.add_argument("--skip", default="", help="comma list of parts to skip: latency,stream,throughput,litellm,streams")
+    p.add_argument("--passthrough", default=os.path.join(c.RELEASE, "examples", "passthrough"),
+                   help="the floor: the gateway's HTTP server and upstream client with nothing in between "
+                        "(crates/gateway/examples/passthrough.rs), measured beside the gateway unless `--skip floor`")
+    p.add_argument("--skip", default="",
+                   help="comma list of parts to skip: latency,stream,throughput,litellm,streams,floor")
     args = p.parse_args()
     skip = set(filter(None, args.skip.split(",")))
-    for exe in (args.nexus, os.path.join(c.RELEASE, "nexus-mock"), args.compare):
+    for exe in (args.nexus, os.path.join(c.RELEASE, "nexus-mock"), args.compare,
+                None if "floor" in skip else args.passthrough):
         if exe and not os.path.exists(exe):
-            c.die(f"{exe} is missing: run `cargo build --release -p nexus-cli -p nexus-testkit --bins` (run.sh does)")
+            c.die(f"{exe} is missing: run `cargo build --release -p nexus-cli -p nexus-testkit --bins` and "
+                  "`cargo build --release -p nexus-gateway --example passthrough` (run.sh does)")
     if not c.shutil.which("oha"):
         c.die("oha is not on PATH: `cargo install oha --locked`")
 
@@ -178,6 +190,11 @@ def main():
         cmp_gw = c.start_gateway(logdir, config, cmp_port, args.gateway_cpus, name="gateway-compare", exe=args.compare,
                                  log_level=args.log_level)
         cmp_url = f"http://127.0.0.1:{cmp_port}/v1/chat/completions"
+    floor, floor_url = None, None
+    if "floor" not in skip:
+        floor_port = c.free_port()
+        floor = c.start_passthrough(logdir, args.passthrough, mock_port, floor_port, args.gateway_cpus)
+        floor_url = f"http://127.0.0.1:{floor_port}/v1/chat/completions"
     litellm = None
     if "litellm" not in skip:
         litellm = c.start_litellm(logdir, args.litellm_venv, mock_port, ll_port, args.gateway_cpus)
@@ -187,13 +204,13 @@ def main():
     gw_url = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
     ll_url = f"http://127.0.0.1:{ll_port}/v1/chat/completions" if litellm else None
     # Warm: connections, pools, allocators, LiteLLM's imports.
-    for url in filter(None, (mock_url, gw_url, cmp_url, ll_url)):
+    for url in filter(None, (mock_url, gw_url, cmp_url, floor_url, ll_url)):
         c.oha(url, c.chat_body(False), args.load_cpus, requests=500, connections=8)
         c.oha(url, c.chat_body(True), args.load_cpus, requests=200, connections=8)
     gw_idle_kb = c.rss_kb(gw.pid)
 
-    compare = {"compare": cmp_url} if cmp_url else None
-    names = ["direct", "nexus"] + (["compare"] if cmp_url else [])
+    compare = {name: url for name, url in (("compare", cmp_url), ("floor", floor_url)) if url}
+    names = ["direct", "nexus"] + list(compare)
     results = {}
     try:
         if "latency" not in skip:
@@ -202,7 +219,7 @@ def main():
             results["stream"] = latency_pairs(args, gw_url, mock_url, True, args.rate, extra=compare)
         if "throughput" not in skip:
             c.repin(mock.pid, args.throughput_mock_cpus)
-            results["throughput"] = throughput(args, gw_url, mock_url, ll_url, cmp_url)
+            results["throughput"] = throughput(args, gw_url, mock_url, ll_url, cmp_url, floor_url)
             c.repin(mock.pid, args.mock_cpus)
         if ll_url:
             results["litellm"] = latency_pairs(args, gw_url, mock_url, False, args.litellm_rate,
@@ -214,10 +231,14 @@ def main():
             litellm.stop()
         if cmp_gw:
             cmp_gw.stop()
+        if floor:
+            floor.stop()
         gw.stop()
         mock.stop()
     if "streams" not in skip:
-        results["streams"] = streams(args, logdir)
+        results["streams"] = [streams(args, logdir)]
+        if "floor" not in skip:
+            results["streams"].append(streams(args, logdir, floor=True))
     load_after = c.uptime()
 
     lines = [f"# Gateway load results, {stamp} UTC", "",
@@ -243,11 +264,12 @@ def main():
     if "throughput" in results:
         lines += [f"## Throughput, closed loop, {args.throughput_connections} connections, "
                   f"{args.throughput_seconds} s", "",
-                  "| repeat | direct | nexus | nexus / direct | compare | compare / direct | litellm | litellm / direct | failed |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "| repeat | direct | nexus | nexus / direct | compare | compare / direct | floor | floor / direct "
+                  "| litellm | litellm / direct | failed |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for row in results["throughput"]:
             d, n = row["direct"]["rps"], row["nexus"]["rps"]
-            other = [row.get("compare"), row.get("litellm")]
+            other = [row.get("compare"), row.get("floor"), row.get("litellm")]
             lines.append(
                 f"| {row['repeat']} | {d:.0f}/s | {n:.0f}/s | {n / d:.0%} | "
                 + " | ".join(f"{o['rps']:.0f}/s | {o['rps'] / d:.0%}" if o else "- | -" for o in other)
@@ -266,19 +288,23 @@ def main():
         lines += [f"Gateway resident memory: {gw_idle_kb / 1024:.1f} MB warm, {gw_kb / 1024:.1f} MB after the "
                   "series" + (f"; LiteLLM {ll_kb / 1024:.1f} MB" if ll_kb else "") + ".", ""]
     if "streams" in results:
-        s = results["streams"]
-        r = s["result"]
-        per = (s["peak_kb"] - s["base_kb"]) * 1024 / max(s["n"], 1)
-        lines += [f"## {s['n']} concurrent open streams (20 events a second apart)", "",
-                  "| streams | ok | failed | RSS before | RSS peak | per stream | RSS after | fds at peak |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- |",
-                  f"| {s['n']} | {r['ok']} | {r['failed']} | {s['base_kb'] / 1024:.1f} MB | {s['peak_kb'] / 1024:.1f} MB | "
-                  f"{per / 1024:.1f} KB | {s['after_kb'] / 1024:.1f} MB | {s['peak_fds']} |", ""]
-        if s["n"] < args.streams:
-            lines += [f"(Capped at {s['n']}: the open-file limit here is {s['fd_limit']} and the gateway holds two "
+        first = results["streams"][0]
+        lines += [f"## {first['n']} concurrent open streams (20 events a second apart)", "",
+                  "| through | streams | ok | failed | RSS before | RSS peak | per stream | RSS after | fds at peak |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for s, name in zip(results["streams"], ("nexus", "floor")):
+            r = s["result"]
+            per = (s["peak_kb"] - s["base_kb"]) * 1024 / max(s["n"], 1)
+            lines.append(f"| {name} | {s['n']} | {r['ok']} | {r['failed']} | {s['base_kb'] / 1024:.1f} MB | "
+                         f"{s['peak_kb'] / 1024:.1f} MB | {per / 1024:.1f} KB | {s['after_kb'] / 1024:.1f} MB | "
+                         f"{s['peak_fds']} |")
+        lines.append("")
+        if first["n"] < args.streams:
+            lines += [f"(Capped at {first['n']}: the open-file limit here is {first['fd_limit']} and a proxy holds two "
                       f"sockets per stream; raise `ulimit -n` to run {args.streams}.)", ""]
-        if r["failed"]:
-            lines += [f"Failures: codes {r['codes']}, errors {r['errors']}", ""]
+        for s, name in zip(results["streams"], ("nexus", "floor")):
+            if s["result"]["failed"]:
+                lines += [f"Failures ({name}): codes {s['result']['codes']}, errors {s['result']['errors']}", ""]
     c.write_report(args.out, lines)
     print(f"\nwritten to {args.out}; logs in {logdir}")
 

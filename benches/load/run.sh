@@ -6,4 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 command -v oha >/dev/null || { echo "run.sh: oha is not on PATH; install it with: cargo install oha --locked" >&2; exit 2; }
 cargo build --release --quiet -p nexus-cli -p nexus-testkit --bins
+cargo build --release --quiet -p nexus-gateway --example passthrough
 exec python3 benches/load/load.py "$@"
