@@ -106,6 +106,40 @@ async fn a_change_of_the_file_is_reloaded_and_a_bad_one_is_not() {
 
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_map_update_is_reloaded() {
+    use std::os::unix::fs::symlink;
+    let mock = MockUpstream::start(MockConfig::serving(["m1", "m2"]))
+        .await
+        .expect("a mock");
+    // A mounted Kubernetes ConfigMap: nexus.toml -> ..data/nexus.toml, ..data -> ..v1.
+    // An update writes ..v2 and renames a new ..data link over the old one; nothing
+    // named nexus.toml changes in the folder.
+    let dir = temp_dir("reload-config-map");
+    for (version, model) in [("..v1", "m1"), ("..v2", "m2")] {
+        std::fs::create_dir_all(dir.join(version)).expect("a folder");
+        std::fs::write(
+            dir.join(version).join("nexus.toml"),
+            config(&mock.url(), model),
+        )
+        .expect("written");
+    }
+    symlink("..v1", dir.join("..data")).expect("a symlink");
+    let path = dir.join("nexus.toml");
+    symlink("..data/nexus.toml", &path).expect("a symlink");
+    let (child, addr) = start(&path);
+    let client = client();
+    assert_eq!(models(&client, &addr).await, ["m1"]);
+
+    symlink("..v2", dir.join("..data_tmp")).expect("a symlink");
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).expect("renamed");
+    wait_for_models(&client, &addr, &["m2"]).await;
+
+    stop(child);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_file() {
     let mock = MockUpstream::start(MockConfig::serving(["m1", "m2"]))
         .await
