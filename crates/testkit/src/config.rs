@@ -86,8 +86,9 @@ pub enum Fault {
     /// Accept the request and never send headers.
     HangBeforeHeaders,
     /// Send the headers and the first `after_events` events of a stream, then nothing,
-    /// never ending. A non-streaming body is sent in two halves, so `after_events >= 1`
-    /// stops after the first half.
+    /// never ending. A non-streaming body is then sent in two halves (chunked), so
+    /// `after_events >= 1` stops after the first half; without a fault it is sent whole,
+    /// with its `content-length`.
     HangMidStream {
         /// Events (or halves) sent before the hang.
         after_events: usize,

@@ -219,6 +219,24 @@ fn send(
         None if answer.is_stream => config.chunk_interval,
         None => Duration::ZERO,
     };
+    if !answer.is_stream && cut.is_none() && trickle.is_none() {
+        // A JSON answer with no fault in its body goes out whole, with its length, as
+        // the servers it stands for send one (uvicorn, Go's net/http, llama.cpp).
+        let mut body = Vec::new();
+        for piece in answer.pieces {
+            if let Some(usage) = piece.declares {
+                shared.declare(usage);
+            }
+            body.extend_from_slice(&piece.bytes);
+        }
+        let mut response = Response::new(Body::from(body));
+        *response.status_mut() = answer.status;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(answer.content_type),
+        );
+        return response;
+    }
     let pieces: std::collections::VecDeque<Piece> = if trickle.is_some() {
         answer.pieces.into_iter().flat_map(bytewise).collect()
     } else {

@@ -2,7 +2,8 @@
 //!
 //! An answer is a list of pieces, so that faults can cut it between pieces (a stream's
 //! events, a JSON body's halves) and so that the usage counts as declared only when the
-//! piece carrying it is sent.
+//! piece carrying it is sent. A JSON answer with no fault in its body is sent whole, with
+//! its `content-length`.
 
 use axum::http::StatusCode;
 use bytes::Bytes;
@@ -29,7 +30,8 @@ pub(crate) struct Answer {
 }
 
 impl Answer {
-    /// A JSON answer, in two halves; `declares` is counted with the second.
+    /// A JSON answer, in two halves (for the faults that cut a body; without one it is sent
+    /// whole); `declares` is counted with the second.
     pub(crate) fn json(status: StatusCode, body: &Value, declares: Option<MockUsage>) -> Answer {
         let bytes = Bytes::from(body.to_string());
         let half = bytes.len() / 2;

@@ -38,7 +38,12 @@ async fn chat_answers_json_with_the_declared_usage_and_records_the_request() {
     let response = post(&mock, "/v1/chat/completions", &request).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "application/json");
+    // Whole, with its length, as the servers it stands for send it (vLLM's uvicorn,
+    // Ollama's net/http, llama.cpp); a body fault cuts it into pieces instead.
+    let length = response.content_length().expect("a content-length");
+    assert!(response.headers().get("transfer-encoding").is_none());
     let body: Value = response.json().await.unwrap();
+    assert_eq!(serde_json::to_vec(&body).unwrap().len() as u64, length);
     assert_eq!(body["object"], "chat.completion");
     assert_eq!(body["model"], "llama3:8b");
     assert_eq!(body["choices"][0]["message"]["content"], "four five six");
