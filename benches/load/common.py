@@ -148,20 +148,28 @@ def mock_tally(output):
 
 
 def start_gateway(logdir, config, port, cpus, name="gateway", exe=None, log_level="error"):
+    """`nexus serve` in a folder of its own (`logdir/name`) holding a copy of `config` and
+    its log, as an operator would lay them out. A gateway watches its config's folder, so
+    sharing one with another gateway's log would let each line written by one wake the
+    other (builds from before 24 Nov were woken by every write in that folder)."""
+    home = os.path.join(logdir, name)
+    os.makedirs(home, exist_ok=True)
+    own_config = os.path.join(home, os.path.basename(config))
+    shutil.copyfile(config, own_config)
     argv = pinned(
         cpus,
         [
             exe or os.path.join(RELEASE, "nexus"),
             "serve",
             "--config",
-            config,
+            own_config,
             "--listen",
             f"127.0.0.1:{port}",
             "--log-level",
             log_level,
         ],
     )
-    gw = Proc(name, argv, logdir)
+    gw = Proc(name, argv, home)
     wait_http(f"http://127.0.0.1:{port}/health", "nexus serve", proc=gw)
     return gw
 

@@ -25,10 +25,10 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 # Waits (up to 2 minutes: valgrind starts slowly) until the gateway on port $1 answers
-# /health.
+# /health (or the path $2).
 wait_healthy() {
   for _ in $(seq 1 600); do
-    curl -fs "http://127.0.0.1:$1/health" >/dev/null 2>&1 && return 0
+    curl -fs "http://127.0.0.1:$1${2:-/health}" >/dev/null 2>&1 && return 0
     sleep 0.2
   done
 }
